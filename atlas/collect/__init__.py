@@ -1,0 +1,18 @@
+"""Activation collection: sample positions, forward to the layer, attribute, store rows."""
+
+from atlas.collect.attribution import PositionRows, activations_at, layer_shape
+from atlas.collect.collector import ShardResult, collect_records
+from atlas.collect.sampling import sample_positions
+from atlas.collect.store import ActivationStore, Rows, StoreLayout
+
+__all__ = [
+    "ActivationStore",
+    "PositionRows",
+    "Rows",
+    "ShardResult",
+    "StoreLayout",
+    "activations_at",
+    "collect_records",
+    "layer_shape",
+    "sample_positions",
+]

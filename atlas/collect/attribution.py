@@ -1,0 +1,83 @@
+"""Layer activations at sampled positions, and their attribution to every class.
+
+attribution_c = h · ∂logit_c/∂h for the activation vector h at one position.
+That is a Jacobian-vector product from the layer to the logits with h itself as
+the tangent, so one forward-mode pass (about two plain forwards) gives every
+class at once: no backward pass per class, no loop over positions. Each row of
+the batch carries its own tangent (its own position), so an image sampled at k
+positions is fed k times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from atlas.models.layers import LayerCapture, run_to_layer
+
+
+@dataclass
+class PositionRows:
+    activation: np.ndarray  # float32 [R, C]
+    attribution: np.ndarray | None  # float32 [R, n_classes]
+
+
+def _gather(output: torch.Tensor, rows: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    if output.dim() == 4:
+        return output[rows, :, ys, xs]
+    if output.dim() == 2:
+        return output[rows]
+    raise ValueError(f"layer output has shape {tuple(output.shape)}; expected [B, C, H, W] or [B, C]")
+
+
+def layer_shape(module: torch.nn.Module, layer: torch.nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+    """Shape of the layer's output for one example, by a forward that stops at the layer."""
+    with torch.no_grad():
+        return tuple(run_to_layer(module, layer, example[:1]).shape[1:])
+
+
+def activations_at(
+    module: torch.nn.Module,
+    layer: torch.nn.Module,
+    images: torch.Tensor,
+    rows: np.ndarray,
+    positions: np.ndarray,
+    with_attribution: bool,
+) -> PositionRows:
+    """Activations (and attributions) at ``positions[r]`` of image ``rows[r]`` for every row r.
+
+    Without attribution the forward pass stops at the layer. With it, each row
+    is one forward-mode pass whose tangent is its own activation vector placed
+    at its own position and zero elsewhere.
+    """
+    index = torch.as_tensor(rows, dtype=torch.long)
+    ys = torch.as_tensor(positions[:, 0], dtype=torch.long)
+    xs = torch.as_tensor(positions[:, 1], dtype=torch.long)
+    if not with_attribution:
+        with torch.no_grad():
+            output = run_to_layer(module, layer, images)
+        return PositionRows(_gather(output, index, ys, xs).float().numpy(), None)
+
+    batch = images if len(index) == len(images) and bool((index == torch.arange(len(images))).all()) else images[index]
+    own = torch.arange(len(index))
+    captured: dict[str, torch.Tensor] = {}
+
+    def make_dual(output: torch.Tensor) -> torch.Tensor:
+        h = _gather(output, own, ys, xs)
+        captured["h"] = h.detach().clone()  # later in-place ops must not change the stored rows
+        if output.dim() == 4:
+            tangent = torch.zeros_like(output)
+            tangent[own, :, ys, xs] = h
+        else:
+            tangent = output.detach().clone()
+        return fwAD.make_dual(output, tangent)
+
+    with torch.no_grad(), fwAD.dual_level(), LayerCapture(layer, store=False, transform=make_dual):
+        logits = module(batch)
+        tangent_out = fwAD.unpack_dual(logits).tangent
+    if tangent_out is None:
+        raise RuntimeError("the model's output does not depend on the hooked layer; pick a layer on the path to the logits")
+    return PositionRows(captured["h"].float().numpy(), tangent_out.float().numpy())

@@ -1,0 +1,29 @@
+"""Which spatial positions of an activation map become rows.
+
+Positions are drawn from a generator seeded by (seed, image id), so the rows an
+image gives never depend on which shard or worker read it: a resumed run and an
+uninterrupted one sample the same places.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+
+def sample_positions(
+    image_id: int, height: int, width: int, k: int | Literal["all"], seed: int
+) -> np.ndarray:
+    """Return int32 [n, 2] (y, x) positions; border rows and columns are excluded, as in the article."""
+    if k == "all":
+        ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+        return np.stack([ys.ravel(), xs.ravel()], axis=1).astype(np.int32)
+    y0, y1 = (1, height - 1) if height > 2 else (0, height)
+    x0, x1 = (1, width - 1) if width > 2 else (0, width)
+    n_cells = (y1 - y0) * (x1 - x0)
+    rng = np.random.default_rng([seed, image_id])
+    flat = rng.choice(n_cells, size=k, replace=k > n_cells)
+    ys = y0 + flat // (x1 - x0)
+    xs = x0 + flat % (x1 - x0)
+    return np.stack([ys, xs], axis=1).astype(np.int32)

@@ -1,0 +1,207 @@
+"""Run configuration: YAML validated once at the edge, then trusted inside.
+
+Every section is a pydantic model with unknown keys forbidden, so a typo in a
+config file or a ``--set`` fails with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from atlas.errors import AtlasError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    spec: str = "efficientnet-lite0"
+    layer: str = "blocks.4"
+    weights: Path | None = None
+    classes: Path | None = None
+    input_size: PositiveInt | None = None
+    channels: Literal[1, 3] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    trust_pickle: bool = False
+    pretrained: bool = True
+
+
+class ImagesConfig(Section):
+    source: str = "builtin:photos"
+    root: Path | None = Field(default=None, description="where torchvision datasets live (default: ~/.cache/atlas/datasets)")
+    max_pixels: PositiveInt = 89_478_485
+
+
+class CollectConfig(Section):
+    n_images: PositiveInt | None = None
+    positions_per_image: PositiveInt | Literal["all"] = 1
+    batch_size: PositiveInt = 32
+    shard_size: PositiveInt = 128
+    attribution: bool = True
+
+
+class LayoutConfig(Section):
+    fit_sample: PositiveInt = 20_000
+    chunk_size: PositiveInt = 10_000
+    pca_components: PositiveInt | None = 50
+    n_neighbors: int = Field(default=30, ge=2)
+    min_dist: float = Field(default=0.05, ge=0.0)
+    metric: str = "cosine"
+    clip_percentile: float = Field(default=1.0, ge=0.0, lt=50.0)
+    margin: float = Field(default=0.05, ge=0.0, lt=0.5)
+    whitening_eps: float = Field(default=1e-2, gt=0.0)
+
+
+class GridConfig(Section):
+    sizes: tuple[PositiveInt, ...] = (10, 20, 40)
+    min_count: PositiveInt = 3
+    top_classes: PositiveInt = 5
+    examples: int = Field(default=8, ge=0)
+
+    @field_validator("sizes")
+    @classmethod
+    def _sorted_unique(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if not sizes:
+            raise ValueError("give at least one grid size")
+        return tuple(sorted(set(sizes)))
+
+
+class RenderConfig(Section):
+    steps: PositiveInt = 128
+    icon_size: PositiveInt = 80
+    tries: PositiveInt = 1
+    batch_size: PositiveInt = 64
+    learning_rate: float = Field(default=0.05, gt=0.0)
+
+
+class OutputConfig(Section):
+    dir: Path = Path("outputs")
+    name: str | None = None
+
+
+class SchedulerConfig(Section):
+    address: str = Field(default="local", description="'local' (a LocalCluster), 'tcp://HOST:PORT', or 'sync'")
+    workers: PositiveInt | None = None
+    threads_per_worker: PositiveInt = 1
+
+
+class AtlasConfig(Section):
+    model: ModelConfig = ModelConfig()
+    images: ImagesConfig = ImagesConfig()
+    collect: CollectConfig = CollectConfig()
+    layout: LayoutConfig = LayoutConfig()
+    grid: GridConfig = GridConfig()
+    render: RenderConfig = RenderConfig()
+    output: OutputConfig = OutputConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.output.name or "atlas"
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``'collect.batch_size=16'`` -> ``('collect.batch_size', 16)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise AtlasError(f"--set {text!r}: expected KEY=VALUE, for example --set collect.n_images=200")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_assignment(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise AtlasError(f"config key {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe_error(err: ValidationError, schema: type[BaseModel]) -> str:
+    errors = err.errors()
+    first = errors[0]
+    loc = _field_path(schema, first["loc"])
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        key = ".".join(str(p) for p in first["loc"])
+        parent = _section_at(schema, first["loc"][:-1])
+        valid = ", ".join(parent.model_fields) if parent else ""
+        return f"config key {key!r} is unknown; valid keys here: {valid}"
+    # A union (say, an integer or 'all') reports one error per variant: say them all.
+    messages = dict.fromkeys(e["msg"] for e in errors if _field_path(schema, e["loc"]) == loc)
+    return f"config key {key!r} = {first.get('input')!r} is invalid: {' or '.join(messages)}"
+
+
+def _field_path(schema: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """The config-key part of a pydantic error location (drops union variant tags and list indices)."""
+    path: list[str] = []
+    current: type[BaseModel] | None = schema
+    for part in loc:
+        if current is None or str(part) not in current.model_fields:
+            break
+        path.append(str(part))
+        annotation = current.model_fields[str(part)].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if not path and loc:
+        path.append(str(loc[0]))
+    return tuple(path)
+
+
+def _section_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: type[BaseModel] = schema
+    for part in loc:
+        field = current.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        current = field.annotation
+    return current
+
+
+def validate_tree(tree: dict[str, Any], schema: type[BaseModel]) -> Any:
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as err:
+        raise AtlasError(_describe_error(err, schema)) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise AtlasError(f"config file {path}: cannot read it ({err.strerror})") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise AtlasError(f"config file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise AtlasError(f"config file {path}: expected a mapping of sections at the top level")
+    return tree
+
+
+def load_config(
+    path: Path | None,
+    assignments: list[str] = (),  # type: ignore[assignment]
+    schema: type[BaseModel] = AtlasConfig,
+) -> Any:
+    """Read a YAML file (or start from defaults), apply ``--set`` overrides, validate once."""
+    tree = read_yaml(path) if path is not None else {}
+    for text in assignments:
+        key, value = parse_assignment(text)
+        apply_assignment(tree, key, value)
+    config = validate_tree(tree, schema)
+    if path is not None and isinstance(config, AtlasConfig) and config.output.name is None:
+        config = config.model_copy(update={"output": config.output.model_copy(update={"name": Path(path).stem})})
+    return config

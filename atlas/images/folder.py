@@ -1,0 +1,179 @@
+"""A folder tree of the user's own images, listed once per run, read in shards by workers.
+
+The listing streams to ``images.txt`` in the run folder (one path relative to
+the root per line) so that the driver's memory does not grow with the number
+of files: only the current folder's entries and the list of shards (each an
+offset into that file and a count) are held. Image ids follow the listing
+order: depth first, the entries of every folder sorted by name.
+
+The tree is listed again on every run; ``identity()`` names the root and the
+decode limit only, so a cache keyed on it cannot tell that files changed under
+the same root. ``listing_digest`` (set by ``plan``) hashes the listed names
+for callers that want to notice renames, additions and removals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image
+
+from atlas.errors import AtlasError
+from atlas.images.decode import load_image
+from atlas.images.source import ImageRecord, Shard
+
+INDEX_NAME = "images.txt"
+SKIPPED_NAME = "skipped_listing.txt"
+NOT_AN_IMAGE = "not an image"
+_ENCODING = ("utf-8", "surrogateescape")  # file names need not be valid UTF-8; keep their bytes exactly
+
+
+class FolderSource:
+    """Every file under ``root`` whose extension Pillow knows, in a deterministic order."""
+
+    labels: list[str] | None = None
+
+    def __init__(self, root: Path, max_pixels: int, size_hint: int | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.max_pixels = max_pixels
+        self.size_hint = size_hint  # the model's input side: lets large JPEGs decode at a reduced scale
+        self.extensions = frozenset(ext.lower() for ext in Image.registered_extensions())
+        self.index_path: Path | None = None
+        self.n_images: int | None = None
+        self.skipped: dict[str, int] = {}
+        self.listing_digest: str | None = None
+
+    @property
+    def n_skipped(self) -> int:
+        """How many entries the last ``plan`` passed over (non-images, loops, unreadable folders)."""
+        return sum(self.skipped.values())
+
+    def identity(self) -> str:
+        return f"folder:{self.root}?max_pixels={self.max_pixels}"
+
+    def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]:
+        """List the tree into ``workdir/images.txt`` and return shards pointing into it.
+
+        Skipped entries go to ``workdir/skipped_listing.txt`` as ``reason<TAB>path``
+        lines; their counts by reason end up in ``self.skipped``. With a ``limit``
+        the walk stops at the limit-th image, so both cover only that prefix.
+        """
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be positive, got {shard_size}")
+        if not self.root.is_dir():
+            raise AtlasError(f"images.source '{self.root}': no such folder")
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        index_path, skipped_path = workdir / INDEX_NAME, workdir / SKIPPED_NAME
+        shards: list[Shard] = []
+        skipped: Counter[str] = Counter()
+        digest = hashlib.sha256()
+        n_images = offset = shard_offset = in_shard = 0
+        with open(_partial(index_path), "wb") as index, open(_partial(skipped_path), "wb") as skipped_file:
+            for relative, reason in _walk(self.root, self.extensions) if limit != 0 else ():
+                if reason is not None:
+                    skipped[reason] += 1
+                    shown = relative.replace("\n", "\\n")  # one line per entry, even for odd names
+                    skipped_file.write(f"{reason}\t{shown}\n".encode(*_ENCODING))
+                    continue
+                line = relative.encode(*_ENCODING) + b"\n"
+                index.write(line)
+                digest.update(line)
+                offset += len(line)
+                n_images += 1
+                in_shard += 1
+                if in_shard == shard_size:
+                    shards.append(Shard(len(shards), n_images - in_shard, in_shard, shard_offset))
+                    shard_offset, in_shard = offset, 0
+                if limit is not None and n_images >= limit:
+                    break
+        if in_shard:
+            shards.append(Shard(len(shards), n_images - in_shard, in_shard, shard_offset))
+        os.replace(_partial(index_path), index_path)
+        os.replace(_partial(skipped_path), skipped_path)
+        self.index_path, self.n_images = index_path, n_images
+        self.skipped, self.listing_digest = dict(skipped), digest.hexdigest()
+        if n_images == 0 and limit != 0:
+            raise AtlasError(
+                f"images.source '{self.root}': no images found ({self.n_skipped} other entries skipped,"
+                f" see {skipped_path})"
+            )
+        return shards
+
+    def read(self, shard: Shard) -> Iterator[ImageRecord]:
+        """Decode the shard's files in listing order; unreadable ones come back with ``image=None``."""
+        if self.index_path is None:
+            raise RuntimeError("FolderSource.read() before plan(): plan writes the index that shards point into")
+        with open(self.index_path, "rb") as index:
+            index.seek(shard.offset)
+            for position in range(shard.count):
+                line = index.readline()
+                if not line.endswith(b"\n"):
+                    raise RuntimeError(f"{self.index_path} ends before shard {shard.index} does")
+                relative = line[:-1].decode(*_ENCODING)
+                image, error = load_image(self.root / relative, self.max_pixels, self.size_hint)
+                yield ImageRecord(image_id=shard.start + position, name=relative, image=image, error=error)
+
+
+def _walk(root: Path, extensions: frozenset[str]) -> Iterator[tuple[str, str | None]]:
+    """Yield ``(relative_path, None)`` for image candidates and ``(relative_path, reason)`` for the rest.
+
+    Depth first with an explicit stack (no recursion limit on deep trees);
+    symlinked folders are followed, but a folder already listed, by any path,
+    is not entered again, so symlink loops end.
+    """
+    visited = {_folder_key(root)}
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", iter(_sorted_entries(root)))]
+    while stack:
+        prefix, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        relative = prefix + entry.name
+        if "\n" in entry.name:
+            yield relative, "newline in name"
+            continue
+        try:
+            is_dir = entry.is_dir()
+            is_file = not is_dir and entry.is_file()
+        except OSError as err:
+            yield relative, f"cannot stat: {err.strerror}"
+            continue
+        if is_dir:
+            try:
+                key = _folder_key(Path(entry.path))
+                if key in visited:
+                    yield relative + "/", "folder already listed (symlink loop or duplicate link)"
+                    continue
+                visited.add(key)
+                children = _sorted_entries(Path(entry.path))
+            except OSError as err:
+                yield relative + "/", f"cannot list folder: {err.strerror}"
+                continue
+            stack.append((relative + "/", iter(children)))
+        elif not is_file:
+            yield relative, "not a regular file (broken link, device or pipe)"
+        elif os.path.splitext(entry.name)[1].lower() not in extensions:
+            yield relative, NOT_AN_IMAGE
+        else:
+            yield relative, None
+
+
+def _sorted_entries(folder: Path) -> list[os.DirEntry[str]]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _folder_key(folder: Path) -> tuple[int, int]:
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
+
+
+def _partial(path: Path) -> Path:
+    """Where ``path`` is written before an atomic rename, so a crash never leaves half a listing."""
+    return path.with_name(path.name + ".partial")

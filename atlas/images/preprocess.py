@@ -1,0 +1,55 @@
+"""Turn decoded images into the tensor a model expects, following the model's own Preprocessing.
+
+Every stage that feeds pixels to a model (collection, icon checks) goes
+through here, so the resize, crop and normalisation are the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from atlas.images.modes import to_8bit
+from atlas.models.record import Preprocessing
+
+
+def to_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """``[C, H, W]`` float32: short side resized to ``input_size``, centre square, normalised."""
+    square = fit_square(image, prep.input_size)
+    square = square.convert("L") if prep.channels == 1 else square.convert("RGB")  # RGB->L is ITU-R 601 luma
+    pixels = np.asarray(square, dtype=np.float32) / 255.0
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return normalise(torch.from_numpy(np.ascontiguousarray(pixels)), prep)
+
+
+def batch_to_tensor(images: Sequence[Image.Image], prep: Preprocessing) -> torch.Tensor:
+    """``[B, C, H, W]`` float32 for a batch of images of any sizes."""
+    if not images:
+        return torch.empty(0, prep.channels, prep.input_size, prep.input_size)
+    return torch.stack([to_tensor(image, prep) for image in images])
+
+
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the short side is ``size`` (bilinear, antialiased when shrinking), then crop the centre."""
+    image = to_8bit(image)
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = (max(size, round(width * scale)), max(size, round(height * scale)))
+    if resized != image.size:
+        image = image.resize(resized, Image.Resampling.BILINEAR)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def normalise(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """``(pixels - mean) / std`` per channel; pixels are in [0, 1], channels first (``[..., C, H, W]``)."""
+    channels = pixels.shape[-3]
+    for name, values in (("mean", prep.mean), ("std", prep.std)):
+        if len(values) not in (1, channels):
+            raise ValueError(f"preprocessing {name} has {len(values)} values for {channels} channels")
+    mean = torch.tensor(prep.mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+    std = torch.tensor(prep.std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+    return (pixels - mean) / std

@@ -1,0 +1,1 @@
+"""Orchestration: wires atlas library stages into Dask graphs, caches and resumes them."""

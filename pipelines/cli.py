@@ -1,0 +1,100 @@
+"""The `atlas` command: a thin shell over the pipelines. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from atlas.config import AtlasConfig, ModelConfig, load_config, validate_tree
+from atlas.errors import AtlasError
+
+DEFAULT_CONFIG = Path("configs") / "default.yaml"
+
+
+def _tune_allocator() -> None:
+    """glibc malloc slows PyTorch on CPU 1.5-3x (design.md section 5); worker processes inherit this."""
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines.run import run_atlas
+
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    assignments = list(args.set or [])
+    for flag, key in (
+        ("model", "model.spec"),
+        ("layer", "model.layer"),
+        ("images", "images.source"),
+        ("name", "output.name"),
+        ("out", "output.dir"),
+        ("scheduler", "scheduler.address"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            assignments.append(f"{key}={value}")
+    config: AtlasConfig = load_config(path, assignments)
+    if path is None and config.output.name is None:
+        config = config.model_copy(update={"output": config.output.model_copy(update={"name": "default"})})
+    run_atlas(config)
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from atlas.config import apply_assignment, parse_assignment
+    from atlas.models import format_layers, list_layers, load_model
+
+    tree: dict = {"spec": args.spec}
+    for text in args.set or []:
+        key, value = parse_assignment(text)
+        if not key.startswith("model."):
+            raise AtlasError(f"--set {text!r}: `atlas layers` takes only model.* keys")
+        apply_assignment(tree, key.removeprefix("model."), value)
+    model_config: ModelConfig = validate_tree({"model": tree}, AtlasConfig).model
+    model = load_model(model_config)
+    print(format_layers(list_layers(model)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atlas", description="Activation atlases for trained PyTorch CNNs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="collect, lay out and grid one layer's activations into outputs/NAME/")
+    run.add_argument("config", nargs="?", type=Path, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    run.add_argument("--model", help="model spec: efficientnet-lite0, torchvision:NAME, timm:NAME, FILE.pt, pkg.mod:factory")
+    run.add_argument("--layer", help="layer name (see `atlas layers SPEC`)")
+    run.add_argument("--images", help="image source: a folder, builtin:photos, torchvision:FashionMNIST[?split=test]")
+    run.add_argument("--name", help="bundle name (default: the config file's name)")
+    run.add_argument("--out", help="parent folder of the bundle (default: outputs)")
+    run.add_argument("--scheduler", help="'local' (default), 'sync', or tcp://HOST:PORT of a running Dask scheduler")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. collect.n_images=200")
+    run.set_defaults(handler=_run)
+
+    layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
+    layers.add_argument("spec", help="model spec")
+    layers.add_argument("--set", action="append", metavar="model.KEY=VALUE", help="e.g. model.weights=w.pt")
+    layers.set_defaults(handler=_layers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _tune_allocator()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except AtlasError as err:
+        print(f"atlas: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("atlas: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

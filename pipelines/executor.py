@@ -1,0 +1,105 @@
+"""Where tasks run: a local Dask cluster (default), an existing one, or in-process.
+
+Stage code sees only ``submit``, ``scatter`` and ``as_completed``; choosing the
+scheduler is this module's job alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from atlas.config import SchedulerConfig
+from atlas.errors import AtlasError
+
+
+class Executor(Protocol):
+    threads_per_task: int
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+
+    def scatter(self, value: Any) -> Any: ...
+
+    def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]: ...
+
+
+class InProcessExecutor:
+    """Runs each task at submit time; for debugging and for tests that need no cluster."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads_per_task = threads
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # re-raised by .result(), like a Dask future
+            future.set_exception(err)
+        return future
+
+    def scatter(self, value: Any) -> Any:
+        return value
+
+    def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
+        yield from futures
+
+
+class DaskExecutor:
+    def __init__(self, client: Any, threads_per_task: int) -> None:
+        self.client = client
+        self.threads_per_task = threads_per_task
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.client.submit(fn, *args, pure=False)
+
+    def scatter(self, value: Any) -> Any:
+        return self.client.scatter(value, broadcast=True)
+
+    def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
+        from distributed import as_completed
+
+        yield from as_completed(list(futures))
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -> Iterator[Executor]:
+    address = config.address
+    if address == "sync":
+        yield InProcessExecutor(cores())
+        return
+    from distributed import Client, LocalCluster
+
+    if address == "local":
+        threads = config.threads_per_worker
+        workers = config.workers or max(1, cores() // threads)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
+        )
+        client = Client(cluster)
+        log(f"dask: local cluster, {workers} worker(s) x {threads} thread(s); dashboard {client.dashboard_link}")
+        try:
+            yield DaskExecutor(client, threads)
+        finally:
+            client.close()
+            cluster.close()
+        return
+    if not address.startswith(("tcp://", "tls://", "ucx://")):
+        raise AtlasError(f"scheduler {address!r}: expected 'local', 'sync' or an address like tcp://HOST:8786")
+    try:
+        client = Client(address, timeout="10s")
+    except OSError as err:
+        raise AtlasError(f"scheduler {address!r}: cannot connect ({err}); is `dask scheduler` running there?") from None
+    info = client.scheduler_info()
+    threads = max((w.get("nthreads", 1) for w in info.get("workers", {}).values()), default=1)
+    log(f"dask: connected to {address}; dashboard {client.dashboard_link}")
+    try:
+        yield DaskExecutor(client, threads)
+    finally:
+        client.close()

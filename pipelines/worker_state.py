@@ -1,0 +1,26 @@
+"""State a worker process loads once and reuses for every task: the model and its hooked layer."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import torch
+
+from atlas.config import ModelConfig
+from atlas.models import LoadedModel, load_model, resolve_layer
+
+
+def use_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@lru_cache(maxsize=2)
+def _model(model_json: str) -> tuple[LoadedModel, torch.nn.Module]:
+    model = load_model(ModelConfig.model_validate(json.loads(model_json)))
+    return model, resolve_layer(model, json.loads(model_json)["layer"])
+
+
+def model_and_layer(config: ModelConfig) -> tuple[LoadedModel, torch.nn.Module]:
+    return _model(config.model_dump_json())

@@ -1,0 +1,64 @@
+"""Forward-mode attribution equals autograd's gradient x activation, for every class at once."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from atlas.collect import activations_at, sample_positions
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.GELU(),
+        nn.Conv2d(16, 12, 3, stride=2, padding=1), nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 7),
+    ).eval()  # fmt: skip
+
+
+def autograd_attribution(model: nn.Module, layer: nn.Module, image: torch.Tensor, y: int, x: int) -> np.ndarray:
+    held = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: held.update(h=out))
+    logits = model(image[None])
+    handle.remove()
+    h = held["h"]
+    scores = []
+    for c in range(logits.shape[1]):
+        (grad,) = torch.autograd.grad(logits[0, c], h, retain_graph=True)
+        scores.append(float((grad[0, :, y, x] * h[0, :, y, x]).sum()))
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("layer_index", [3, 5])
+def test_jvp_matches_autograd(layer_index: int) -> None:
+    model = small_cnn()
+    layer = model[layer_index]
+    images = torch.randn(3, 3, 12, 12)
+    rows = np.array([0, 0, 1, 2, 2])
+    positions = np.array([[1, 1], [4, 5], [2, 3], [3, 3], [4, 1]])
+    out = activations_at(model, layer, images, rows, positions, with_attribution=True)
+    expected = np.stack([autograd_attribution(model, layer, images[r], y, x) for r, (y, x) in zip(rows, positions)])
+    assert out.attribution is not None and out.attribution.shape == (5, 7)
+    np.testing.assert_allclose(out.attribution, expected, rtol=1e-4, atol=1e-6)
+    truncated = activations_at(model, layer, images, rows, positions, with_attribution=False)
+    np.testing.assert_allclose(truncated.activation, out.activation, rtol=1e-6)
+
+
+def test_truncated_forward_stops_at_the_layer() -> None:
+    model = small_cnn()
+    calls = []
+    model[-1].register_forward_hook(lambda *_: calls.append(1))
+    activations_at(model, model[3], torch.randn(2, 3, 12, 12), np.array([0, 1]), np.array([[1, 1], [2, 2]]), False)
+    assert calls == []
+
+
+def test_positions_are_seeded_interior_and_independent_of_batching() -> None:
+    a = sample_positions(17, 14, 14, 3, seed=5)
+    b = sample_positions(17, 14, 14, 3, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, sample_positions(18, 14, 14, 3, seed=5))
+    many = np.concatenate([sample_positions(i, 7, 7, 1, seed=0) for i in range(500)])
+    assert many.min() == 1 and many.max() == 5  # border row and column never sampled
+    assert len(sample_positions(0, 7, 7, "all", seed=0)) == 49
