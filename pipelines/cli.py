@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     config: AtlasConfig = load_config(path, assignments)
     if path is None and config.output.name is None:
         config = config.model_copy(update={"output": config.output.model_copy(update={"name": "default"})})
-    run_atlas(config)
+    run_atlas(config, until=args.until)
     return 0
 
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="parent folder of the bundle (default: outputs)")
     run.add_argument("--scheduler", help="'local' (default), 'sync', or tcp://HOST:PORT of a running Dask scheduler")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. collect.n_images=200")
+    run.add_argument("--until", choices=["collect", "layout", "grid"], help="stop after this stage (re-run later to continue)")
     run.set_defaults(handler=_run)
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")

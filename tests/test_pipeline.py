@@ -32,10 +32,16 @@ def read_bundle(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
-def test_folder_run_skips_broken_files_and_writes_the_contract(photo_folder: Path, tmp_path: Path) -> None:
-    code = main(["run", "--images", str(photo_folder), "--out", str(tmp_path), "--name", "photos", "--scheduler", "sync", *SMALL])
-    assert code == 0
-    run_dir = tmp_path / "photos"
+@pytest.fixture(scope="module")
+def photo_run(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One in-process run over the photo folder, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["run", "--images", str(photo_folder), "--out", str(out), "--name", "photos", "--scheduler", "sync", *SMALL]) == 0
+    return out / "photos"
+
+
+def test_folder_run_skips_broken_files_and_writes_the_contract(photo_folder: Path, photo_run: Path) -> None:
+    run_dir = photo_run
     manifest = read_bundle(run_dir)
     assert manifest["format"] == "activation-atlas/1"
     assert manifest["model"] == "efficientnet-lite0" and manifest["layer"] == "blocks.4"
@@ -62,7 +68,7 @@ def test_folder_run_skips_broken_files_and_writes_the_contract(photo_folder: Pat
         assert all(len(c["top_classes"]) == 5 and c["top_classes"][0]["label"] for c in cells)
 
     # A second run of the same config is served from the cache.
-    assert main(["run", "--images", str(photo_folder), "--out", str(tmp_path), "--name", "photos", "--scheduler", "sync", *SMALL]) == 0
+    assert main(["run", "--images", str(photo_folder), "--out", str(run_dir.parent), "--name", "photos", "--scheduler", "sync", *SMALL]) == 0
     assert all(stage["cached"] for stage in read_bundle(run_dir)["stages"].values())
 
 
@@ -75,18 +81,19 @@ def test_wrong_layer_fails_before_any_work(tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "bad" / "activations").exists()
 
 
-def test_local_dask_cluster_gives_the_same_rows_as_in_process(photo_folder: Path, tmp_path: Path) -> None:
-    args = ["run", "--images", str(photo_folder), "--out", str(tmp_path), *SMALL]
-    assert main([*args, "--name", "sync", "--scheduler", "sync"]) == 0
-    assert main([*args, "--name", "dask"]) == 0  # default: a local cluster of worker processes
+def test_local_dask_cluster_gives_the_same_rows_as_in_process(photo_folder: Path, photo_run: Path, tmp_path: Path) -> None:
+    # The default scheduler: a local cluster of worker processes, each loading the model once.
+    assert main(["run", "--images", str(photo_folder), "--out", str(tmp_path), "--name", "dask", *SMALL]) == 0
     import zarr
 
-    a = zarr.open_group(tmp_path / "sync" / "activations" / "rows.zarr", mode="r")
+    a = zarr.open_group(photo_run / "activations" / "rows.zarr", mode="r")
     b = zarr.open_group(tmp_path / "dask" / "activations" / "rows.zarr", mode="r")
     for name in ("image_id", "y", "x", "valid"):
         np.testing.assert_array_equal(a[name][:], b[name][:])
     np.testing.assert_allclose(a["activation"][:], b["activation"][:], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a["attribution"][:], b["attribution"][:], rtol=1e-3, atol=1e-4)
+    coords = np.load(tmp_path / "dask" / "layout" / "coords.npy")
+    assert coords.shape == (51, 2) and 0.0 <= coords.min() and coords.max() <= 1.0
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -95,7 +102,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_kill_and_resume_gives_identical_activations(tmp_path: Path) -> None:
     args = [
-        sys.executable, "-m", "pipelines.cli", "run", "--scheduler", "sync",
+        sys.executable, "-m", "pipelines.cli", "run", "--scheduler", "sync", "--until", "collect",
         "--set", "collect.n_images=48", "--set", "collect.shard_size=3", *SMALL[:4], *SMALL[6:],
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
