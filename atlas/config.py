@@ -78,6 +78,8 @@ class RenderConfig(Section):
     tries: PositiveInt = 1
     batch_size: PositiveInt = 64
     learning_rate: float = Field(default=0.05, gt=0.0)
+    cossim_power: float = Field(default=4.0, ge=0.0)
+    whiten: bool = True
 
 
 class OutputConfig(Section):

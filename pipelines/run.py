@@ -1,4 +1,4 @@
-"""`atlas run`: images -> collect -> layout -> grid, into one resumable bundle folder.
+"""`atlas run`: images -> collect -> layout -> grid -> render, into one resumable bundle folder.
 
 Each stage is a function of a shared ``RunContext``; each is keyed by its inputs
 (chained through the previous stage's key) and skipped when its marker matches.
@@ -28,10 +28,10 @@ from atlas.models import LoadedModel, load_model, resolve_layer
 from pipelines.collect_stage import run_collect
 from pipelines.executor import Executor, open_executor
 from pipelines.layout_stage import compute_layout
+from pipelines.render_stage import measure_fidelity, run_render
 from pipelines.stages import StageLog, file_fingerprint, fingerprint
 
 FORMAT = "activation-atlas/1"
-STAGES = ("collect", "layout", "grid")
 
 
 class _LazyExecutor:
@@ -52,6 +52,7 @@ class RunContext:
     config: AtlasConfig
     run_dir: Path
     model: LoadedModel
+    layer: torch.nn.Module
     layer_shape: tuple[int, ...]
     n_classes: int
     source: ImageSource
@@ -135,7 +136,26 @@ def grid(ctx: RunContext) -> None:
     ctx.stages.run("grid", key, work)
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[RunContext], None]] = {"collect": collect, "layout": layout, "grid": grid}
+def render_icons(ctx: RunContext) -> None:
+    config = ctx.config
+    key = fingerprint("render", ctx.keys["grid"], config.render.model_dump(mode="json"), config.seed)
+    ctx.keys["render"] = key
+
+    def work() -> None:
+        run_render(ctx.executor, ctx.run_dir, config.grid.sizes, config.model, config.render, config.seed, key)
+        for size in config.grid.sizes:
+            fidelity = measure_fidelity(ctx.run_dir, size, ctx.model, ctx.layer)
+            ctx.stages.log(f"[render] grid {size}: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
+
+    ctx.stages.run("render", key, work)
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext], None]] = {
+    "collect": collect,
+    "layout": layout,
+    "grid": grid,
+    "render": render_icons,
+}
 
 
 def run_atlas(config: AtlasConfig, until: str | None = None, log: Callable[[str], None] = print) -> Path:
@@ -165,7 +185,7 @@ def run_atlas(config: AtlasConfig, until: str | None = None, log: Callable[[str]
 
     with ExitStack() as stack:
         ctx = RunContext(
-            config, run_dir, model, shape, n_classes, source, shards, _LazyExecutor(config, stack, log), StageLog(run_dir, log),
+            config, run_dir, model, layer, shape, n_classes, source, shards, _LazyExecutor(config, stack, log), StageLog(run_dir, log),
             labels=_class_names(model, source, n_classes),
         )  # fmt: skip
         for name, stage in STAGE_FUNCTIONS.items():
@@ -190,8 +210,8 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
                     "grid": size,
                     "cells": f"levels/{size}/cells.json",
                     "directions": f"levels/{size}/directions.npy",
-                    "n_cells": len(read_json(run_dir / "levels" / str(size) / "cells.json")),
                     "icon_size": config.render.icon_size,
+                    **_level_summary(read_json(run_dir / "levels" / str(size) / "cells.json")),
                 }
             )
     return {
@@ -214,8 +234,21 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
         "levels": levels,
         "config": config.model_dump(mode="json"),
         "versions": _versions(),
+        "render": {k: config.render.model_dump(mode="json")[k] for k in ("steps", "icon_size", "tries", "learning_rate", "whiten")}
+        | {"seconds": ctx.stages.records.get("render", {}).get("seconds")},
         "stages": ctx.stages.records,
     }
+
+
+def _level_summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"n_cells": len(cells)}
+    scored = [c["fidelity"] for c in cells if "fidelity" in c]
+    if scored:
+        summary["fidelity"] = {
+            "mean_cosine": round(float(np.mean([f["cosine"] for f in scored])), 4),
+            "top1": round(float(np.mean([f["rank"] == 0 for f in scored])), 4),
+        }
+    return summary
 
 
 def _class_names(model: LoadedModel, source: ImageSource, n_classes: int) -> list[str] | None:

@@ -19,6 +19,7 @@ def use_threads(threads: int) -> None:
 @lru_cache(maxsize=2)
 def _model(model_json: str) -> tuple[LoadedModel, torch.nn.Module]:
     model = load_model(ModelConfig.model_validate(json.loads(model_json)))
+    model.module.to(memory_format=torch.channels_last)  # 1.3-1.6x faster convolutions on CPU
     return model, resolve_layer(model, json.loads(model_json)["layer"])
 
 

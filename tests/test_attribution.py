@@ -62,3 +62,28 @@ def test_positions_are_seeded_interior_and_independent_of_batching() -> None:
     many = np.concatenate([sample_positions(i, 7, 7, 1, seed=0) for i in range(500)])
     assert many.min() == 1 and many.max() == 5  # border row and column never sampled
     assert len(sample_positions(0, 7, 7, "all", seed=0)) == 49
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.act(self.inner(x))  # the skip carries the un-widened batch past `inner`
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_layer_inside_a_residual_branch_still_matches_autograd() -> None:
+    model = Residual().eval()
+    images = torch.randn(3, 3, 10, 10)
+    rows = np.array([0, 1, 1, 2])
+    positions = np.array([[2, 2], [3, 4], [7, 1], [5, 5]])
+    out = activations_at(model, model.inner, images, rows, positions, with_attribution=True)
+    expected = np.stack([autograd_attribution(model, model.inner, images[r], y, x) for r, (y, x) in zip(rows, positions)])
+    np.testing.assert_allclose(out.attribution, expected, rtol=1e-4, atol=1e-6)

@@ -45,6 +45,7 @@ def test_factory_model_on_fashion_mnist(fashion_weights: tuple[Path, Path], tmp_
         "--scheduler", "sync", "--set", f"model.weights={weights}", "--set", f"images.root={root}",
         "--set", "collect.n_images=400", "--set", "collect.shard_size=100", "--set", "collect.batch_size=100",
         "--set", "collect.positions_per_image=1", "--set", "grid.sizes=[4,8]", "--set", "layout.n_neighbors=10",
+        "--set", "render.steps=16", "--set", "render.icon_size=28",
     ])  # fmt: skip
     assert code == 0
     run_dir = tmp_path / "fashion"

@@ -25,6 +25,8 @@ SMALL = [
     "--set", "layout.n_neighbors=8",
     "--set", "grid.sizes=[2,4]",
     "--set", "grid.min_count=1",
+    "--set", "render.steps=8",
+    "--set", "render.icon_size=48",
 ]  # fmt: skip
 
 
@@ -51,7 +53,7 @@ def test_folder_run_skips_broken_files_and_writes_the_contract(photo_folder: Pat
     skipped = {Path(s["name"]).name for s in manifest["skipped"]["files"]}
     assert {"broken_truncated.jpg", "broken_text.jpg", "empty.png", "notes.txt"} <= skipped
     assert manifest["skipped"]["count"] == 4
-    assert set(manifest["stages"]) == {"collect", "layout", "grid"}
+    assert set(manifest["stages"]) == {"collect", "layout", "grid", "render"}
     assert manifest["config"]["images"]["source"] == str(photo_folder)
 
     coords = np.load(run_dir / "layout" / "coords.npy")

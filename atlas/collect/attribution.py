@@ -5,11 +5,12 @@ That is a Jacobian-vector product from the layer to the logits with h itself as
 the tangent, so one forward-mode pass (about two plain forwards) gives every
 class at once: no backward pass per class, no loop over positions. Each row of
 the batch carries its own tangent (its own position), so an image sampled at k
-positions is fed k times.
+positions becomes k rows from the layer on.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,11 +62,42 @@ def activations_at(
             output = run_to_layer(module, layer, images)
         return PositionRows(_gather(output, index, ys, xs).float().numpy(), None)
 
-    batch = images if len(index) == len(images) and bool((index == torch.arange(len(images))).all()) else images[index]
-    own = torch.arange(len(index))
+    if len(index) == len(images) and bool((index == torch.arange(len(images))).all()):
+        return _attribute(module, layer, images, None, ys, xs)
+    if _EXPAND_AT_LAYER.get(layer, True):
+        try:
+            return _attribute(module, layer, images, index, ys, xs)
+        except RuntimeError:
+            _EXPAND_AT_LAYER[layer] = False  # something after the layer still needs the original batch
+    return _attribute(module, layer, images[index], None, ys, xs)
+
+
+# Layers after which the batch can be widened to one row per position (False once that failed).
+_EXPAND_AT_LAYER: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _attribute(
+    module: torch.nn.Module,
+    layer: torch.nn.Module,
+    images: torch.Tensor,
+    expand: torch.Tensor | None,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+) -> PositionRows:
+    """One forward-mode pass; ``expand`` (row -> image) widens the batch at the layer.
+
+    Widening at the layer instead of feeding an image once per position saves
+    the work before the layer. It is exact whenever it runs: tensors from before
+    the layer are identical for every copy of an image and carry no tangent. A
+    network that combines the widened batch with an earlier one fails with a
+    shape error, and the caller falls back to repeating the input.
+    """
     captured: dict[str, torch.Tensor] = {}
 
     def make_dual(output: torch.Tensor) -> torch.Tensor:
+        if expand is not None:
+            output = output[expand]
+        own = torch.arange(len(output))
         h = _gather(output, own, ys, xs)
         captured["h"] = h.detach().clone()  # later in-place ops must not change the stored rows
         if output.dim() == 4:
@@ -76,7 +108,7 @@ def activations_at(
         return fwAD.make_dual(output, tangent)
 
     with torch.no_grad(), fwAD.dual_level(), LayerCapture(layer, store=False, transform=make_dual):
-        logits = module(batch)
+        logits = module(images)
         tangent_out = fwAD.unpack_dual(logits).tangent
     if tangent_out is None:
         raise RuntimeError("the model's output does not depend on the hooked layer; pick a layer on the path to the logits")

@@ -74,7 +74,8 @@ def collect_records(
         positions = [sample_positions(r.image_id, height, width, positions_per_image, seed) for r in good]
         rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(positions)])
         where = np.concatenate(positions)
-        out = activations_at(module, layer, torch.stack(tensors), rows, where, with_attribution)
+        images = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
+        out = activations_at(module, layer, images, rows, where, with_attribution)
         attribution = out.attribution if out.attribution is not None else np.zeros((len(rows), n_classes), np.float32)
         ids = np.array([r.image_id for r in good], dtype=np.int64)[rows]
         labels = np.array([-1 if r.label is None else r.label for r in good], dtype=np.int32)[rows]

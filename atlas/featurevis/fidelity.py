@@ -1,0 +1,61 @@
+"""Icon fidelity: does an icon, fed back through the model, point along its cell's direction?
+
+design.md section 6: the cosine between the icon's own centre activation and its
+cell's mean activation, and the rank of the cell's own direction among every
+direction of that grid (0 = the icon is closest to its own cell).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from atlas.featurevis.objectives import centre
+from atlas.models.layers import run_to_layer
+
+
+@dataclass
+class Fidelity:
+    cosine: np.ndarray  # [N]
+    rank: np.ndarray  # [N], 0 = own direction is the nearest
+
+    @property
+    def top1(self) -> float:
+        return float((self.rank == 0).mean()) if len(self.rank) else 0.0
+
+    @property
+    def mean_cosine(self) -> float:
+        return float(self.cosine.mean()) if len(self.cosine) else 0.0
+
+
+def centre_activations(
+    model: nn.Module,
+    layer: nn.Module,
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """[N, C] activation at the layer's centre for images in [0, 1], fed at their own size."""
+    mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = ((images[start : start + batch_size].float() - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+            parts.append(centre(run_to_layer(model, layer, batch)).float())
+    return torch.cat(parts).numpy()
+
+
+def direction_fidelity(activations: np.ndarray, directions: np.ndarray) -> Fidelity:
+    """Cosine of row i of ``activations`` with direction i, and direction i's rank among all directions."""
+    a = activations / np.maximum(np.linalg.norm(activations, axis=1, keepdims=True), 1e-12)
+    d = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+    similarity = a @ d.T  # [N icons, N directions]
+    own = np.diag(similarity)
+    rank = (similarity > own[:, None]).sum(axis=1)
+    return Fidelity(own.astype(np.float32), rank.astype(np.int64))
