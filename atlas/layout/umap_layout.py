@@ -49,6 +49,7 @@ class AtlasLayout:
             metric=self.metric,
             random_state=self.random_state,
             init="spectral" if len(x) > self.n_neighbors + 2 else "random",
+            n_jobs=1 if self.random_state is not None else -1,  # a seed makes umap-learn single-threaded anyway
         ).fit(reduced)
         embedding = self.umap_.embedding_.astype(np.float64)
         low = np.percentile(embedding, self.clip_percentile, axis=0)
