@@ -71,9 +71,11 @@ def run_collect(
         )
         for shard in todo
     ]
+    skipped = 0
     with tqdm(total=len(shards), initial=len(shards) - len(todo), desc="collect", unit="shard") as bar:
         for future in ex.as_completed(futures):
             report = future.result()
             bar.update(1)
             if report["skipped"]:
-                bar.set_postfix(skipped=sum(1 for _ in report["skipped"]))
+                skipped += len(report["skipped"])
+                bar.set_postfix(skipped=skipped)

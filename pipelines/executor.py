@@ -26,25 +26,39 @@ class Executor(Protocol):
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]: ...
 
 
+class _Deferred:
+    """A task that runs when its result is first asked for, so progress bars advance in-process too."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._fn, self._args = fn, args
+        self._future: Future | None = None
+
+    def result(self) -> Any:
+        if self._future is None:
+            self._future = Future()
+            try:
+                self._future.set_result(self._fn(*self._args))
+            except BaseException as err:  # re-raised below, like a Dask future
+                self._future.set_exception(err)
+        return self._future.result()
+
+
 class InProcessExecutor:
-    """Runs each task at submit time; for debugging and for tests that need no cluster."""
+    """Runs each task in this process, one after another; for debugging and for tests that need no cluster."""
 
     def __init__(self, threads: int) -> None:
         self.threads_per_task = threads
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except BaseException as err:  # re-raised by .result(), like a Dask future
-            future.set_exception(err)
-        return future
+    def submit(self, fn: Callable[..., Any], *args: Any) -> _Deferred:
+        return _Deferred(fn, args)
 
     def scatter(self, value: Any) -> Any:
         return value
 
-    def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
-        yield from futures
+    def as_completed(self, futures: Iterable[_Deferred]) -> Iterator[_Deferred]:
+        for future in futures:
+            future.result()
+            yield future
 
 
 class DaskExecutor:
