@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,12 +21,18 @@ def _tune_allocator() -> None:
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
 
 
+def _default_config() -> Path | None:
+    """configs/default.yaml in the working folder, else the one beside the installed source tree."""
+    for candidate in (DEFAULT_CONFIG, Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
     from pipelines.run import run_atlas
 
-    path = args.config
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
+    path = args.config if args.config is not None else _default_config()
     assignments = list(args.set or [])
     for flag, key in (
         ("model", "model.spec"),
@@ -41,7 +48,19 @@ def _run(args: argparse.Namespace) -> int:
     config: AtlasConfig = load_config(path, assignments)
     if path is None and config.output.name is None:
         config = config.model_copy(update={"output": config.output.model_copy(update={"name": "default"})})
-    run_atlas(config, until=args.until)
+    run_dir = run_atlas(config, until=args.until)
+    if (run_dir / "index.html").exists():
+        print(f"atlas: bundle in {run_dir}; view it with: atlas serve {shlex.quote(str(run_dir))}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipelines.serve import serve
+
+    try:
+        serve(args.run_dir, args.host, args.port, args.verbose)
+    except KeyboardInterrupt:
+        print("atlas: server stopped", file=sys.stderr)
     return 0
 
 
@@ -74,13 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="parent folder of the bundle (default: outputs)")
     run.add_argument("--scheduler", help="'local' (default), 'sync', or tcp://HOST:PORT of a running Dask scheduler")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. collect.n_images=200")
-    run.add_argument("--until", choices=["collect", "layout", "grid", "render"], help="stop after this stage (re-run later to continue)")
+    run.add_argument("--until", choices=["collect", "layout", "grid", "render", "tiles"], help="stop after this stage (re-run later to continue)")
     run.set_defaults(handler=_run)
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
     layers.add_argument("spec", help="model spec")
     layers.add_argument("--set", action="append", metavar="model.KEY=VALUE", help="e.g. model.weights=w.pt")
     layers.set_defaults(handler=_layers)
+
+    serve = sub.add_parser("serve", help="serve a run folder's atlas viewer on a local address")
+    serve.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bundle folder, e.g. outputs/default")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, help="port (default: 8000 or the next free one; 0 for any free port)")
+    serve.add_argument("--verbose", action="store_true", help="log every request")
+    serve.set_defaults(handler=_serve)
     return parser
 
 
