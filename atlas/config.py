@@ -82,6 +82,13 @@ class RenderConfig(Section):
     whiten: bool = True
 
 
+class TilesConfig(Section):
+    format: Literal["jpg", "webp"] = "jpg"
+    quality: int = Field(default=90, ge=1, le=100)
+    scale: PositiveInt | None = Field(default=None, description="integer icon upscale on the canvas (default: cells >= 64 px)")
+    examples_per_cell: int = Field(default=6, ge=0)
+
+
 class OutputConfig(Section):
     dir: Path = Path("outputs")
     name: str | None = None
@@ -89,8 +96,8 @@ class OutputConfig(Section):
 
 class SchedulerConfig(Section):
     address: str = Field(default="local", description="'local' (a LocalCluster), 'tcp://HOST:PORT', or 'sync'")
-    workers: PositiveInt | None = None
-    threads_per_worker: PositiveInt = 1
+    workers: PositiveInt | None = Field(default=None, description="local cluster worker processes (default 1)")
+    threads_per_worker: PositiveInt | None = Field(default=None, description="PyTorch threads per worker (default cores / workers)")
 
 
 class AtlasConfig(Section):
@@ -100,6 +107,7 @@ class AtlasConfig(Section):
     layout: LayoutConfig = LayoutConfig()
     grid: GridConfig = GridConfig()
     render: RenderConfig = RenderConfig()
+    tiles: TilesConfig = TilesConfig()
     output: OutputConfig = OutputConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     seed: int = 0

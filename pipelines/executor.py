@@ -88,14 +88,26 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -
     if address == "sync":
         yield InProcessExecutor(cores())
         return
+    import dask
     from distributed import Client, LocalCluster
 
     if address == "local":
-        threads = config.threads_per_worker
-        workers = config.workers or max(1, cores() // threads)
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
-        )
+        workers = config.workers or 1
+        threads = config.threads_per_worker or max(1, cores() // workers)
+        # One task at a time per worker process, each using `threads` PyTorch threads: the model is
+        # loaded once per process and convolutions parallelise inside it. Dask's nanny would set
+        # MALLOC_TRIM_THRESHOLD_=65536, which slows PyTorch on CPU 1.5-3x (design.md section 5).
+        environ = {
+            "MALLOC_TRIM_THRESHOLD_": 1 << 30,
+            "MALLOC_MMAP_THRESHOLD_": 1 << 30,
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+        }
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
+            )
         client = Client(cluster)
         log(f"dask: local cluster, {workers} worker(s) x {threads} thread(s); dashboard {client.dashboard_link}")
         try:
