@@ -11,14 +11,9 @@ from typing import Sequence
 
 from atlas.config import AtlasConfig, ModelConfig, load_config, validate_tree
 from atlas.errors import AtlasError
+from atlas.runtime import MALLOC_ENVIRON, tune_allocator
 
 DEFAULT_CONFIG = Path("configs") / "default.yaml"
-
-
-def _tune_allocator() -> None:
-    """glibc malloc slows PyTorch on CPU 1.5-3x (design.md section 5); worker processes inherit this."""
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
 
 
 def _default_config() -> Path | None:
@@ -111,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _tune_allocator()
+    tune_allocator()
+    for key, value in MALLOC_ENVIRON.items():  # worker processes read these at start-up
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

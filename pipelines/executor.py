@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from atlas.config import SchedulerConfig
 from atlas.errors import AtlasError
+from atlas.runtime import MALLOC_ENVIRON
 
 
 class Executor(Protocol):
@@ -98,8 +99,7 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -
         # loaded once per process and convolutions parallelise inside it. Dask's nanny would set
         # MALLOC_TRIM_THRESHOLD_=65536, which slows PyTorch on CPU 1.5-3x (design.md section 5).
         environ = {
-            "MALLOC_TRIM_THRESHOLD_": 1 << 30,
-            "MALLOC_MMAP_THRESHOLD_": 1 << 30,
+            **MALLOC_ENVIRON,
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
             "OPENBLAS_NUM_THREADS": threads,

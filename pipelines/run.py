@@ -1,4 +1,4 @@
-"""`atlas run`: images -> collect -> layout -> grid -> render, into one resumable bundle folder.
+"""`atlas run`: images -> collect -> layout -> grid -> render -> tiles, into one resumable bundle folder.
 
 Each stage is a function of a shared ``RunContext``; each is keyed by its inputs
 (chained through the previous stage's key) and skipped when its marker matches.
@@ -30,6 +30,7 @@ from pipelines.executor import Executor, open_executor
 from pipelines.layout_stage import compute_layout
 from pipelines.render_stage import measure_fidelity, run_render
 from pipelines.stages import StageLog, file_fingerprint, fingerprint
+from pipelines.tiles_stage import manifest_entries, tiles
 
 FORMAT = "activation-atlas/1"
 
@@ -155,6 +156,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], None]] = {
     "layout": layout,
     "grid": grid,
     "render": render_icons,
+    "tiles": tiles,
 }
 
 
@@ -193,6 +195,8 @@ def run_atlas(config: AtlasConfig, until: str | None = None, log: Callable[[str]
             if name == until:
                 break
     manifest = build_manifest(ctx)
+    if "tiles" in ctx.keys:
+        manifest = manifest_entries(manifest, config, run_dir, ctx.model.preprocessing.channels)
     write_json(run_dir / "manifest.json", manifest)
     log(f"atlas: {manifest['n_activations']} activations from {manifest['n_images']} images -> {run_dir}")
     return run_dir

@@ -8,10 +8,13 @@ from functools import lru_cache
 import torch
 
 from atlas.config import ModelConfig
+from atlas.runtime import tune_allocator
 from atlas.models import LoadedModel, load_model, resolve_layer
 
 
 def use_threads(threads: int) -> None:
+    """Called by every task: right-size PyTorch's thread pool and malloc for this worker process."""
+    tune_allocator()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
@@ -74,6 +74,11 @@ class BuiltinPhotos:
     def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]:
         n_images = len(self.crops())
         return index_shards(n_images if limit is None else min(limit, n_images), shard_size)
+
+    def read_ids(self, ids: Iterable[int]) -> Iterator[ImageRecord]:
+        """The images with these ids, in increasing order (ids are positions in the source, as in ``plan``)."""
+        for image_id in sorted(set(ids)):
+            yield from self.read(Shard(0, image_id, 1, image_id))
 
     def read(self, shard: Shard) -> Iterator[ImageRecord]:
         crops = self.crops()

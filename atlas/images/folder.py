@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -117,6 +117,28 @@ class FolderSource:
                 relative = line[:-1].decode(*_ENCODING)
                 image, error = load_image(self.root / relative, self.max_pixels, self.size_hint)
                 yield ImageRecord(image_id=shard.start + position, name=relative, image=image, error=error)
+
+    def read_ids(self, ids: Iterable[int]) -> Iterator[ImageRecord]:
+        """Decode the files with these ids (line numbers of the index), in increasing id order.
+
+        Streams the index once, up to the largest id asked for.
+        """
+        if self.index_path is None:
+            raise RuntimeError("FolderSource.read_ids() before plan(): plan writes the index that ids point into")
+        wanted = sorted(set(ids))
+        if not wanted:
+            return
+        with open(self.index_path, "rb") as index:
+            position, line = 0, b""
+            for image_id in wanted:
+                while position <= image_id:
+                    line = index.readline()
+                    if not line.endswith(b"\n"):
+                        raise RuntimeError(f"{self.index_path} has no image id {image_id}")
+                    position += 1
+                relative = line[:-1].decode(*_ENCODING)
+                image, error = load_image(self.root / relative, self.max_pixels, self.size_hint)
+                yield ImageRecord(image_id=image_id, name=relative, image=image, error=error)
 
 
 def _walk(root: Path, extensions: frozenset[str]) -> Iterator[tuple[str, str | None]]:

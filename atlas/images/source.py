@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Protocol
 
 from PIL import Image
 
@@ -47,6 +47,10 @@ class ImageSource(Protocol):
         ...
 
     def read(self, shard: Shard) -> Iterator[ImageRecord]:
+        ...
+
+    def read_ids(self, ids: Iterable[int]) -> Iterator[ImageRecord]:
+        """The images with these ids (after ``plan``), in increasing id order; for reading examples back."""
         ...
 
 

@@ -13,7 +13,7 @@ import inspect
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,11 @@ class TorchvisionSource:
     def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]:
         n_images = len(self.dataset())
         return index_shards(n_images if limit is None else min(limit, n_images), shard_size)
+
+    def read_ids(self, ids: Iterable[int]) -> Iterator[ImageRecord]:
+        """The images with these ids, in increasing order (ids are positions in the source, as in ``plan``)."""
+        for image_id in sorted(set(ids)):
+            yield from self.read(Shard(0, image_id, 1, image_id))
 
     def read(self, shard: Shard) -> Iterator[ImageRecord]:
         dataset = self.dataset()

@@ -1,0 +1,70 @@
+"""Dataset examples: the patch of a real image around the position an activation was sampled at.
+
+A layer of spatial size H x W on a model input of S x S pixels (the image
+after the model's own resize and centre crop, ``fit_square``) has a stride of
+S/H rows and S/W columns. Position (y, x) of the layer is centred at
+``((y + 0.5) * S / H, (x + 0.5) * S / W)`` in that input frame. The patch is a
+square of ``PATCH_STRIDES`` strides around that centre: about the region whose
+pixels dominate the activation (the effective receptive field is much smaller
+than the theoretical one). Near the border the square is shifted to stay
+inside the frame, never shrunk, unless it is larger than the frame itself.
+Patches keep the input's resolution and the model's colour mode (grayscale for
+one-channel models), saved as JPEG.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image
+
+from atlas.images.preprocess import fit_square
+from atlas.io import write_bytes
+
+PATCH_STRIDES = 3.0
+PATCH_QUALITY = 90
+
+
+def patch_name(image_id: int, y: int, x: int) -> str:
+    """The bundle path of one patch: one file per (image, position), shared by every cell and grid."""
+    return f"examples/{image_id}_{y}_{x}.jpg"
+
+
+def patch_box(y: int, x: int, layer_hw: tuple[int, int], input_size: int, strides: float = PATCH_STRIDES) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` of the patch around layer position (y, x), in input pixels."""
+    height, width = layer_hw
+    stride_y, stride_x = input_size / height, input_size / width
+    side = max(1, min(input_size, round(strides * max(stride_y, stride_x))))
+    centre_y, centre_x = (y + 0.5) * stride_y, (x + 0.5) * stride_x
+    top = min(max(round(centre_y - side / 2), 0), input_size - side)
+    left = min(max(round(centre_x - side / 2), 0), input_size - side)
+    return left, top, left + side, top + side
+
+
+def model_view(image: Image.Image, input_size: int, channels: int) -> Image.Image:
+    """The image as the model saw it: short side resized to ``input_size``, centre square, L or RGB."""
+    square = fit_square(image, input_size)
+    return square.convert("L") if channels == 1 else square.convert("RGB")
+
+
+def save_patches(
+    run_dir: Path,
+    image: Image.Image,
+    image_id: int,
+    positions: Iterable[tuple[int, int]],
+    layer_hw: tuple[int, int],
+    input_size: int,
+    channels: int,
+) -> list[str]:
+    """Write the patch of every ``(y, x)`` of one image; returns their bundle paths."""
+    frame = model_view(image, input_size, channels)
+    written = []
+    for y, x in positions:
+        buffer = io.BytesIO()
+        frame.crop(patch_box(y, x, layer_hw, input_size)).save(buffer, format="JPEG", quality=PATCH_QUALITY)
+        name = patch_name(image_id, y, x)
+        write_bytes(run_dir / name, buffer.getvalue())
+        written.append(name)
+    return written

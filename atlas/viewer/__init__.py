@@ -1,0 +1,34 @@
+"""The atlas viewer: a static page (HTML, JS, CSS) copied into every bundle; no build step, no CDN.
+
+The bundle gets ``index.html`` at its root and the rest under ``viewer/``. The
+page reads ``manifest.json``, shows each grid's Deep Zoom pyramid with
+OpenSeadragon (vendored: ``openseadragon.min.js`` 6.1.1 from the npm package
+``openseadragon``, BSD-3-Clause, its license alongside, source-map comment
+removed), switches to finer grids as one zooms in, and fetches a grid's
+``cells.json`` and ``attribution.npy`` when it needs them.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from atlas.io import write_bytes
+
+ASSETS = ("index.html", "viewer.js", "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt")
+
+
+def asset_bytes(name: str) -> bytes:
+    return resources.files(__package__).joinpath("assets", name).read_bytes()
+
+
+def install_viewer(run_dir: Path) -> list[Path]:
+    """Copy the page into ``run_dir`` (``index.html`` + ``viewer/``); files already identical are left alone."""
+    written = []
+    for name in ASSETS:
+        target = Path(run_dir) / (name if name == "index.html" else f"viewer/{name}")
+        data = asset_bytes(name)
+        if not target.exists() or target.read_bytes() != data:
+            write_bytes(target, data)
+        written.append(target)
+    return written

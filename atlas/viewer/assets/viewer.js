@@ -1,0 +1,504 @@
+/* atlas viewer: every grid of the bundle as a Deep Zoom layer; zooming in shows finer grids.
+ *
+ * Reads manifest.json (levels with their .dzi, cells.json and attribution.npy), opens all
+ * pyramids in one OpenSeadragon world (each 1 unit wide) and shows the grid that suits the
+ * zoom: the coarsest at the whole-atlas view, then each finer grid once its cells would be
+ * drawn at least SWITCH times the coarsest grid's cell size at home. Hidden grids load nothing.
+ * Hover: a cell's top classes, count and icon fidelity. Click: side panel with the icon and the
+ * dataset example patches. Class search: cells dimmed by their mean attribution to that class.
+ * The view (grid, centre, zoom, selected cell, class) lives in the URL hash.
+ */
+(function () {
+  "use strict";
+
+  var SWITCH = 0.8;
+  var $ = function (id) { return document.getElementById(id); };
+  var atlas = (window.atlas = { ready: false, firstTileMs: null, firstTileLoadedMs: null, errors: [], levels: [] });
+  var manifest, viewer, levels = [], current = 0, locked = false, labels = null;
+  var selected = null, hovered = null, heat = null, lastHash = "";
+
+  fetch("manifest.json")
+    .then(function (r) { if (!r.ok) throw new Error("manifest.json: HTTP " + r.status); return r.json(); })
+    .then(start)
+    .catch(function (err) {
+      fail("Cannot read this atlas (" + err.message + "). Serve the run folder with `atlas serve RUN_DIR` and open the address it prints.");
+    });
+
+  function fail(text) {
+    atlas.errors.push(text);
+    var box = $("message");
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  function start(m) {
+    manifest = m;
+    levels = (m.levels || []).filter(function (l) { return l.dzi; }).sort(function (a, b) { return a.grid - b.grid; });
+    atlas.levels = levels;
+    if (!levels.length) { fail("This bundle has no tiles yet: re-run `atlas run` to build them."); return; }
+    labels = m.labels || null;
+    var title = [m.name, m.model, m.layer].filter(Boolean).join(" \u00b7 ");
+    $("title").textContent = title;
+    document.title = title + " \u2014 activation atlas";
+    var select = $("grid-select");
+    levels.forEach(function (l) {
+      var option = document.createElement("option");
+      option.value = String(l.grid);
+      option.textContent = l.grid + " \u00d7 " + l.grid;
+      select.appendChild(option);
+    });
+    fillClassList();
+
+    viewer = OpenSeadragon({
+      element: $("atlas"),
+      drawer: "canvas",
+      showNavigationControl: false,
+      preload: false,
+      visibilityRatio: 0.5,
+      constrainDuringPan: true,
+      minZoomImageRatio: 0.5,
+      maxZoomPixelRatio: 4,
+      preserveImageSizeOnResize: true,
+      animationTime: 0.5,
+      imageSmoothingEnabled: (m.tiles && m.tiles.scale > 1) ? false : true,
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, scrollToZoom: true },
+      gestureSettingsTouch: { clickToZoom: false, dblClickToZoom: true, pinchToZoom: true, flickEnabled: true },
+      tileSources: levels.map(function (l, k) {
+        return { tileSource: l.dzi, x: 0, y: 0, width: 1, opacity: k === 0 ? 1 : 0 };
+      })
+    });
+    atlas.viewer = viewer;
+
+    viewer.addOnceHandler("tile-loaded", function () { atlas.firstTileLoadedMs = performance.now(); });
+    viewer.addOnceHandler("tile-drawn", function () { atlas.firstTileMs = performance.now(); });
+    viewer.addHandler("tile-load-failed", function (e) { atlas.errors.push("tile failed: " + (e.tile && e.tile.getUrl ? e.tile.getUrl() : "?")); });
+    viewer.addHandler("open-failed", function (e) { fail("Cannot open the tiles: " + (e.message || "unknown error")); });
+    viewer.addHandler("open", function () {
+      setZoomLimit();
+      applyHash(location.hash, true);
+      atlas.ready = true;
+      viewer.canvas.focus({ preventScroll: true });
+    });
+    viewer.addHandler("zoom", function () { if (!locked) chooseGrid(); });
+    viewer.addHandler("update-viewport", drawOverlay);
+    viewer.addHandler("resize", function () { setZoomLimit(); if (!locked) chooseGrid(); drawOverlay(); });
+    viewer.addHandler("animation-finish", function () { updateStatus(); writeHash(); });
+    viewer.addHandler("canvas-click", function (e) {
+      if (!e.quick) return;
+      e.preventDefaultAction = true;
+      var hit = cellAt(e.position);
+      if (hit && hit.cell) select_(hit.grid, hit.cell.i, hit.cell.j); else closePanel();
+    });
+    new OpenSeadragon.MouseTracker({
+      element: viewer.canvas,
+      moveHandler: function (e) {
+        if (e.pointerType === "touch") return;
+        var hit = cellAt(e.position);
+        hovered = hit && hit.cell ? hit : null;
+        showTip(hovered, e.originalEvent);
+        drawOverlay();
+      },
+      leaveHandler: function () { hovered = null; showTip(null); drawOverlay(); }
+    });
+
+    $("zoom-in").addEventListener("click", function () { viewer.viewport.zoomBy(2); viewer.viewport.applyConstraints(); });
+    $("zoom-out").addEventListener("click", function () { viewer.viewport.zoomBy(0.5); viewer.viewport.applyConstraints(); });
+    $("home").addEventListener("click", function () { viewer.viewport.goHome(); });
+    select.addEventListener("change", function () {
+      locked = select.value !== "auto";
+      if (locked) showGrid(levels.findIndex(function (l) { return String(l.grid) === select.value; }));
+      else chooseGrid();
+      writeHash();
+    });
+    var search = $("class-search");
+    search.addEventListener("change", function () { setClass(search.value); });
+    search.addEventListener("keydown", function (e) { if (e.key === "Enter") setClass(search.value); });
+    search.addEventListener("input", function () { if (!search.value) setClass(""); });
+    $("panel-close").addEventListener("click", closePanel);
+    document.addEventListener("keydown", function (e) {
+      if (e.key === "Escape") { if (selected) closePanel(); else if (heat) { search.value = ""; setClass(""); } }
+      else if (e.key === "/" && document.activeElement !== search) { e.preventDefault(); search.focus(); }
+    });
+    window.addEventListener("hashchange", function () { if (location.hash !== lastHash) applyHash(location.hash, false); });
+  }
+
+  /* ---- grids ---- */
+
+  // Zoom in until the finest grid is drawn at 4 screen pixels per canvas pixel, and at least far
+  // enough to show every grid with room to spare (small canvases would stop OpenSeadragon early).
+  function setZoomLimit() {
+    var viewport = viewer.viewport, finest = levels[levels.length - 1];
+    var native = (finest.canvas_px || 1024) / Math.max(1, viewport.getContainerSize().x);
+    var everyGrid = viewport.getHomeZoom() * (finest.grid / levels[0].grid) * 2 / SWITCH;
+    viewport.maxZoomLevel = Math.max(4 * native, everyGrid);
+  }
+
+  // Zoom as on-screen size relative to the whole atlas fitting the window's atlas area (1 at home),
+  // measured against <main>, which the side panel does not resize: opening it changes no grid.
+  function homeScale() {
+    var main = document.querySelector("main");
+    return Math.max(1, Math.min(main.clientWidth, main.clientHeight));
+  }
+
+  function relativeZoom(target) {
+    return viewer.viewport.getZoom(!target) * viewer.viewport.getContainerSize().x / homeScale();
+  }
+
+  function zoomFor(relative) {
+    return relative * homeScale() / Math.max(1, viewer.viewport.getContainerSize().x);
+  }
+
+  // Decided on the zoom being animated to, so a finer grid starts loading as the zoom starts.
+  function chooseGrid() {
+    var rel = relativeZoom(true), pick = 0;
+    for (var k = 1; k < levels.length; k++) {
+      if ((levels[0].grid / levels[k].grid) * rel >= SWITCH) pick = k;
+    }
+    if (pick !== current || !levels[pick].cellsLoaded) showGrid(pick);
+  }
+
+  function showGrid(k) {
+    if (k < 0) return;
+    current = k;
+    for (var n = 0; n < viewer.world.getItemCount(); n++) {
+      // The grid shown, over the next coarser one as a backdrop while its own tiles arrive.
+      viewer.world.getItemAt(n).setOpacity(n === k || n === k - 1 ? 1 : 0);
+    }
+    loadCells(levels[k]).then(function () {
+      updateStatus();
+      if (heat) setClass(heat.query);
+      drawOverlay();
+    });
+    if (locked) $("grid-select").value = String(levels[k].grid);
+    viewer.forceRedraw();
+    updateStatus();
+    writeHash();
+  }
+
+  function loadCells(level) {
+    if (!level.cellsPromise) {
+      level.cellsPromise = fetch(level.cells)
+        .then(function (r) { if (!r.ok) throw new Error(level.cells + ": HTTP " + r.status); return r.json(); })
+        .then(function (cells) {
+          level.cellList = cells;
+          level.cellMap = new Map();
+          cells.forEach(function (c, n) { c.n = n; level.cellMap.set(c.i + "_" + c.j, c); });
+          level.cellsLoaded = true;
+          return level;
+        })
+        .catch(function (err) { fail(err.message); });
+    }
+    return level.cellsPromise;
+  }
+
+  function cellAt(position) {
+    var level = levels[current];
+    if (!level || !level.cellMap) return null;
+    var p = viewer.viewport.viewerElementToViewportCoordinates(position);
+    if (p.x < 0 || p.y < 0 || p.x >= 1 || p.y >= 1) return null;
+    var i = Math.floor(p.x * level.grid), j = Math.floor(p.y * level.grid);
+    return { grid: level.grid, i: i, j: j, cell: level.cellMap.get(i + "_" + j) || null };
+  }
+
+  /* ---- hover and panel ---- */
+
+  function fmt(x, digits) {
+    if (x === undefined || x === null || !isFinite(x)) return "\u2013";
+    var a = Math.abs(x);
+    return a !== 0 && (a < 0.001 || a >= 10000) ? x.toExponential(2) : x.toFixed(digits === undefined ? 3 : digits);
+  }
+
+  function fidelityText(cell, level) {
+    if (!cell.fidelity) return "";
+    return "icon fidelity: cosine " + fmt(cell.fidelity.cosine, 2) + ", rank " + (cell.fidelity.rank + 1) + " of " + level.cellList.length;
+  }
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, function (ch) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[ch];
+    });
+  }
+
+  function showTip(hit, event) {
+    var tip = $("tip");
+    if (!hit || !hit.cell) { tip.hidden = true; return; }
+    var cell = hit.cell, level = levels[current];
+    var classes = (cell.top_classes || []).slice(0, 5).map(function (c) {
+      return "<li>" + escapeHtml(c.label) + " <span class=\"muted\">" + fmt(c.score) + "</span></li>";
+    }).join("");
+    tip.innerHTML =
+      "<div class=\"tip-title\">" + escapeHtml(cell.top_classes && cell.top_classes.length ? cell.top_classes[0].label : "cell " + cell.i + ", " + cell.j) + "</div>" +
+      (classes ? "<ol>" + classes + "</ol>" : "") +
+      "<div>average of " + cell.count + " activation" + (cell.count === 1 ? "" : "s") + "</div>" +
+      "<div class=\"muted\">" + escapeHtml(fidelityText(cell, level)) + "</div>" +
+      (heat && heat.values && heat.grid === level.grid ? "<div>" + escapeHtml(heat.label) + ": " + fmt(heat.values[cell.n]) + "</div>" : "");
+    tip.hidden = false;
+    if (event) {
+      var x = event.clientX + 16, y = event.clientY + 16;
+      var w = tip.offsetWidth, h = tip.offsetHeight;
+      if (x + w > window.innerWidth - 4) x = Math.max(4, event.clientX - w - 12);
+      if (y + h > window.innerHeight - 4) y = Math.max(4, event.clientY - h - 12);
+      tip.style.left = x + "px";
+      tip.style.top = y + "px";
+    }
+  }
+
+  function levelOf(grid) {
+    return levels.find(function (l) { return l.grid === grid; });
+  }
+
+  function select_(grid, i, j) {
+    var level = levelOf(grid);
+    if (!level) return;
+    loadCells(level).then(function () {
+      var cell = level.cellMap && level.cellMap.get(i + "_" + j);
+      if (!cell) { closePanel(); return; }
+      selected = { grid: grid, i: i, j: j };
+      var icon = $("panel-icon");
+      icon.src = cell.icon;
+      icon.classList.toggle("pixelated", !!(manifest.tiles && manifest.tiles.scale > 1));
+      $("panel-title").textContent = (cell.top_classes && cell.top_classes.length ? cell.top_classes[0].label : "cell") +
+        " \u2014 cell " + i + ", " + j + " of grid " + grid;
+      $("panel-stats").textContent = "average of " + cell.count + " activation" + (cell.count === 1 ? "" : "s") +
+        (cell.fidelity ? "; " + fidelityText(cell, level) : "");
+      var top = cell.top_classes || [];
+      var best = top.length ? Math.max.apply(null, top.map(function (c) { return Math.abs(c.score); })) || 1 : 1;
+      $("panel-classes").innerHTML = top.map(function (c) {
+        return "<li>" + escapeHtml(c.label) + " <span class=\"muted\">" + fmt(c.score) + "</span>" +
+          "<span class=\"bar\" style=\"width:" + Math.max(2, 100 * Math.max(0, c.score) / best).toFixed(0) + "%\"></span></li>";
+      }).join("");
+      var examples = (cell.examples || []).filter(function (e) { return e.patch; });
+      var box = $("panel-examples");
+      box.innerHTML = "";
+      examples.forEach(function (e) {
+        var figure = document.createElement("figure");
+        var img = document.createElement("img");
+        img.src = e.patch;
+        img.alt = "image " + e.image_id + " at (" + e.y + ", " + e.x + ")";
+        img.addEventListener("load", function () { if (img.naturalWidth < 64) img.classList.add("pixelated"); });
+        var caption = document.createElement("figcaption");
+        caption.textContent = "image " + e.image_id;
+        figure.appendChild(img);
+        figure.appendChild(caption);
+        box.appendChild(figure);
+      });
+      if (!examples.length) box.innerHTML = "<p class=\"muted\">No example patches for this cell.</p>";
+      $("panel").hidden = false;
+      drawOverlay();
+      writeHash();
+    });
+  }
+
+  function closePanel() {
+    selected = null;
+    $("panel").hidden = true;
+    drawOverlay();
+    writeHash();
+  }
+
+  /* ---- class heatmap ---- */
+
+  function classCount() {
+    if (labels) return labels.length;
+    var level = levels.find(function (l) { return l.attributionShape; });
+    return level ? level.attributionShape[1] : 0;
+  }
+
+  function classLabel(k) {
+    return labels && labels[k] !== undefined ? labels[k] : "class " + k;
+  }
+
+  function fillClassList() {
+    var list = $("class-list");
+    list.innerHTML = "";
+    var n = classCount();
+    for (var k = 0; k < n; k++) {
+      var option = document.createElement("option");
+      option.value = classLabel(k);
+      list.appendChild(option);
+    }
+  }
+
+  function findClass(text) {
+    var q = text.trim().toLowerCase();
+    if (!q) return -1;
+    var n = classCount(), k;
+    for (k = 0; k < n; k++) if (classLabel(k).toLowerCase() === q) return k;
+    for (k = 0; k < n; k++) if (classLabel(k).toLowerCase().indexOf(q) >= 0) return k;
+    var m = /^(?:class\s*)?(\d+)$/.exec(q);
+    return m && (!n || +m[1] < n) ? +m[1] : -1;
+  }
+
+  function halfToFloat(h) {
+    var sign = h & 0x8000 ? -1 : 1, exponent = (h >> 10) & 31, fraction = h & 1023;
+    if (exponent === 0) return sign * fraction * Math.pow(2, -24);
+    if (exponent === 31) return fraction ? NaN : sign * Infinity;
+    return sign * (1 + fraction / 1024) * Math.pow(2, exponent - 15);
+  }
+
+  function parseNpy(buffer) {
+    var bytes = new Uint8Array(buffer);
+    if (bytes[0] !== 0x93 || String.fromCharCode.apply(null, bytes.slice(1, 6)) !== "NUMPY") throw new Error("not a .npy file");
+    var major = bytes[6];
+    var view = new DataView(buffer);
+    var headerLength = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
+    var start = major === 1 ? 10 : 12;
+    var header = new TextDecoder().decode(bytes.slice(start, start + headerLength));
+    var descr = /'descr':\s*'([^']+)'/.exec(header)[1];
+    var fortran = /'fortran_order':\s*True/.test(header);
+    var shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").filter(function (s) { return s.trim(); }).map(Number);
+    if (descr !== "<f2") throw new Error("attribution: expected float16, got " + descr);
+    return { shape: shape, fortran: fortran, data: new Uint16Array(buffer, start + headerLength) };
+  }
+
+  function loadAttribution(level) {
+    if (!level.attribution) return Promise.resolve(null);
+    if (!level.attributionPromise) {
+      level.attributionPromise = fetch(level.attribution)
+        .then(function (r) { if (!r.ok) throw new Error(level.attribution + ": HTTP " + r.status); return r.arrayBuffer(); })
+        .then(function (buffer) {
+          var npy = parseNpy(buffer);
+          level.attributionShape = npy.shape;
+          if (!labels && !$("class-list").options.length) fillClassList();
+          return npy;
+        });
+    }
+    return level.attributionPromise;
+  }
+
+  function setClass(text) {
+    var level = levels[current];
+    if (!text || !text.trim()) { heat = null; $("legend").hidden = true; drawOverlay(); writeHash(); return; }
+    loadAttribution(level).then(function (npy) {
+      if (!npy) { heat = null; showLegend("This atlas has no class attribution (collect.attribution was off)."); return; }
+      var k = findClass(text);
+      var n = npy.shape[0], classes = npy.shape[1];
+      if (k < 0 || k >= classes) { heat = null; showLegend("No class matches \u201c" + text + "\u201d."); drawOverlay(); writeHash(); return; }
+      var values = new Float32Array(n), max = 0;
+      for (var c = 0; c < n; c++) {
+        values[c] = halfToFloat(npy.fortran ? npy.data[k * n + c] : npy.data[c * classes + k]);
+        if (values[c] > max) max = values[c];
+      }
+      heat = { query: text, k: k, label: classLabel(k), grid: level.grid, values: values, max: max };
+      showLegend("");
+      drawOverlay();
+      writeHash();
+    }).catch(function (err) { fail(err.message); });
+  }
+
+  function showLegend(problem) {
+    var legend = $("legend");
+    legend.hidden = false;
+    if (problem) { legend.textContent = problem; return; }
+    legend.innerHTML = "attribution to <b>" + escapeHtml(heat.label) + "</b>: 0<span class=\"scale\"></span>" + fmt(heat.max) +
+      " <span class=\"muted\">(mean per cell, grid " + heat.grid + ")</span>";
+  }
+
+  /* ---- overlay: heatmap, hovered and selected cells ---- */
+
+  function drawOverlay() {
+    var canvas = $("overlay");
+    if (!viewer || !viewer.world.getItemCount()) return;
+    var ratio = window.devicePixelRatio || 1;
+    var width = canvas.clientWidth, height = canvas.clientHeight;
+    if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+      canvas.width = Math.round(width * ratio);
+      canvas.height = Math.round(height * ratio);
+    }
+    var ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    var level = levels[current];
+    if (!level) return;
+    var g = level.grid;
+    var origin = viewer.viewport.viewportToViewerElementCoordinates(new OpenSeadragon.Point(0, 0), true);
+    var corner = viewer.viewport.viewportToViewerElementCoordinates(new OpenSeadragon.Point(1, 1), true);
+    var cw = (corner.x - origin.x) / g, ch = (corner.y - origin.y) / g;
+    if (heat && heat.grid === g && level.cellMap) {
+      var i0 = Math.max(0, Math.floor(-origin.x / cw)), i1 = Math.min(g - 1, Math.floor((width - origin.x) / cw));
+      var j0 = Math.max(0, Math.floor(-origin.y / ch)), j1 = Math.min(g - 1, Math.floor((height - origin.y) / ch));
+      for (var j = j0; j <= j1; j++) {
+        for (var i = i0; i <= i1; i++) {
+          var cell = level.cellMap.get(i + "_" + j);
+          var s = cell && heat.max > 0 ? Math.max(0, Math.min(1, heat.values[cell.n] / heat.max)) : 0;
+          var x = origin.x + i * cw, y = origin.y + j * ch;
+          ctx.fillStyle = "rgba(10, 10, 14, " + (0.85 * (1 - Math.sqrt(s))).toFixed(3) + ")";
+          ctx.fillRect(x, y, cw + 0.5, ch + 0.5);
+          if (s > 0.05 && cw > 6) {
+            ctx.strokeStyle = "rgba(255, 200, 60, " + s.toFixed(3) + ")";
+            ctx.lineWidth = Math.max(1, Math.min(4, cw / 20));
+            ctx.strokeRect(x + ctx.lineWidth / 2, y + ctx.lineWidth / 2, cw - ctx.lineWidth, ch - ctx.lineWidth);
+          }
+        }
+      }
+    }
+    if (hovered && hovered.grid === g) {
+      ctx.strokeStyle = "rgba(255, 255, 255, 0.9)";
+      ctx.lineWidth = 1.5;
+      ctx.strokeRect(origin.x + hovered.i * cw, origin.y + hovered.j * ch, cw, ch);
+    }
+    if (selected) {
+      var sg = selected.grid;
+      var sw = (corner.x - origin.x) / sg, sh = (corner.y - origin.y) / sg;
+      ctx.strokeStyle = "#f5a623";
+      ctx.lineWidth = 2.5;
+      ctx.strokeRect(origin.x + selected.i * sw, origin.y + selected.j * sh, sw, sh);
+    }
+  }
+
+  /* ---- status and URL hash ---- */
+
+  function updateStatus() {
+    if (!viewer) return;
+    var level = levels[current];
+    var parts = ["grid " + level.grid + " \u00d7 " + level.grid + (locked ? " (locked)" : "")];
+    if (level.cellList) parts.push(level.cellList.length + " cells");
+    parts.push("zoom " + relativeZoom().toFixed(1) + "\u00d7");
+    if (manifest.n_activations) parts.push(manifest.n_activations.toLocaleString() + " activations from " + (manifest.n_images || 0).toLocaleString() + " images");
+    parts.push("drag or arrow keys to pan \u00b7 wheel, pinch or +/\u2212 to zoom \u00b7 click a cell for examples");
+    $("status").textContent = parts.join(" \u00b7 ");
+  }
+
+  function writeHash() {
+    if (!viewer || !atlas.ready) return;
+    var centre = viewer.viewport.getCenter();
+    var params = new URLSearchParams();
+    params.set("g", String(levels[current].grid));
+    if (locked) params.set("lock", "1");
+    params.set("x", centre.x.toFixed(4));
+    params.set("y", centre.y.toFixed(4));
+    params.set("z", relativeZoom(true).toFixed(3));
+    if (selected) params.set("cell", selected.grid + ":" + selected.i + "," + selected.j);
+    if (heat) params.set("class", heat.query);
+    var hash = "#" + params.toString();
+    if (hash !== location.hash) history.replaceState(null, "", hash);
+    lastHash = location.hash;
+  }
+
+  function applyHash(hash, immediately) {
+    var params = new URLSearchParams(hash.replace(/^#/, ""));
+    var z = parseFloat(params.get("z")), x = parseFloat(params.get("x")), y = parseFloat(params.get("y"));
+    if (isFinite(z) && z > 0) viewer.viewport.zoomTo(zoomFor(z), null, immediately);
+    if (isFinite(x) && isFinite(y)) viewer.viewport.panTo(new OpenSeadragon.Point(x, y), immediately);
+    if (immediately) viewer.viewport.applyConstraints(true);
+    var g = parseInt(params.get("g"), 10);
+    var k = levels.findIndex(function (l) { return l.grid === g; });
+    locked = params.get("lock") === "1" && k >= 0;
+    $("grid-select").value = locked ? String(g) : "auto";
+    if (locked) showGrid(k); else chooseGrid();
+    var cls = params.get("class");
+    if (cls) { $("class-search").value = cls; setClass(cls); }
+    var cell = /^(\d+):(\d+),(\d+)$/.exec(params.get("cell") || "");
+    if (cell) select_(+cell[1], +cell[2], +cell[3]); else if (selected) closePanel();
+  }
+
+  /* ---- for tests and scripts: where a cell is on the page ---- */
+
+  atlas.cellCenter = function (grid, i, j) {
+    var point = viewer.viewport.viewportToViewerElementCoordinates(new OpenSeadragon.Point((i + 0.5) / grid, (j + 0.5) / grid), true);
+    var box = viewer.element.getBoundingClientRect();
+    return { x: box.left + point.x, y: box.top + point.y };
+  };
+  atlas.currentGrid = function () { return levels[current] ? levels[current].grid : null; };
+  atlas.selected = function () { return selected; };
+})();

@@ -1,0 +1,174 @@
+"""`atlas serve RUN_DIR`: a small static file server for one bundle, for viewing it in a browser.
+
+It serves regular files inside the run folder and nothing else: a request
+whose decoded path has a ``..`` or ``.`` segment, an empty segment (``//etc``),
+a backslash or a NUL is refused (403/400); a path that resolves, through
+symlinks, outside the folder is refused (403); folders are never listed (``/``
+serves ``index.html``, any other folder is 404); dot-files (stage markers) are
+404. Only GET and HEAD are answered.
+"""
+
+from __future__ import annotations
+
+import errno
+import mimetypes
+import os
+import shutil
+import socket
+import sys
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+from atlas.errors import AtlasError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+PORT_TRIES = 50  # without --port: 8000, or the next free one up to 8049
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".dzi": "application/xml",
+    ".xml": "application/xml",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".npy": "application/octet-stream",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+class RefusedPath(Exception):
+    def __init__(self, status: HTTPStatus) -> None:
+        super().__init__(status.phrase)
+        self.status = status
+
+
+def resolve_request(root: str, target: str) -> str:
+    """The real path of the file a request target names inside ``root`` (already a real path), or raise RefusedPath."""
+    # Origin form ("/a/b?q") is cut by hand: urlsplit would read "//etc/passwd" as a host and a path.
+    raw = urlsplit(target).path if "://" in target.split("/", 1)[0] else target.split("?", 1)[0].split("#", 1)[0]
+    if not raw.startswith("/"):
+        raise RefusedPath(HTTPStatus.BAD_REQUEST)
+    decoded = unquote(raw, errors="strict")
+    if "\x00" in decoded or "\\" in decoded:
+        raise RefusedPath(HTTPStatus.BAD_REQUEST)
+    parts = decoded[1:].split("/")
+    if parts[-1] == "":
+        parts.pop()  # a trailing slash names a folder
+    if any(part in (".", "..") for part in parts):
+        raise RefusedPath(HTTPStatus.FORBIDDEN)
+    if any(part == "" for part in parts):
+        raise RefusedPath(HTTPStatus.FORBIDDEN)  # "//etc/passwd": an absolute path smuggled in
+    if any(part.startswith(".") for part in parts):
+        raise RefusedPath(HTTPStatus.NOT_FOUND)
+    real = os.path.realpath(os.path.join(root, *parts))
+    if real != root and not real.startswith(root + os.sep):
+        raise RefusedPath(HTTPStatus.FORBIDDEN)  # a symlink leading out of the bundle
+    if real == root:
+        real = os.path.join(root, "index.html")
+    if not os.path.isfile(real):
+        raise RefusedPath(HTTPStatus.NOT_FOUND)  # missing, or a folder: never listed
+    return real
+
+
+def make_handler(root: Path, log: Callable[[str], None] | None = None) -> type[BaseHTTPRequestHandler]:
+    real_root = os.path.realpath(root)
+
+    class BundleHandler(BaseHTTPRequestHandler):
+        server_version = "atlas-serve"
+        sys_version = ""
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._send(body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._send(body=False)
+
+        def _send(self, body: bool) -> None:
+            try:
+                path = resolve_request(real_root, self.path)
+            except (RefusedPath, UnicodeDecodeError) as err:
+                self.send_error(err.status if isinstance(err, RefusedPath) else HTTPStatus.BAD_REQUEST)
+                return
+            try:
+                handle = open(path, "rb")
+            except OSError:
+                self.send_error(HTTPStatus.NOT_FOUND)
+                return
+            with handle:
+                size = os.fstat(handle.fileno()).st_size
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", content_type(path))
+                self.send_header("Content-Length", str(size))
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.end_headers()
+                if body:
+                    try:
+                        shutil.copyfileobj(handle, self.wfile, 1 << 16)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the browser moved on (a tile no longer in view)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+            if log is not None:
+                log(f"{self.address_string()} {format % args}")
+
+    return BundleHandler
+
+
+def content_type(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower()
+    return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+class BundleServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class BundleServer6(BundleServer):
+    address_family = socket.AF_INET6
+
+
+def open_server(run_dir: Path, host: str = DEFAULT_HOST, port: int | None = None, log: Callable[[str], None] | None = None) -> BundleServer:
+    """Bind a server for ``run_dir``; ``port=None`` takes 8000 or the next free port, ``0`` any free port."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AtlasError(f"atlas serve {run_dir}: no such folder; give a run folder such as outputs/default")
+    if not (run_dir / "index.html").is_file():
+        raise AtlasError(f"atlas serve {run_dir}: no viewer there (index.html); run `atlas run` to build the tiles and viewer")
+    handler = make_handler(run_dir, log)
+    server_class = BundleServer6 if ":" in host else BundleServer
+    candidates = [port] if port is not None else list(range(DEFAULT_PORT, DEFAULT_PORT + PORT_TRIES))
+    for candidate in candidates:
+        try:
+            return server_class((host, candidate), handler)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE and candidate != candidates[-1]:
+                continue
+            if err.errno == errno.EADDRINUSE:
+                raise AtlasError(f"atlas serve: port {candidate} is in use; give another with --port (0 picks a free one)") from None
+            raise AtlasError(f"atlas serve: cannot listen on {host}:{candidate} ({err.strerror})") from None
+    raise AssertionError("unreachable")
+
+
+def url_of(server: BundleServer) -> str:
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in str(host) else host
+    return f"http://{shown}:{port}/"
+
+
+def serve(run_dir: Path, host: str = DEFAULT_HOST, port: int | None = None, verbose: bool = False) -> None:
+    """Serve ``run_dir`` until interrupted, printing the address first (and every request, if ``verbose``)."""
+    server = open_server(run_dir, host, port, (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else None)
+    print(f"atlas: serving {run_dir} at {url_of(server)} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

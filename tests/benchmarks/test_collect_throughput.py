@@ -1,0 +1,120 @@
+"""Collection throughput: the pipeline's collect stage vs. a bare PyTorch loop, in the same run.
+
+Both sides: the first N images of ``builtin:photos`` at the model's 224 px,
+EfficientNet-Lite0 at ``blocks.4``, the same positions per image, attribution
+to every class via ``atlas.collect.activations_at``, batch size 32 rows,
+``atlas.images.preprocess`` for the pixels, channels_last weights.
+
+- bare: one process, ``torch.set_num_threads(cores)``, no Dask, no store.
+  Its time is the loop (image crop/decode, preprocessing, model); model and
+  photo loading are reported beside it.
+- pipeline: ``run_atlas(config, until="collect")`` from ``configs/default.yaml``
+  with ``scheduler.address=local``. Its time is the collect stage's wall time
+  (manifest ``stages.collect.seconds``): local cluster start, per-worker model
+  and photo loading, tasks and Zarr writes. End-to-end ``run_atlas`` wall time
+  is reported too.
+
+Each side runs in its own fresh process with the same environment (including
+the malloc settings ``atlas run`` uses); the sides alternate, bare then
+pipeline, ``ATLAS_BENCH_REPEATS`` times (default 3; no new pair starts after
+``ATLAS_BENCH_BUDGET_S``, default 200 s), and the fastest run of each side
+counts, which is the least disturbed by other load on a shared machine. When the target is missed the stage is taken apart (cluster
+start, worker warm-up, steady state on a warm cluster, read/model/write split)
+and the figures are printed before the assertion fails.
+
+Run: ``python -m pytest -q -s -m benchmark tests/benchmarks/test_collect_throughput.py``
+(``ATLAS_BENCH_N=256,512`` for more image counts).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from _bench_util import cores, load_average, run_child, write_result
+
+SIDES = Path(__file__).with_name("_collect_sides.py")
+TARGET = 0.85
+BATCH = 32
+N_IMAGES = [int(n) for n in os.environ.get("ATLAS_BENCH_N", "256").split(",")]
+REPEATS = int(os.environ.get("ATLAS_BENCH_REPEATS", "3"))
+BUDGET_S = float(os.environ.get("ATLAS_BENCH_BUDGET_S", "200"))  # no new repeat starts after this many seconds
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("n_images", N_IMAGES)
+@pytest.mark.parametrize("ppi", [1, 4])
+def test_collect_throughput(tmp_path: Path, n_images: int, ppi: int) -> None:
+    load_before = load_average()
+    bares, pipes = [], []
+    started = time.perf_counter()
+    for k in range(REPEATS):
+        if k and time.perf_counter() - started > BUDGET_S:
+            break  # keep the benchmark within its time budget on a busy machine
+        args = {"n_images": n_images, "ppi": ppi, "batch_size": BATCH}
+        bares.append(run_child(SIDES, "bare", {**args, "out": str(tmp_path / f"bare{k}")}))
+        pipes.append(run_child(SIDES, "pipeline", {**args, "out": str(tmp_path / f"pipe{k}")}))
+    bare = min(bares, key=lambda r: r["loop_s"])
+    pipe = min(pipes, key=lambda r: r["stage_s"])
+    expected = n_images * ppi
+    assert bare["rows"] == expected and pipe["rows"] == expected, (bare["rows"], pipe["rows"], expected)
+    assert not pipe["stage_cached"]
+
+    bare_rps = bare["rows"] / bare["loop_s"]
+    bare_total_rps = bare["rows"] / bare["total_s"]
+    pipe_rps = pipe["rows"] / pipe["stage_s"]
+    pipe_e2e_rps = pipe["rows"] / pipe["run_atlas_wall_s"]
+    ratio = pipe_rps / bare_rps
+    result = {
+        "n_images": n_images,
+        "positions_per_image": ppi,
+        "batch_size": BATCH,
+        "rows": expected,
+        "load_average_1min_at_start": load_before,
+        "bare": bare,
+        "pipeline": pipe,
+        "bare_rows_per_s": bare_rps,
+        "bare_rows_per_s_incl_model_and_photo_load": bare_total_rps,
+        "pipeline_rows_per_s": pipe_rps,
+        "pipeline_rows_per_s_run_atlas_end_to_end": pipe_e2e_rps,
+        "ratio": ratio,
+        "ratio_end_to_end_both_sides": pipe_e2e_rps / bare_total_rps,
+        "target": TARGET,
+        "repeats": len(bares),
+        "all_bare_loop_s": [r["loop_s"] for r in bares],
+        "all_pipeline_stage_s": [r["stage_s"] for r in pipes],
+    }
+    print(f"\ncollect throughput, {n_images} images x {ppi} positions = {expected} rows, {cores()} cores (load {load_before:.2f})")
+    print(f"  bare loop        : {bare['loop_s']:7.2f} s  {bare_rps:8.1f} rows/s  "
+          f"(model {bare['model_s']:.1f} s, read+preprocess {bare['read_preprocess_s']:.1f} s; "
+          f"+ model load {bare['model_load_s']:.1f} s, photo load {bare['photo_load_s']:.1f} s)")  # fmt: skip
+    print(f"  pipeline stage   : {pipe['stage_s']:7.2f} s  {pipe_rps:8.1f} rows/s  "
+          f"(cluster start {pipe['cluster_start_s']:.1f} s, then {pipe['after_cluster_s']:.1f} s)")  # fmt: skip
+    print(f"  run_atlas e2e    : {pipe['run_atlas_wall_s']:7.2f} s  {pipe_e2e_rps:8.1f} rows/s  (driver before stage {pipe['before_stage_s']:.1f} s)")
+    print(f"  all repeats (s)  : bare loop {[round(r['loop_s'], 1) for r in bares]}, pipeline stage {[round(r['stage_s'], 1) for r in pipes]}; "
+          f"CPU user+sys of fastest: bare {bare['process_cpu_user_s'] + bare['process_cpu_sys_s']:.1f} s, "
+          f"pipeline {pipe['process_cpu_user_s'] + pipe['process_cpu_sys_s']:.1f} s (whole processes)")  # fmt: skip
+    print(f"  ratio pipeline/bare: {ratio:.3f}  (target >= {TARGET}); end to end both sides: {result['ratio_end_to_end_both_sides']:.3f}")
+
+    if ratio < TARGET or os.environ.get("ATLAS_BENCH_PROFILE"):
+        prof = run_child(SIDES, "profile", {"n_images": n_images, "ppi": ppi, "batch_size": BATCH, "out": str(tmp_path / "prof")})
+        steady_rps = prof["steady_rows"] / prof["steady_s"]
+        result["profile"] = prof
+        result["pipeline_steady_rows_per_s"] = steady_rps
+        result["ratio_steady"] = steady_rps / bare_rps
+        warm = list(prof["worker_warmup"].values())
+        print("  profile (separate fresh cluster):")
+        model_s = ", ".join(f"{w['model_s']:.1f}" for w in warm)
+        photos_s = ", ".join(f"{w['photos_s']:.1f}" for w in warm)
+        print(f"    cluster start {prof['cluster_start_s']:.1f} s; worker warm-up {prof['worker_warmup_wall_s']:.1f} s wall "
+              f"(model load {model_s} s; photo load {photos_s} s; "
+              f"torch threads {[w['torch_threads'] for w in warm]}; worker env {warm[0]['env']})")  # fmt: skip
+        print(f"    steady state (warm workers, real run_collect): {prof['steady_s']:.2f} s  {steady_rps:.1f} rows/s  "
+              f"ratio {steady_rps / bare_rps:.3f}; task compute s {prof['steady_task_compute_s']}")  # fmt: skip
+        for part in prof["task_split"]:
+            print(f"    shard {part['shard']}: read {part['read_s']:.2f} s, collect_records {part['collect_records_s']:.2f} s, zarr write {part['write_s']:.2f} s")
+    write_result(f"collect_throughput_n{n_images}_ppi{ppi}", result)
+    assert ratio >= TARGET, f"pipeline {pipe_rps:.1f} rows/s vs bare {bare_rps:.1f} rows/s: ratio {ratio:.3f} < {TARGET}"

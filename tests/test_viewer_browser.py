@@ -1,0 +1,365 @@
+"""The bundle a user browses: tiles, dataset patches and the viewer, checked on disk and in headless Chromium.
+
+The browser tests drive Debian's ``chromium`` with Playwright (no browser
+download) against `atlas serve` on a small real run. They skip, saying why,
+where /usr/bin/chromium or the playwright package is missing; CI installs both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from atlas.images import load_image
+from atlas.tiles import patch_box
+from atlas.tiles.patches import model_view
+from pipelines.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = REPO / "outputs" / "screenshots"
+DOCS_SCREENSHOT = REPO / "docs" / "viewer.png"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+ARGS = [
+    "--scheduler", "sync",
+    "--set", "model.input_size=96",
+    "--set", "collect.positions_per_image=3",
+    "--set", "collect.shard_size=8",
+    "--set", "layout.fit_sample=60",
+    "--set", "layout.n_neighbors=20",
+    "--set", "layout.min_dist=0.99",  # spread 51 points over most cells of the 4 x 4 grid
+    "--set", "grid.sizes=[2,4]",
+    "--set", "grid.min_count=1",
+    "--set", "render.steps=64",
+    "--set", "render.icon_size=48",
+    "--set", "tiles.examples_per_cell=4",
+]  # fmt: skip
+
+
+def child_env() -> dict[str, str]:
+    # glibc malloc makes PyTorch on CPU many times slower unless these are set when the process starts
+    # (design.md section 5); `atlas run` sets them for its workers, a shell user may set them for sync runs.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="module")
+def run_output(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`atlas run` as a command, on the real photo folder; returns the bundle and what the run printed."""
+    out = tmp_path_factory.mktemp("viewer")
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--images", str(photo_folder), "--out", str(out), "--name", "browse", *ARGS]
+    proc = subprocess.run(command, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "browse", proc.stdout
+
+
+@pytest.fixture(scope="module")
+def bundle(run_output: tuple[Path, str]) -> Path:
+    return run_output[0]
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+# ---- on disk ----
+
+
+def test_run_writes_tiles_posters_patches_and_the_viewer(photo_folder: Path, run_output: tuple[Path, str]) -> None:
+    bundle, printed = run_output
+    assert f"atlas serve {bundle}" in printed.splitlines()[-1], "the run ends with the command that shows the atlas"
+    manifest = read_json(bundle / "manifest.json")
+    assert manifest["viewer"] == "index.html" and (bundle / "index.html").is_file()
+    assert {p.name for p in (bundle / "viewer").iterdir()} >= {"viewer.js", "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt"}
+    assert manifest["tiles"]["scale"] == 2 and "nearest-neighbour" in manifest["tiles"]["scaling"]  # 48 px icons, 96 px cells
+    assert manifest["stages"]["tiles"]["cached"] is False
+    for level in manifest["levels"]:
+        size = level["grid"]
+        assert level["dzi"] == f"tiles/{size}.dzi" and level["poster"] == f"tiles/{size}.png"
+        assert level["cell_px"] == 96 and level["canvas_px"] == size * 96
+        root = ET.parse(bundle / level["dzi"]).getroot()
+        assert root.get("Format") == "jpg" and root.get("TileSize") == "256" and root.get("Overlap") == "1"
+        assert (bundle / f"tiles/{size}_files/0/0_0.jpg").is_file()
+        assert Image.open(bundle / level["poster"]).size == (size * 96, size * 96)
+
+        cells = read_json(bundle / level["cells"])
+        attribution = np.load(bundle / level["attribution"])
+        assert attribution.dtype == np.float16 and attribution.flags.f_contiguous
+        assert attribution.shape == (len(cells), 1000)
+        for n, cell in enumerate(cells):
+            top = cell["top_classes"][0]
+            assert int(np.argmax(attribution[n])) == top["index"] or np.isclose(attribution[n].max(), top["score"], rtol=2e-3)
+            assert float(attribution[n, top["index"]]) == pytest.approx(top["score"], rel=2e-3, abs=2e-3)
+            linked = [e for e in cell["examples"] if "patch" in e]
+            assert len(linked) == min(4, len(cell["examples"])) and cell["examples"][: len(linked)] == linked
+            for example in linked:
+                assert example["patch"] == f"examples/{example['image_id']}_{example['y']}_{example['x']}.jpg"
+                assert (bundle / example["patch"]).is_file()
+    assert not list((bundle / "tiles").glob(".canvas-*")), "canvas files are temporary"
+
+    # A second run reuses the tiles.
+    assert main(["run", "--images", str(photo_folder), "--out", str(bundle.parent), "--name", "browse", *ARGS]) == 0
+    assert read_json(bundle / "manifest.json")["stages"]["tiles"]["cached"] is True
+
+
+def test_patches_are_the_region_each_example_was_sampled_from(photo_folder: Path, bundle: Path) -> None:
+    manifest = read_json(bundle / "manifest.json")
+    names = (bundle / "images" / "images.txt").read_text().splitlines()
+    layer_hw = tuple(manifest["layer_shape"][1:])
+    assert layer_hw == (6, 6)  # blocks.4 of EfficientNet-Lite0 at 96 px: stride 16, patches of 48 px
+    examples = [e for e in read_json(bundle / "levels" / "4" / "cells.json")[0]["examples"] if "patch" in e]
+    for example in examples:
+        image, error = load_image(photo_folder / names[example["image_id"]], 89_478_485)
+        assert error is None
+        box = patch_box(example["y"], example["x"], layer_hw, 96)
+        expected = np.asarray(model_view(image, 96, 3).crop(box), dtype=np.float64)
+        patch = Image.open(bundle / example["patch"])
+        assert patch.format == "JPEG" and patch.size == (48, 48)
+        assert np.abs(np.asarray(patch, dtype=np.float64) - expected).mean() < 6.0
+
+
+# ---- in the browser ----
+
+
+@pytest.fixture(scope="module")
+def server_url(bundle: Path) -> Iterator[str]:
+    """`atlas serve` in its own process, as a user starts it; the URL is read from what it prints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", str(bundle), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
+    )  # fmt: skip
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        line = proc.stdout.readline() if selector.select(timeout=60) else ""
+        match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert match, f"atlas serve printed {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+        yield match.group(0)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: install Debian's chromium package (apt-get install chromium) for the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is needed: pip install -e '.[test]'")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Visit:
+    """One page load of the viewer, recording console errors, failed requests and every response."""
+
+    def __init__(self, browser: Any, url: str, **context: Any) -> None:
+        self.context = browser.new_context(**context)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.failed: list[str] = []
+        self.responses: list[tuple[int, str]] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        self.page.on("requestfailed", lambda r: self.failed.append(f"{r.url} ({r.failure})"))
+        self.page.on("response", lambda r: self.responses.append((r.status, r.url)))
+        self.page.goto(url)
+        self.page.wait_for_function("window.atlas && window.atlas.ready && window.atlas.firstTileMs !== null", timeout=30_000)
+
+    def settle(self) -> None:
+        """Wait until the pan and zoom animations have reached their targets."""
+        self.page.wait_for_function(
+            "(() => { const v = window.atlas.viewer.viewport;"
+            " return v.getZoom(true) === v.getZoom(false) && v.getCenter(true).equals(v.getCenter(false)); })()"
+        )
+
+    def requested(self, fragment: str) -> list[str]:
+        return [url for _, url in self.responses if fragment in url]
+
+    def assert_clean(self) -> None:
+        assert self.errors == [], f"console errors: {self.errors}"
+        assert self.failed == [], f"failed requests: {self.failed}"
+        assert [r for r in self.responses if r[0] >= 400] == [], "every request succeeds"
+        assert self.page.evaluate("window.atlas.errors") == []
+
+    def centre_cell(self) -> dict[str, Any]:
+        """The kept cell of the grid on screen whose centre is nearest the middle of the atlas."""
+        return self.page.evaluate(
+            """() => {
+              const a = window.atlas, level = a.levels.find(l => l.grid === a.currentGrid());
+              const box = document.getElementById('atlas').getBoundingClientRect();
+              const cx = box.left + box.width / 2, cy = box.top + box.height / 2;
+              let best = null;
+              for (const c of level.cellList) {
+                const p = a.cellCenter(level.grid, c.i, c.j);
+                const inside = p.x > box.left + 4 && p.x < box.right - 4 && p.y > box.top + 4 && p.y < box.bottom - 4;
+                const d = (p.x - cx) ** 2 + (p.y - cy) ** 2;
+                if (inside && (!best || d < best.d)) best = {d, x: p.x, y: p.y, i: c.i, j: c.j, grid: level.grid};
+              }
+              return best;
+            }"""
+        )
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def cell_on_disk(bundle: Path, grid: int, i: int, j: int) -> dict[str, Any]:
+    return next(c for c in read_json(bundle / "levels" / str(grid) / "cells.json") if (c["i"], c["j"]) == (i, j))
+
+
+def test_viewer_zooms_from_the_coarse_grid_to_the_fine_one(browser: Any, server_url: str, bundle: Path) -> None:
+    started = time.perf_counter()
+    visit = Visit(browser, server_url, viewport={"width": 1200, "height": 760})
+    first_tile_ms = visit.page.evaluate("window.atlas.firstTileMs")
+    print(f"\n[viewer] first tile drawn {first_tile_ms:.0f} ms after navigation start ({time.perf_counter() - started:.2f} s incl. browser context)")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "timing.json").write_text(json.dumps({"first_tile_ms": first_tile_ms}) + "\n")
+
+    visit.page.wait_for_load_state("networkidle")
+    assert visit.page.evaluate("window.atlas.currentGrid()") == 2, "the whole atlas opens on the coarsest grid"
+    assert visit.requested("/tiles/2_files/"), "the coarse grid's tiles load"
+    assert not visit.requested("/tiles/4_files/"), "a hidden grid loads nothing"
+
+    box = visit.page.locator("#atlas").bounding_box()
+    visit.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(8):  # wheel zoom, as a user does
+        visit.page.mouse.wheel(0, -240)
+        visit.page.wait_for_timeout(60)
+    visit.page.wait_for_function("window.atlas.currentGrid() === 4")
+    visit.page.wait_for_load_state("networkidle")
+    assert visit.requested("/tiles/4_files/"), "zooming in loads the finer grid's tiles"
+
+    centre = visit.page.evaluate("window.atlas.viewer.viewport.getCenter().x")
+    visit.page.locator("#atlas .openseadragon-canvas").focus()
+    visit.page.keyboard.press("ArrowRight")
+    visit.settle()
+    assert visit.page.evaluate("window.atlas.viewer.viewport.getCenter().x") != centre, "the keyboard pans"
+    visit.assert_clean()
+    visit.close()
+
+
+def test_hover_shows_the_label_and_click_opens_the_examples(browser: Any, server_url: str, bundle: Path) -> None:
+    visit = Visit(browser, server_url, viewport={"width": 1200, "height": 760})
+    page = visit.page
+    page.click("#zoom-in")  # twice the whole-atlas zoom: grid 4's cells are as large as grid 2's were
+    page.wait_for_function("window.atlas.currentGrid() === 4")
+    visit.settle()  # aim at a cell once the zoom has finished
+    target = visit.centre_cell()
+    cell = cell_on_disk(bundle, 4, target["i"], target["j"])
+    label = cell["top_classes"][0]["label"]
+
+    page.mouse.move(target["x"], target["y"])
+    tip = page.locator("#tip")
+    tip.wait_for(state="visible")
+    assert label in tip.inner_text()
+    assert f"average of {cell['count']} activation" in tip.inner_text()
+    assert "icon fidelity" in tip.inner_text()
+
+    page.mouse.click(target["x"], target["y"])
+    page.locator("#panel").wait_for(state="visible")
+    assert label in page.inner_text("#panel-title")
+    page.wait_for_function("(() => { const i = document.getElementById('panel-icon'); return i.complete && i.naturalWidth === 48; })()")
+    patches = [e for e in cell["examples"] if "patch" in e]
+    assert page.locator("#panel-examples img").count() == len(patches) > 0
+    page.wait_for_function("[...document.querySelectorAll('#panel-examples img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert visit.requested(patches[0]["patch"])
+
+    # For the screenshot: the whole atlas at the finer grid (locked from the toolbar), the cell hovered.
+    page.select_option("#grid-select", "4")
+    page.click("#home")
+    visit.settle()
+    page.wait_for_load_state("networkidle")
+    spot = page.evaluate(f"window.atlas.cellCenter(4, {target['i']}, {target['j']})")
+    page.mouse.move(spot["x"], spot["y"])
+    tip.wait_for(state="visible")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "viewer.png"))
+    _refresh_docs_screenshot(SCREENSHOTS / "viewer.png")
+    assert page.evaluate("window.atlas.currentGrid()") == 4, "a locked grid stays whatever the zoom"
+
+    # The class search turns the atlas into a heatmap of attribution to that class.
+    page.fill("#class-search", label)
+    page.keyboard.press("Enter")
+    page.locator("#legend").wait_for(state="visible")
+    assert label in page.inner_text("#legend")
+    assert visit.requested("/levels/4/attribution.npy"), "\n".join(u for _, u in visit.responses)
+    painted = page.evaluate(
+        "(() => { const c = document.getElementById('overlay'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let k = 3; k < d.length; k += 4) if (d[k] > 0) n++; return n / (d.length / 4); })()"
+    )
+    assert painted > 0.05, "cells are shaded by their attribution"
+
+    # The view is in the URL: reopening the link shows the same grid, cell and heatmap.
+    visit.settle()
+    page.wait_for_function("location.hash.includes('class=')")
+    link = page.url
+    assert "g=4" in link and f"cell=4%3A{target['i']}%2C{target['j']}" in link and "class=" in link
+    visit.assert_clean()
+    visit.close()
+
+    again = Visit(browser, link, viewport={"width": 1200, "height": 760})
+    again.page.locator("#panel").wait_for(state="visible")
+    assert again.page.evaluate("window.atlas.currentGrid()") == 4
+    assert again.page.evaluate("window.atlas.selected()") == {"grid": 4, "i": target["i"], "j": target["j"]}
+    assert label in again.page.inner_text("#panel-title") and label in again.page.inner_text("#legend")
+    again.assert_clean()
+    again.close()
+
+
+def test_viewer_fits_a_phone(browser: Any, server_url: str, bundle: Path) -> None:
+    phone = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+    visit = Visit(browser, server_url, **phone)
+    page = visit.page
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "no sideways scrolling"
+    target = visit.centre_cell()
+    page.touchscreen.tap(target["x"], target["y"])
+    page.locator("#panel").wait_for(state="visible")
+    panel = page.locator("#panel").bounding_box()
+    assert panel["x"] >= 0 and panel["x"] + panel["width"] <= 390 and panel["y"] + panel["height"] <= 844
+    atlas_box = page.locator("#atlas").bounding_box()
+    assert atlas_box["height"] > 250, "the atlas keeps room above the panel"
+    page.wait_for_function("[...document.querySelectorAll('#panel-examples img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(SCREENSHOTS / "viewer-phone.png"))
+    visit.assert_clean()
+    visit.close()
+
+
+def _refresh_docs_screenshot(screenshot: Path) -> None:
+    """docs/viewer.png (the README's) is made from the test's screenshot: written when missing, or
+    refreshed with ATLAS_UPDATE_SCREENSHOT=1, so that a plain test run leaves the work tree clean."""
+    if DOCS_SCREENSHOT.exists() and os.environ.get("ATLAS_UPDATE_SCREENSHOT") != "1":
+        return
+    image = Image.open(screenshot).convert("RGB")
+    small = image.resize((900, round(image.height * 900 / image.width)), Image.Resampling.LANCZOS)
+    DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    temp = DOCS_SCREENSHOT.with_suffix(".tmp.png")
+    for colours in (128, 64, 32):  # a palette PNG small enough to commit (< 300 KB)
+        small.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(temp, optimize=True)
+        if temp.stat().st_size < 300_000:
+            break
+    shutil.move(temp, DOCS_SCREENSHOT)
+    assert DOCS_SCREENSHOT.stat().st_size < 300_000
