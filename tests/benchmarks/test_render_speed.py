@@ -24,7 +24,7 @@ other processes used more than a quarter of a core meanwhile (render_sides.Guard
 - (c) ours (the default render, images x steps / its wall time, set-up and
   final scoring included) vs a bare loop of forward to ``blocks.4`` + backward
   to the input at the same batch size, 80 px, channels_last input, in the same
-  process, measured before and after the renders (the faster one counts).
+  process, measured before and after the renders (the faster quiet one counts).
   Target: >= 0.70.
 
 Fidelity (design.md section 6) on the final icons quantised to 8 bit, fed back
@@ -276,7 +276,13 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     # ---- the ratios
     o, lu = ours["runs"], lucent["runs"]
-    bare = max(ours["bare_before"]["images_steps_per_s"], ours["bare_after"]["images_steps_per_s"])
+    bares = [ours["bare_before"], ours["bare_after"]]
+    bare = max(b["images_steps_per_s"] for b in ([b for b in bares if b["clean"]] or bares))
+    conclusive = {  # every timing behind the ratio taken while the rest of the machine was quiet
+        "a": o["default"]["clean"] and lu["direction_512"]["clean_icons"] > 0,
+        "b": o["equal"]["clean"] and lu["equal"]["clean_icons"] > 0,
+        "c": o["default"]["clean"] and any(b["clean"] for b in bares),
+    }
     figures = {
         "a_default_vs_lucent_direction_512": lu["direction_512"]["seconds_per_icon"] / o["default"]["seconds_per_icon"],
         "a_default_vs_lucent_direction_neuron_512": lu["direction_neuron_512"]["seconds_per_icon"] / o["default"]["seconds_per_icon"],
@@ -299,13 +305,15 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "render_config_code_default": RenderConfig().model_dump(mode="json"),
         "targets": {"a": TARGET_DEFAULT_VS_LUCENT, "b": TARGET_EQUAL_STEPS, "c": TARGET_BARE_FRACTION},
         "figures": figures,
+        "conclusive": conclusive,
         "seconds_per_icon": {
             "ours_default": o["default"]["seconds_per_icon"],
             "ours_equal": o["equal"]["seconds_per_icon"],
             **{f"lucent_{k}": v["seconds_per_icon"] for k, v in lu.items()},
         },
         "bare_images_steps_per_s": {"before": ours["bare_before"]["images_steps_per_s"],
-                                    "after": ours["bare_after"]["images_steps_per_s"], "used": bare},  # fmt: skip
+                                    "after": ours["bare_after"]["images_steps_per_s"], "used": bare,
+                                    "clean": [b["clean"] for b in bares]},  # fmt: skip
         "fidelity": fid,
         "ours": ours,
         "lucent": lucent,
@@ -338,6 +346,7 @@ def _print(r: dict[str, Any]) -> None:
           f"ours equal {r['ours']['runs']['equal']['images_steps_per_s']:.0f}; lucent at {r['lucent']['runs']['equal']['images_steps_per_s']:.1f}")  # fmt: skip
     for key, value in f.items():
         print(f"    {key:<50} {value:7.2f}")
+    print(f"    conclusive (all timings on a quiet machine): {r['conclusive']}")
     for key, value in fid.items():
         print(f"    fidelity {key:<36} cos {value['mean_cosine']:.3f}  top-1 {value['top1']:.3f}  ({value['icons']} icons)")
     for side in ("ours", "lucent"):
@@ -348,23 +357,32 @@ def _print(r: dict[str, Any]) -> None:
     print(f"  -> {RESULTS / 'render_speed.json'}")
 
 
+def _require_conclusive(measured: dict[str, Any], part: str, figure: str) -> None:
+    if not measured["conclusive"][part]:
+        pytest.skip(f"({part}) inconclusive: other processes kept the machine busy during a timing behind it "
+                    f"({figure} = {measured['figures'][figure]:.2f}); see outputs/benchmarks/render_speed.json, rerun when quiet")  # fmt: skip
+
+
 @pytest.mark.benchmark
 def test_a_default_render_vs_lucent_direction_512(measured: dict[str, Any]) -> None:
-    ratio = measured["figures"]["a_default_vs_lucent_direction_512"]
     fid = measured["fidelity"]
     ours, theirs = fid["ours_default_lucent_cells"], fid["lucent_direction_512"]
-    assert ratio >= TARGET_DEFAULT_VS_LUCENT, f"default render only {ratio:.1f}x faster per icon than lucent (target {TARGET_DEFAULT_VS_LUCENT}x)"
     assert ours["mean_cosine"] >= theirs["mean_cosine"] - FIDELITY_COSINE_TOLERANCE, (ours, theirs)
     assert ours["top1"] >= theirs["top1"], (ours, theirs)
+    _require_conclusive(measured, "a", "a_default_vs_lucent_direction_512")
+    ratio = measured["figures"]["a_default_vs_lucent_direction_512"]
+    assert ratio >= TARGET_DEFAULT_VS_LUCENT, f"default render only {ratio:.1f}x faster per icon than lucent (target {TARGET_DEFAULT_VS_LUCENT}x)"
 
 
 @pytest.mark.benchmark
 def test_b_equal_steps_and_objective_vs_lucent(measured: dict[str, Any]) -> None:
+    _require_conclusive(measured, "b", "b_equal_steps_vs_lucent")
     ratio = measured["figures"]["b_equal_steps_vs_lucent"]
     assert ratio >= TARGET_EQUAL_STEPS, f"at {EQUAL_STEPS} steps, only {ratio:.1f}x faster per icon than lucent (target {TARGET_EQUAL_STEPS}x)"
 
 
 @pytest.mark.benchmark
 def test_c_default_render_vs_bare_forward_backward(measured: dict[str, Any]) -> None:
+    _require_conclusive(measured, "c", "c_default_vs_bare_throughput")
     ratio = measured["figures"]["c_default_vs_bare_throughput"]
     assert ratio >= TARGET_BARE_FRACTION, f"render reaches {ratio:.2f} of the bare forward+backward throughput (target {TARGET_BARE_FRACTION})"
