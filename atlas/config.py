@@ -96,8 +96,8 @@ class OutputConfig(Section):
 
 class SchedulerConfig(Section):
     address: str = Field(default="local", description="'local' (a LocalCluster), 'tcp://HOST:PORT', or 'sync'")
-    workers: PositiveInt | None = Field(default=None, description="local cluster worker processes (default 1)")
-    threads_per_worker: PositiveInt | None = Field(default=None, description="PyTorch threads per worker (default cores / workers)")
+    workers: PositiveInt | None = Field(default=None, description="local cluster worker processes (default cores / threads)")
+    threads_per_worker: PositiveInt | None = Field(default=None, description="PyTorch threads per worker (default 1)")
 
 
 class AtlasConfig(Section):

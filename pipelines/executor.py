@@ -93,11 +93,12 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -
     from distributed import Client, LocalCluster
 
     if address == "local":
-        workers = config.workers or 1
-        threads = config.threads_per_worker or max(1, cores() // workers)
-        # One task at a time per worker process, each using `threads` PyTorch threads: the model is
-        # loaded once per process and convolutions parallelise inside it. Dask's nanny would set
-        # MALLOC_TRIM_THRESHOLD_=65536, which slows PyTorch on CPU 1.5-3x (design.md section 5).
+        threads = config.threads_per_worker or 1
+        workers = config.workers or max(1, cores() // threads)
+        # One task at a time per worker process, each using `threads` PyTorch threads, workers x threads
+        # = cores. One single-threaded worker per core held up far better than one worker with every
+        # core when anything else shares the machine (OpenMP threads spin when a core is taken).
+        # Dask's nanny would set MALLOC_TRIM_THRESHOLD_=65536, which slows PyTorch on CPU 1.5-3x.
         environ = {
             **MALLOC_ENVIRON,
             "OMP_NUM_THREADS": threads,
