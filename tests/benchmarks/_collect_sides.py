@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -77,6 +78,7 @@ def bare(args: dict) -> dict:
     activations, attributions = [], []
     read_s = model_s = 0.0
     records = iter(source.read(shard))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t_loop = time.perf_counter()
     while True:
         t_a = time.perf_counter()
@@ -101,6 +103,7 @@ def bare(args: dict) -> dict:
         model_s += t_c - t_b
     activation = np.concatenate(activations)
     t_end = time.perf_counter()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return {
         "rows": int(len(activation)),
         "attribution_shape": list(np.concatenate(attributions).shape),
@@ -111,6 +114,7 @@ def bare(args: dict) -> dict:
         "read_preprocess_s": read_s,
         "model_s": model_s,
         "total_s": t_end - t0,
+        "loop_minor_page_faults": faults,
     }
 
 
@@ -172,15 +176,17 @@ def _timed_shard(shard, source, model_config, collect, seed, store_path, layer_h
     model, layer = model_and_layer(model_config)
     records = list(source.read(shard))
     t1 = time.perf_counter()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     result = collect_records(
         model.module, layer, model.preprocessing, layer_hw, records, collect.positions_per_image,
         collect.batch_size, seed, collect.attribution, n_classes,
     )  # fmt: skip
     t2 = time.perf_counter()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     report = {"shard": shard.index, "n_images": result.n_images, "n_rows": len(result.rows), "skipped": result.skipped}
     ActivationStore(store_path).write_shard(shard.index, result.rows, report)
     t3 = time.perf_counter()
-    return {"shard": shard.index, "rows": len(result.rows), "read_s": t1 - t0, "collect_records_s": t2 - t1, "write_s": t3 - t2}
+    return {"shard": shard.index, "rows": len(result.rows), "read_s": t1 - t0, "collect_records_s": t2 - t1, "write_s": t3 - t2, "minor_page_faults": faults}
 
 
 def profile(args: dict) -> dict:

@@ -115,6 +115,8 @@ def test_collect_throughput(tmp_path: Path, n_images: int, ppi: int) -> None:
         print(f"    steady state (warm workers, real run_collect): {prof['steady_s']:.2f} s  {steady_rps:.1f} rows/s  "
               f"ratio {steady_rps / bare_rps:.3f}; task compute s {prof['steady_task_compute_s']}")  # fmt: skip
         for part in prof["task_split"]:
-            print(f"    shard {part['shard']}: read {part['read_s']:.2f} s, collect_records {part['collect_records_s']:.2f} s, zarr write {part['write_s']:.2f} s")
+            print(f"    shard {part['shard']}: read {part['read_s']:.2f} s, collect_records {part['collect_records_s']:.2f} s, "
+                  f"zarr write {part['write_s']:.2f} s, minor page faults {part['minor_page_faults']}")  # fmt: skip
+        print(f"    bare loop minor page faults (all {n_images} images): {bare['loop_minor_page_faults']}")
     write_result(f"collect_throughput_n{n_images}_ppi{ppi}", result)
     assert ratio >= TARGET, f"pipeline {pipe_rps:.1f} rows/s vs bare {bare_rps:.1f} rows/s: ratio {ratio:.3f} < {TARGET}"
