@@ -22,7 +22,8 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _temp_sibling(path: Path, suffix: str = "") -> Path:
+def temp_sibling(path: Path, suffix: str = "") -> Path:
+    """An empty file beside ``path`` with normal permissions, to be renamed over it when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
@@ -31,7 +32,7 @@ def _temp_sibling(path: Path, suffix: str = "") -> Path:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    temp = _temp_sibling(path)
+    temp = temp_sibling(path)
     try:
         temp.write_bytes(data)
         os.replace(temp, path)
@@ -44,7 +45,7 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:
-    temp = _temp_sibling(path)
+    temp = temp_sibling(path)
     try:
         with open(temp, "wb") as handle:  # a file object: np.save would append ".npy" to a name
             np.save(handle, array)

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from atlas.io import temp_sibling
+
 TILE_SIZE = 256
 OVERLAP = 1
 TileFormat = Literal["jpg", "webp", "png"]
@@ -62,8 +64,7 @@ def save_poster(canvas_path: Path, poster_path: Path, compression: int = 6) -> P
     """The whole canvas as one full-resolution PNG, streamed (for papers and slides)."""
     pyvips = _vips()
     poster_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{poster_path.name}.", suffix=".tmp", dir=poster_path.parent)
-    os.close(fd)
+    name = str(temp_sibling(poster_path))
     try:
         pyvips.Image.new_from_file(str(canvas_path), access="sequential").pngsave(name, compression=compression)
         os.replace(name, poster_path)
