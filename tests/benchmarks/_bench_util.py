@@ -30,14 +30,22 @@ def load_average() -> float:
 def child_env() -> dict[str, str]:
     """The environment both sides of a benchmark start with: this one, plus the repo on the path.
 
-    Both sides also get the allocator settings ``atlas run`` sets (pipelines/cli.py) and its local
-    cluster passes to workers, so a ratio measures the pipeline, not glibc malloc (design.md section 5).
-    ``ATLAS_BENCH_PLAIN_MALLOC=1`` leaves glibc's defaults on both sides instead.
+    Both sides also get the allocator settings ``atlas run`` gives its processes and its local
+    cluster's workers (``atlas.runtime.MALLOC_ENVIRON``), so a ratio measures the pipeline, not a
+    difference in glibc malloc settings (design.md section 5). ``ATLAS_BENCH_PLAIN_MALLOC=1`` leaves
+    glibc's defaults in the benchmark's own children instead (workers still get the library's).
     """
     env = dict(os.environ)
     if not env.get("ATLAS_BENCH_PLAIN_MALLOC"):
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
-        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
+        try:
+            sys.path.insert(0, str(REPO))
+            from atlas.runtime import MALLOC_ENVIRON
+        except ImportError:  # older trees: the values pipelines/cli.py used to set
+            MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+        finally:
+            sys.path.remove(str(REPO))
+        for key, value in MALLOC_ENVIRON.items():
+            env.setdefault(key, str(value))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     return env
