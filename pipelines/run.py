@@ -25,6 +25,7 @@ from atlas.images.source import ImageSource, Shard
 from atlas.io import read_json, write_json, write_npy
 from atlas.layout import Whitening
 from atlas.models import LoadedModel, load_model, resolve_layer
+from atlas.runtime import tune_allocator
 from pipelines.collect_stage import run_collect
 from pipelines.executor import Executor, open_executor
 from pipelines.layout_stage import compute_layout
@@ -164,6 +165,7 @@ def run_atlas(config: AtlasConfig, until: str | None = None, log: Callable[[str]
     """Run every stage (or up to ``until``) and write the manifest; returns the bundle folder."""
     if until is not None and until not in STAGE_FUNCTIONS:
         raise AtlasError(f"--until {until!r}: expected one of {', '.join(STAGE_FUNCTIONS)}")
+    tune_allocator()  # before the first Dask thread allocates (atlas.runtime)
     run_dir = Path(config.output.dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
 
