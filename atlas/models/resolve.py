@@ -6,7 +6,8 @@ Spec forms (design.md 4b):
 - ``torchvision:NAME`` and ``timm:NAME``: the libraries' builders (``model.pretrained`` downloads weights);
 - a path to a whole model saved with ``torch.save(model)``: unpickling runs code from the file, so it
   needs ``model.trust_pickle: true``;
-- ``package.module:factory``: a callable taking no arguments, with ``model.weights`` holding a state dict.
+- ``package.module:factory``: a callable taking no arguments, with ``model.weights`` holding a state dict;
+- a folder written by ``atlas train`` (one trained variant): its ``model.json`` says how to build it.
 
 When neither the source nor the config says how to preprocess, channels come
 from the first ``Conv2d``; 1-channel models default to 28 px and mean = std =
@@ -18,6 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import pickle
 import re
 import zipfile
@@ -40,7 +42,10 @@ from atlas.models.imagenet import (
 )
 from atlas.models.record import LoadedModel, Preprocessing
 
-SPEC_FORMS = "efficientnet-lite0, torchvision:NAME, timm:NAME, a file saved with torch.save(model), or package.module:factory"
+SPEC_FORMS = (
+    "efficientnet-lite0, torchvision:NAME, timm:NAME, a file saved with torch.save(model), package.module:factory, "
+    "or a variant folder from atlas train"
+)
 _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _FACTORY = re.compile(rf"^({_DOTTED}):({_DOTTED})$")
 _MODEL_FILE_SUFFIXES = {".pt", ".pth", ".pkl", ".ckpt", ".bin", ".pt2"}
@@ -86,6 +91,8 @@ def _load_source(spec: str, config: ModelConfig) -> _Source:
     if spec.startswith("timm:"):
         return _load_timm(spec, spec.partition(":")[2], pretrained)
     path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_trained_folder(path, spec, config)
     if path.is_file():
         return _Source(_load_pickled_model(path, spec, config.trust_pickle), None, None, {"source": "pickle"})
     if path.suffix.lower() in _MODEL_FILE_SUFFIXES or "/" in spec or "\\" in spec:
@@ -203,6 +210,31 @@ def _state_dict_spec_message(spec: str) -> str:
         f"model.spec {spec!r} holds a state dict, not a model: set model.spec to the package.module:factory "
         f"that builds the network and model.weights: {spec}"
     )
+
+
+MODEL_CARD = "model.json"
+_CARD_FACTORIES = {"atlas.models.zoo:build_classifier"}  # a card may only name code that ships with atlas
+
+
+def _load_trained_folder(path: Path, spec: str, config: ModelConfig) -> _Source:
+    """A folder written by ``atlas train``: ``model.json`` (architecture, preprocessing, classes) + ``weights.pt``."""
+    card_path = path / MODEL_CARD
+    if not card_path.is_file():
+        raise AtlasError(f"model.spec {spec!r} is a folder without {MODEL_CARD}; point it at a variant folder written by `atlas train`")
+    try:
+        card = json.loads(card_path.read_text())
+        factory, kwargs, prep = card["factory"], dict(card["kwargs"]), card["preprocessing"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AtlasError(f"model.spec {spec!r}: {card_path} is not a readable model card ({_first_line(err)})") from None
+    if factory not in _CARD_FACTORIES:
+        raise AtlasError(f"model.spec {spec!r}: {card_path} names factory {factory!r}; only {', '.join(sorted(_CARD_FACTORIES))} is allowed")
+    module_name, _, attribute = factory.partition(":")
+    module = getattr(importlib.import_module(module_name), attribute)(**kwargs)
+    if config.weights is None:
+        load_weights(module, path / card.get("weights", "weights.pt"), spec)
+    preprocessing = Preprocessing(int(prep["input_size"]), int(prep["channels"]), tuple(prep["mean"]), tuple(prep["std"]))
+    labels = [str(c) for c in card["classes"]] if card.get("classes") else None
+    return _Source(module, preprocessing, labels, {"source": "atlas train", "variant": json.dumps(kwargs, sort_keys=True)})
 
 
 def _call_factory(spec: str, module_name: str, attribute: str) -> nn.Module:

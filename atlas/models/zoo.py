@@ -70,36 +70,130 @@ def make_activation(name: str) -> nn.Module:
     return cls()
 
 
+def _conv_block(cin: int, cout: int, activation: str, batch_norm: bool) -> list[tuple[str, nn.Module]]:
+    """conv (+ BN) + activation; the conv keeps its bias only when no BN follows to absorb it."""
+    block: list[tuple[str, nn.Module]] = [("conv", nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=not batch_norm))]
+    if batch_norm:
+        block.append(("bn", nn.BatchNorm2d(cout)))
+    block.append(("act", make_activation(activation)))
+    return block
+
+
 class FashionCNN(nn.Module):
-    """Compact VGG-style classifier: conv32-conv32-pool-conv64-conv64-pool-conv128-GAP-linear (~140k params).
+    """Compact VGG-style classifier: conv-conv-pool-conv-conv-pool-conv-GAP-linear (~140k params at width 32).
 
     A class at module level (not a closure) so ``torch.save(model)`` files can be unpickled.
-    BatchNorm after every convolution lets saturating activations (sigmoid, tanh) train too.
+    BatchNorm after every convolution lets saturating activations (sigmoid, tanh) train easily;
+    without it (``batch_norm=False``) each activation's own behaviour shows, which is what a
+    comparison of activations wants.
     """
 
-    def __init__(self, activation: str = "relu", num_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(
+        self, activation: str = "relu", num_classes: int = 10, in_channels: int = 1, width: int = 32, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         self.activation = activation
-        widths = [(in_channels, 32), (32, 32), "pool", (32, 64), (64, 64), "pool", (64, 128)]
+        plan = [(in_channels, width), (width, width), "pool", (width, 2 * width), (2 * width, 2 * width), "pool", (2 * width, 4 * width)]
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         conv = pool = 0
-        for width in widths:
-            if width == "pool":
+        for step in plan:
+            if step == "pool":
                 pool += 1
                 layers[f"pool{pool}"] = nn.MaxPool2d(2)
                 continue
             conv += 1
-            cin, cout = width
-            layers[f"conv{conv}"] = nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False)
-            layers[f"bn{conv}"] = nn.BatchNorm2d(cout)
-            layers[f"act{conv}"] = make_activation(activation)
+            for part, module in _conv_block(*step, activation, batch_norm):
+                layers[f"{part}{conv}"] = module
         self.features = nn.Sequential(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(128, num_classes)
+        self.classifier = nn.Linear(4 * width, num_classes)
 
     def forward(self, x):  # type: ignore[no-untyped-def]
         return self.classifier(self.flatten(self.pool(self.features(x))))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs); the sum passes through its own activation module ``act2``."""
+
+    def __init__(self, cin: int, cout: int, stride: int, activation: str, batch_norm: bool) -> None:
+        super().__init__()
+        norm = nn.BatchNorm2d if batch_norm else (lambda _c: nn.Identity())
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not batch_norm)
+        self.bn1 = norm(cout)
+        self.act1 = make_activation(activation)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=not batch_norm)
+        self.bn2 = norm(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=not batch_norm), norm(cout))
+        self.act2 = make_activation(activation)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        return self.act2(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A small ResNet for 28-32 px images: stem, then three stages of one basic block (widths w, 2w, 4w)."""
+
+    def __init__(
+        self, activation: str = "relu", num_classes: int = 10, in_channels: int = 1, width: int = 32, batch_norm: bool = True
+    ) -> None:
+        super().__init__()
+        self.activation = activation
+        stem: list[tuple[str, nn.Module]] = _conv_block(in_channels, width, activation, batch_norm)
+        self.stem = nn.Sequential(OrderedDict(stem))
+        self.layer1 = BasicBlock(width, width, 1, activation, batch_norm)
+        self.layer2 = BasicBlock(width, 2 * width, 2, activation, batch_norm)
+        self.layer3 = BasicBlock(2 * width, 4 * width, 2, activation, batch_norm)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.classifier(self.flatten(self.pool(x)))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"vgg": FashionCNN, "resnet": SmallResNet}
+# The layer an atlas of each architecture looks at by default: the last block, 4w x 7 x 7 at 28 px.
+DEFAULT_LAYERS = {"vgg": "features.act5", "resnet": "layer3.act2"}
+
+
+def init_weights(module: nn.Module) -> None:
+    """One initialisation scheme for every activation, so a comparison differs only in the nonlinearity.
+
+    Kaiming-normal (fan-in, ReLU gain) for convolutions and the classifier, zero biases, BN at identity.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_classifier(
+    architecture: str = "vgg",
+    activation: str = "relu",
+    num_classes: int = 10,
+    in_channels: int = 1,
+    width: int = 32,
+    batch_norm: bool = True,
+) -> nn.Module:
+    """One of the comparison architectures with ``activation`` everywhere, initialised by :func:`init_weights`.
+
+    Seed torch before calling for a reproducible initialisation.
+    """
+    cls = ARCHITECTURES.get(architecture)
+    if cls is None:
+        raise AtlasError(f"train.architecture {architecture!r} is unknown; valid: {', '.join(ARCHITECTURES)}")
+    model = cls(activation=activation, num_classes=num_classes, in_channels=in_channels, width=width, batch_norm=batch_norm)
+    init_weights(model)
+    return model
 
 
 def fashion_cnn(activation: str = "relu", num_classes: int = 10) -> nn.Module:

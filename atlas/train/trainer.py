@@ -1,0 +1,202 @@
+"""Train one variant (architecture x activation) with a schedule every variant shares; resumable.
+
+Fairness is the point: the same seed builds the same initialisation (the
+parameter shapes do not depend on the activation), the data order of epoch e
+comes from ``(seed, e)`` alone, and Adam with a cosine schedule runs the same
+number of steps. Nothing else is random (no dropout, no augmentation), so a
+variant trained twice with the same seed and thread count is identical.
+
+After every epoch a checkpoint (model, optimiser, history) is written
+atomically; a killed run resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from atlas.config import TrainConfig
+from atlas.io import write_bytes, write_json
+from atlas.models.zoo import build_classifier, make_activation
+from atlas.train.data import Split, TrainingData, normalise_batch
+from atlas.train.units import activation_layers, unit_statistics, weight_layers
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "weights.pt"
+METRICS = "metrics.json"
+PROGRESS = "progress.json"  # epochs finished so far, for a progress bar in another process
+MODEL_CARD = "model.json"
+EVAL_BATCH = 500
+START_STEPS = 50  # gradient norms are also kept for the first steps alone: vanishing gradients show at initialisation
+VERSION = "train/2"  # part of a variant's cache key: bump when what training records changes
+
+
+@dataclass(frozen=True)
+class Variant:
+    architecture: str
+    activation: str
+    num_classes: int
+    in_channels: int
+    width: int
+    batch_norm: bool
+
+    def build(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return build_classifier(self.architecture, self.activation, self.num_classes, self.in_channels, self.width, self.batch_norm)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "activation": self.activation,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "width": self.width,
+            "batch_norm": self.batch_norm,
+        }
+
+
+def variant_of(config: TrainConfig, activation: str, data: TrainingData) -> Variant:
+    make_activation(activation)  # an unknown name fails here, listing the valid ones
+    return Variant(config.architecture, activation, len(data.classes), data.preprocessing.channels, config.width, config.batch_norm)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of epoch ``epoch``: the same for every variant."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def train_variant(
+    variant: Variant,
+    data: TrainingData,
+    config: TrainConfig,
+    out_dir: Path,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Train (or finish training) one variant into ``out_dir``; returns its metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = variant.build(config.seed)
+    steps_per_epoch = math.ceil(len(data.train.labels) / config.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    total_steps = steps_per_epoch * config.epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    checkpoint_path = out_dir / CHECKPOINT
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history = state["history"]
+        start_epoch = len(history)
+        log(f"[train] {variant.activation}: resuming after epoch {start_epoch}")
+
+    weights = weight_layers(model)
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        order = epoch_order(len(data.train.labels), config.seed, epoch)
+        grad_sums = torch.zeros(len(weights), dtype=torch.float64)
+        loss_sum = correct = seen = 0.0
+        started = time.perf_counter()
+        for step in range(steps_per_epoch):
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x = normalise_batch(data.train.images[index.numpy()], data.preprocessing)
+            y = torch.from_numpy(data.train.labels[index.numpy()])
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            grad_sums += torch.stack([p.grad.detach().norm() for _n, p in weights]).double()
+            if step + 1 == min(START_STEPS, steps_per_epoch):
+                start_norms = (grad_sums / (step + 1)).tolist()
+            optimizer.step()
+            schedule.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += float((logits.argmax(1) == y).sum())
+            seen += len(y)
+        seconds = time.perf_counter() - started
+        test_loss, test_accuracy = evaluate(model, data.test, data)
+        history.append({
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "seconds": seconds,
+            "images_per_second": seen / seconds,
+            "grad_norms": (grad_sums / steps_per_epoch).tolist(),
+            "grad_norms_first_steps": start_norms,
+        })  # fmt: skip
+        _save_checkpoint(checkpoint_path, model, optimizer, schedule, history)
+        write_json(out_dir / PROGRESS, {"epochs_done": len(history), "test_accuracy": test_accuracy})
+        log(f"[train] {variant.activation} epoch {epoch + 1}/{config.epochs}: test accuracy {test_accuracy:.3f} ({seconds:.1f} s)")
+
+    units = unit_statistics(
+        model, activation_layers(model, type(make_activation(variant.activation))), _test_batches(data), config.dead_threshold
+    )
+    metrics = {
+        "variant": variant.kwargs(),
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "history": history,
+        "test_accuracy": history[-1]["test_accuracy"] if history else None,
+        "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else None,
+        "grad_norm_layers": [name for name, _p in weights],
+        "units": units,
+        "n_train": int(len(data.train.labels)),
+        "n_test": int(len(data.test.labels)),
+    }
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_bytes(out_dir / WEIGHTS, buffer.getvalue())
+    write_json(out_dir / MODEL_CARD, model_card(variant, data))
+    write_json(out_dir / METRICS, metrics)
+    return metrics
+
+
+def model_card(variant: Variant, data: TrainingData) -> dict[str, Any]:
+    """What ``atlas run`` needs to load this variant from its folder (``model.spec: <folder>``)."""
+    prep = data.preprocessing
+    return {
+        "format": "atlas-model/1",
+        "factory": "atlas.models.zoo:build_classifier",
+        "kwargs": variant.kwargs(),
+        "weights": WEIGHTS,
+        "classes": data.classes,
+        "preprocessing": {"input_size": prep.input_size, "channels": prep.channels, "mean": list(prep.mean), "std": list(prep.std)},
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, data: TrainingData) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on a split, in eval mode."""
+    model.eval()
+    loss_sum = correct = 0.0
+    for start in range(0, len(split.labels), EVAL_BATCH):
+        x = normalise_batch(split.images[start : start + EVAL_BATCH], data.preprocessing)
+        y = torch.from_numpy(split.labels[start : start + EVAL_BATCH])
+        logits = model(x)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += float((logits.argmax(1) == y).sum())
+    n = max(1, len(split.labels))
+    return loss_sum / n, correct / n
+
+
+def _test_batches(data: TrainingData):  # type: ignore[no-untyped-def]
+    for start in range(0, len(data.test.labels), EVAL_BATCH):
+        yield normalise_batch(data.test.images[start : start + EVAL_BATCH], data.preprocessing)
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: Any, schedule: Any, history: list[dict[str, Any]]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history}, buffer)
+    write_bytes(path, buffer.getvalue())

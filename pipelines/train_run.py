@@ -1,0 +1,129 @@
+"""``atlas train``: every activation variant as one Dask task, resumable, skipped when already trained.
+
+A variant's folder holds a ``.key`` naming the settings it was trained with.
+Same key and ``metrics.json`` present: done, skipped. Same key, no metrics:
+a killed run, resumed from its last epoch checkpoint. Different key: the
+settings changed, so the old checkpoint is discarded and training starts over.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from atlas.config import ExperimentConfig, TrainConfig
+from atlas.io import read_json, write_bytes
+from atlas.train.data import TrainingData, load_training_data
+from atlas.train.trainer import CHECKPOINT, METRICS, PROGRESS, Variant, train_variant, variant_of
+from atlas.train.trainer import VERSION as TRAINER_VERSION
+from pipelines.executor import Executor
+from pipelines.stages import fingerprint
+from pipelines.worker_state import use_threads
+
+KEY_FILE = ".key"
+
+
+def experiment_dir(config: ExperimentConfig) -> Path:
+    return Path(config.output.dir) / config.name
+
+
+def variant_dir(config: ExperimentConfig, activation: str) -> Path:
+    return experiment_dir(config) / "train" / activation
+
+
+def train_task(variant: Variant, data: TrainingData, config: TrainConfig, out_dir: Path, threads: int) -> dict[str, Any]:
+    """Runs on a worker: one variant, start to finish (or from its last checkpoint)."""
+    use_threads(threads)
+    return train_variant(variant, data, config, out_dir)
+
+
+def variant_key(config: TrainConfig, activation: str, data: TrainingData) -> str:
+    settings = config.model_dump(mode="json", exclude={"activations"})
+    return fingerprint(TRAINER_VERSION, settings, activation, data.images_source, len(data.train.labels), len(data.test.labels))
+
+
+def run_training(
+    config: ExperimentConfig, executor: Callable[[], Executor], log: Callable[[str], None] = print
+) -> tuple[dict[str, dict[str, Any]], TrainingData]:
+    """Train every variant not yet trained with these settings; returns ``{activation: metrics}`` and the data."""
+    train = config.train
+    data = load_training_data(train, log)
+    log(f"[train] {train.dataset}: {len(data.train.labels)} training, {len(data.test.labels)} test images at "
+        f"{data.preprocessing.input_size} px; {train.architecture}, {len(train.activations)} activation(s)")  # fmt: skip
+    variants = {name: variant_of(train, name, data) for name in train.activations}  # unknown names fail before any work
+    metrics: dict[str, dict[str, Any]] = {}
+    todo: dict[str, tuple[Path, str]] = {}
+    for name in variants:
+        folder, key = variant_dir(config, name), variant_key(train, name, data)
+        if _done(folder, key):
+            metrics[name] = read_json(folder / METRICS)
+            continue
+        if (folder / KEY_FILE).exists() and (folder / KEY_FILE).read_text() != key:
+            shutil.rmtree(folder)  # trained with other settings: its checkpoint cannot be resumed
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / METRICS).unlink(missing_ok=True)
+        write_bytes(folder / KEY_FILE, key.encode())
+        if (folder / CHECKPOINT).exists():
+            log(f"[train] {name}: resuming from its last finished epoch")
+        todo[name] = (folder, key)
+    if todo:
+        ex = executor()
+        data_ref = ex.scatter(data)
+        futures = {ex.submit(train_task, variants[name], data_ref, train, folder, ex.threads_per_task): name for name, (folder, _k) in todo.items()}
+        folders = [folder for folder, _k in todo.values()]
+        total = len(variants) * train.epochs
+        with tqdm(total=total, initial=total - len(todo) * train.epochs, desc="train", unit="epoch") as bar, _EpochWatch(bar, folders):
+            for future in ex.as_completed(list(futures)):
+                name = futures[future]
+                metrics[name] = future.result()
+                log(f"[train] {name}: test accuracy {metrics[name]['test_accuracy']:.3f}, "
+                    f"{metrics[name]['seconds_per_epoch']:.1f} s/epoch, dead units {100 * metrics[name]['units']['dead_fraction']:.1f}%")  # fmt: skip
+    else:
+        log(f"[train] all {len(variants)} variant(s) already trained (cached)")
+    return {name: metrics[name] for name in train.activations}, data
+
+
+class _EpochWatch:
+    """Advances the bar as workers finish epochs (they write ``progress.json``), polled from a thread."""
+
+    def __init__(self, bar: tqdm, folders: list[Path], every: float = 1.0) -> None:
+        self.bar, self.folders, self.every = bar, folders, every
+        self.base = bar.n
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _epochs(self) -> int:
+        done = 0
+        for folder in self.folders:
+            try:
+                done += int(read_json(folder / PROGRESS)["epochs_done"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return done
+
+    def _poll(self) -> None:
+        while not self.stop.wait(self.every):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        target = self.base + self._epochs()
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def __enter__(self) -> "_EpochWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._refresh()
+
+
+def _done(folder: Path, key: str) -> bool:
+    marker = folder / KEY_FILE
+    return marker.exists() and marker.read_text() == key and (folder / METRICS).exists()
