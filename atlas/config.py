@@ -56,6 +56,7 @@ class LayoutConfig(Section):
     clip_percentile: float = Field(default=1.0, ge=0.0, lt=50.0)
     margin: float = Field(default=0.05, ge=0.0, lt=0.5)
     whitening_eps: float = Field(default=1e-2, gt=0.0)
+    coords: Path | None = Field(default=None, description="precomputed [N, 2] coordinates in [0, 1], one per row, instead of UMAP")
 
 
 class GridConfig(Section):
@@ -115,6 +116,59 @@ class AtlasConfig(Section):
     @property
     def name(self) -> str:
         return self.output.name or "atlas"
+
+
+ALL_ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "mish", "tanh", "sigmoid")
+
+
+class TrainConfig(Section):
+    """``atlas train``: one architecture, trained once per activation with everything else identical."""
+
+    architecture: Literal["vgg", "resnet"] = "vgg"
+    activations: tuple[str, ...] = ALL_ACTIVATIONS
+    dataset: str = Field(default="torchvision:FashionMNIST", description="torchvision:NAME, or a folder of class sub-folders")
+    root: Path | None = Field(default=None, description="where torchvision datasets live (default: ~/.cache/atlas/datasets)")
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 128
+    learning_rate: float = Field(default=2e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    width: PositiveInt = Field(default=16, description="channels of the first block; later blocks have 2x and 4x")
+    batch_norm: bool = Field(default=False, description="off by default: BN hides what the activation itself does to gradients")
+    input_size: PositiveInt | None = Field(default=None, description="default: the dataset's own size, at most 64 px")
+    channels: Literal[1, 3] | None = Field(default=None, description="default: 1 for grey datasets, else 3")
+    limit_train_images: PositiveInt | None = None
+    limit_test_images: PositiveInt | None = None
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="held out from a folder without train/ and test/")
+    dead_threshold: float = Field(default=1e-3, gt=0.0, description="a unit is dead when |f'(x)| stays below this on every test input")
+    seed: int = 0
+
+    @field_validator("activations")
+    @classmethod
+    def _some(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if not names:
+            raise ValueError("give at least one activation name")
+        if len(set(names)) != len(names):
+            raise ValueError("activation names repeat")
+        return names
+
+
+class CompareConfig(Section):
+    """``atlas compare``: one atlas per trained variant, laid out so the same region holds the same images."""
+
+    layer: str | None = Field(default=None, description="default: the architecture's last block")
+    layers: tuple[str, ...] = Field(default=(), description="also compare these layers of one variant")
+    layers_of: str | None = Field(default=None, description="the variant whose layers are compared (default: the first)")
+    align: Literal["aligned_umap", "none"] = "aligned_umap"
+    alignment_regularisation: float = Field(default=0.01, gt=0.0)
+    alignment_window: PositiveInt = 3
+    measure_sample: PositiveInt = Field(default=2000, description="rows used for trustworthiness")
+
+
+class ExperimentConfig(AtlasConfig):
+    """A comparison experiment: the atlas settings every variant shares, plus training and comparison."""
+
+    train: TrainConfig = TrainConfig()
+    compare: CompareConfig = CompareConfig()
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from atlas.config import SchedulerConfig
@@ -130,3 +130,16 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -
         yield DaskExecutor(client, threads)
     finally:
         client.close()
+
+
+class LazyExecutor:
+    """Starts the cluster the first time a stage needs it, so a fully cached re-run starts none."""
+
+    def __init__(self, config: SchedulerConfig, stack: ExitStack, log: Callable[[str], None]) -> None:
+        self._config, self._stack, self._log = config, stack, log
+        self._executor: Executor | None = None
+
+    def __call__(self) -> Executor:
+        if self._executor is None:
+            self._executor = self._stack.enter_context(open_executor(self._config, self._log))
+        return self._executor

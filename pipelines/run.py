@@ -27,26 +27,13 @@ from atlas.layout import Whitening
 from atlas.models import LoadedModel, load_model, resolve_layer
 from atlas.runtime import tune_allocator
 from pipelines.collect_stage import run_collect
-from pipelines.executor import Executor, open_executor
+from pipelines.executor import Executor, LazyExecutor
 from pipelines.layout_stage import compute_layout
 from pipelines.render_stage import measure_fidelity, run_render
 from pipelines.stages import StageLog, file_fingerprint, fingerprint
 from pipelines.tiles_stage import manifest_entries, tiles
 
 FORMAT = "activation-atlas/1"
-
-
-class _LazyExecutor:
-    """Starts the cluster the first time a stage needs it, so a fully cached re-run starts none."""
-
-    def __init__(self, config: AtlasConfig, stack: ExitStack, log: Callable[[str], None]) -> None:
-        self._config, self._stack, self._log = config, stack, log
-        self._executor: Executor | None = None
-
-    def __call__(self) -> Executor:
-        if self._executor is None:
-            self._executor = self._stack.enter_context(open_executor(self._config.scheduler, self._log))
-        return self._executor
 
 
 @dataclass
@@ -108,15 +95,35 @@ def collect(ctx: RunContext) -> None:
 
 def layout(ctx: RunContext) -> None:
     config = ctx.config
-    key = fingerprint("layout", ctx.keys["collect"], config.layout.model_dump(mode="json"), config.seed)
+    given = config.layout.coords
+    if given is not None and not Path(given).is_file():
+        raise AtlasError(f"layout.coords '{given}': no such file; give a .npy of [N, 2] coordinates or remove the key")
+    key = fingerprint(
+        "layout", ctx.keys["collect"], config.layout.model_dump(mode="json"), config.seed, file_fingerprint(given) if given else None
+    )
     ctx.keys["layout"] = key
 
     def work() -> None:
         activation = ctx.rows().activation
-        write_npy(ctx.run_dir / "layout" / "coords.npy", compute_layout(ctx.executor, activation, config.layout, config.seed))
+        if given is not None:
+            coords = _given_coords(given, len(activation))
+        else:
+            coords = compute_layout(ctx.executor, activation, config.layout, config.seed)
+        write_npy(ctx.run_dir / "layout" / "coords.npy", coords)
         write_npy(ctx.run_dir / "layout" / "whitening.npy", Whitening(config.layout.whitening_eps).fit(activation).matrix_)
 
     ctx.stages.run("layout", key, work)
+
+
+def _given_coords(path: Path, n_rows: int) -> np.ndarray:
+    """``layout.coords``: a layout made elsewhere (``atlas compare`` aligns several), checked against the rows."""
+    try:
+        coords = np.load(path)
+    except (OSError, ValueError) as err:
+        raise AtlasError(f"layout.coords '{path}': cannot read it as .npy ({err})") from None
+    if coords.shape != (n_rows, 2) or not np.isfinite(coords).all() or coords.min() < 0 or coords.max() > 1:
+        raise AtlasError(f"layout.coords '{path}': expected finite [{n_rows}, 2] values in [0, 1] (one per row), got shape {coords.shape}")
+    return coords.astype(np.float32)
 
 
 def grid(ctx: RunContext) -> None:
@@ -161,8 +168,13 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], None]] = {
 }
 
 
-def run_atlas(config: AtlasConfig, until: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """Run every stage (or up to ``until``) and write the manifest; returns the bundle folder."""
+def run_atlas(
+    config: AtlasConfig, until: str | None = None, log: Callable[[str], None] = print, executor: Callable[[], Executor] | None = None
+) -> Path:
+    """Run every stage (or up to ``until``) and write the manifest; returns the bundle folder.
+
+    ``executor``: a cluster already open (``atlas compare`` runs many bundles on one); default, one started on demand.
+    """
     if until is not None and until not in STAGE_FUNCTIONS:
         raise AtlasError(f"--until {until!r}: expected one of {', '.join(STAGE_FUNCTIONS)}")
     tune_allocator()  # before the first Dask thread allocates (atlas.runtime)
@@ -189,7 +201,8 @@ def run_atlas(config: AtlasConfig, until: str | None = None, log: Callable[[str]
 
     with ExitStack() as stack:
         ctx = RunContext(
-            config, run_dir, model, layer, shape, n_classes, source, shards, _LazyExecutor(config, stack, log), StageLog(run_dir, log),
+            config, run_dir, model, layer, shape, n_classes, source, shards, executor or LazyExecutor(config.scheduler, stack, log),
+            StageLog(run_dir, log),
             labels=_class_names(model, source, n_classes),
         )  # fmt: skip
         for name, stage in STAGE_FUNCTIONS.items():
