@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from atlas.config import AtlasConfig, ModelConfig, load_config, validate_tree
+from atlas.config import AtlasConfig, ExperimentConfig, ModelConfig, load_config, validate_tree
 from atlas.errors import AtlasError
 from atlas.runtime import MALLOC_ENVIRON, tune_allocator
 
@@ -46,6 +46,31 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = run_atlas(config, until=args.until)
     if (run_dir / "index.html").exists():
         print(f"atlas: bundle in {run_dir}; view it with: atlas serve {shlex.quote(str(run_dir))}")
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> ExperimentConfig:
+    config: ExperimentConfig = load_config(args.config, list(args.set or []), ExperimentConfig)
+    return config
+
+
+def _train(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from pipelines.executor import LazyExecutor
+    from pipelines.train_run import experiment_dir, run_training
+
+    config = _experiment(args)
+    with ExitStack() as stack:
+        run_training(config, LazyExecutor(config.scheduler, stack, print))
+    print(f"atlas: trained variants in {experiment_dir(config) / 'train'}; compare them with: atlas compare {shlex.quote(str(args.config))}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pipelines.compare_run import run_compare
+
+    run_compare(_experiment(args))
     return 0
 
 
@@ -95,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("spec", help="model spec")
     layers.add_argument("--set", action="append", metavar="model.KEY=VALUE", help="e.g. model.weights=w.pt")
     layers.set_defaults(handler=_layers)
+
+    train = sub.add_parser("train", help="train one architecture once per activation function (resumable)")
+    train.add_argument("config", type=Path, help="experiment YAML, e.g. configs/compare_activations.yaml")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=1")
+    train.set_defaults(handler=_train)
+
+    compare = sub.add_parser("compare", help="train what is missing, then build aligned atlases and the comparison page")
+    compare.add_argument("config", type=Path, help="experiment YAML, e.g. configs/compare_activations.yaml")
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. grid.sizes=[8]")
+    compare.set_defaults(handler=_compare)
 
     serve = sub.add_parser("serve", help="serve a run folder's atlas viewer on a local address")
     serve.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bundle folder, e.g. outputs/default")

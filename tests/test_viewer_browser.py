@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -139,11 +140,11 @@ def test_patches_are_the_region_each_example_was_sampled_from(photo_folder: Path
 # ---- in the browser ----
 
 
-@pytest.fixture(scope="module")
-def server_url(bundle: Path) -> Iterator[str]:
-    """`atlas serve` in its own process, as a user starts it; the URL is read from what it prints."""
+@contextmanager
+def atlas_serve(folder: Path) -> Iterator[str]:
+    """`atlas serve` in its own process, as a user starts it; yields the URL it prints."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", str(bundle), "--port", "0"],
+        [sys.executable, "-m", "pipelines.cli", "serve", str(folder), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
     )  # fmt: skip
     try:
@@ -160,6 +161,12 @@ def server_url(bundle: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server_url(bundle: Path) -> Iterator[str]:
+    with atlas_serve(bundle) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

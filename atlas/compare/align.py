@@ -1,0 +1,112 @@
+"""Layouts of several variants in one frame, so the same region holds the same images in each.
+
+umap-learn's ``AlignedUMAP`` embeds every variant's rows together, with the
+identity relation between consecutive variants (row r is the same image and
+position everywhere) pulling each row towards its place in its neighbours.
+All embeddings are then normalised with one shared box, so coordinates are
+comparable across variants, not just within one.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from atlas.errors import AtlasError
+
+
+def _reduce(x: np.ndarray, components: int | None, seed: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = min(components or x.shape[1], x.shape[1], len(x))
+    return PCA(n, random_state=seed).fit_transform(x).astype(np.float32) if n < x.shape[1] else x
+
+
+def normalise_together(embeddings: list[np.ndarray], clip_percentile: float, margin: float) -> list[np.ndarray]:
+    """One percentile box over every embedding, so [0, 1] means the same place in each."""
+    stacked = np.concatenate(embeddings).astype(np.float64)
+    low = np.percentile(stacked, clip_percentile, axis=0)
+    high = np.percentile(stacked, 100.0 - clip_percentile, axis=0)
+    span = np.maximum(high - low, 1e-9)
+    low, high = low - margin * span, high + margin * span
+    return [np.clip((e - low) / (high - low), 0.0, 1.0).astype(np.float32) for e in embeddings]
+
+
+def aligned_layouts(
+    activations: list[np.ndarray],
+    n_neighbors: int = 30,
+    min_dist: float = 0.05,
+    metric: str = "cosine",
+    pca_components: int | None = 50,
+    regularisation: float = 0.01,
+    window: int = 3,
+    clip_percentile: float = 1.0,
+    margin: float = 0.05,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """[N, 2] coordinates in [0, 1] per variant; every variant must have the same N rows, in the same order."""
+    sizes = {len(a) for a in activations}
+    if len(sizes) != 1:
+        raise AtlasError(f"aligned layouts need the same rows in every variant; got row counts {sorted(sizes)}")
+    (n,) = sizes
+    if len(activations) == 1:
+        return independent_layouts(activations, n_neighbors, min_dist, metric, pca_components, clip_percentile, margin, seed)
+    reduced = [_reduce(a, pca_components, seed) for a in activations]
+    identity = {i: i for i in range(n)}
+    from umap import AlignedUMAP
+
+    with warnings.catch_warnings():
+        # AlignedUMAP builds one seeded UMAP per variant, and each warns that a seed means one thread.
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        mapper = AlignedUMAP(
+            n_neighbors=min(n_neighbors, n - 1),
+            min_dist=min_dist,
+            metric=metric,
+            alignment_regularisation=regularisation,
+            alignment_window_size=window,
+            random_state=seed,
+        ).fit(reduced, relations=[identity] * (len(reduced) - 1))
+    return normalise_together(list(mapper.embeddings_), clip_percentile, margin)
+
+
+def independent_layouts(
+    activations: list[np.ndarray],
+    n_neighbors: int = 30,
+    min_dist: float = 0.05,
+    metric: str = "cosine",
+    pca_components: int | None = 50,
+    clip_percentile: float = 1.0,
+    margin: float = 0.05,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """One plain UMAP per variant (the unaligned baseline), each normalised on its own."""
+    import umap
+
+    out = []
+    for a in activations:
+        x = _reduce(a, pca_components, seed)
+        embedding = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), min_dist=min_dist, metric=metric, random_state=seed).fit_transform(x)
+        out.extend(normalise_together([embedding], clip_percentile, margin))
+    return out
+
+
+def alignment_error(layouts: list[np.ndarray]) -> float:
+    """Mean distance (in [0, 1] layout units) between a row's positions in consecutive variants; 0 = perfectly aligned."""
+    if len(layouts) < 2:
+        return 0.0
+    return float(np.mean([np.linalg.norm(a - b, axis=1).mean() for a, b in zip(layouts[:-1], layouts[1:])]))
+
+
+def neighbour_agreement(layouts: list[np.ndarray], k: int = 10) -> float:
+    """Share of each row's k nearest layout neighbours that stay neighbours in the next variant (rotation-proof)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if len(layouts) < 2:
+        return 1.0
+    scores = []
+    for a, b in zip(layouts[:-1], layouts[1:]):
+        na = NearestNeighbors(n_neighbors=k + 1).fit(a).kneighbors(a, return_distance=False)[:, 1:]
+        nb = NearestNeighbors(n_neighbors=k + 1).fit(b).kneighbors(b, return_distance=False)[:, 1:]
+        scores.append(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb)]))
+    return float(np.mean(scores))

@@ -1,0 +1,116 @@
+"""The comparison page: atlases side by side (synchronised pan and zoom, shared hover), tables and figures.
+
+The tables are written into the HTML here, so they read without JavaScript
+and a test can check them; ``compare.js`` adds the viewers from
+``compare.json``. OpenSeadragon is the copy vendored with the atlas viewer.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from atlas.io import write_bytes
+from atlas.viewer import asset_bytes
+
+PAGE_ASSETS = ("compare.js", "compare.css")
+
+METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("variant", "activation", "{}"),
+    ("test_accuracy", "test accuracy", "{:.3f}"),
+    ("seconds_per_epoch", "s / epoch", "{:.1f}"),
+    ("dead_fraction", "dead units", "{:.1%}"),
+    ("inactive_fraction", "values ≤ 0", "{:.1%}"),
+    ("hoyer_sparsity", "Hoyer sparsity", "{:.3f}"),
+    ("activation_mean", "mean", "{:.3f}"),
+    ("activation_std", "std", "{:.3f}"),
+    ("trustworthiness", "trustworthiness", "{:.3f}"),
+    ("class_purity", "class purity", "{:.3f}"),
+    ("icon_cosine", "icon cosine", "{:.3f}"),
+    ("icon_top1", "icon top-1", "{:.2f}"),
+)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "–"
+    try:
+        return escape(fmt.format(value))
+    except (ValueError, TypeError):
+        return escape(str(value))
+
+
+def metrics_table(rows: list[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{escape(title)}</th>" for _k, title, _f in METRIC_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(row.get(key), fmt)}</td>" for key, _t, fmt in METRIC_COLUMNS) + "</tr>" for row in rows
+    )
+    return f'<table id="metrics" class="numbers"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def claims_table(claims: list[dict[str, Any]]) -> str:
+    verdict = {True: ("held", "held"), False: ("did not hold", "failed"), None: ("not tested", "untested")}
+    body = "".join(
+        f'<tr><td>{escape(c["claim"])}</td><td>{escape(c["measured"])}</td><td>{escape(c["rule"])}</td>'
+        f'<td class="{verdict[c["held"]][1]}">{verdict[c["held"]][0]}</td></tr>'
+        for c in claims
+    )
+    return (
+        '<table id="claims"><thead><tr><th>claim</th><th>measured on this dataset</th><th>rule</th><th>verdict</th></tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def write_page(root: Path, result: dict[str, Any]) -> Path:
+    """``index.html`` plus ``viewer/compare.{js,css}`` and OpenSeadragon at the experiment root."""
+    for name in PAGE_ASSETS:
+        write_bytes(root / "viewer" / name, resources.files(__package__).joinpath("assets", name).read_bytes())
+    for name in ("openseadragon.min.js", "openseadragon-LICENSE.txt"):
+        write_bytes(root / "viewer" / name, asset_bytes(name))
+    figures = "".join(
+        f'<figure><img src="{escape(path)}" alt="{escape(title)}" loading="lazy"><figcaption>{escape(title)}</figcaption></figure>'
+        for title, path in (
+            ("each activation and its derivative", result["figures"]["functions"]),
+            ("training curves", result["figures"]["training"]),
+            ("gradient norm by depth, first epoch", result["figures"]["gradients"]),
+            (f"values of {result['layer']} on the test images", result["figures"]["histograms"]),
+        )
+    )
+    groups = "".join(
+        f'<section class="group" data-group="{k}"><h2>{escape(g["title"])}</h2>'
+        f'<p class="alignment">aligned with {escape(g["alignment"]["method"])}: the same image moves '
+        f'{g["alignment"]["mean_shift"]:.3f} of the atlas width between neighbouring panels; '
+        f'{g["alignment"]["neighbour_agreement_k10"]:.0%} of its 10 nearest neighbours stay neighbours.</p>'
+        f'<div class="panels"></div></section>'
+        for k, g in enumerate(result["groups"])
+    )
+    title = f"{result['name']}: {result['architecture']} on {result['dataset']}, layer {result['layer']}"
+    html = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="viewer/compare.css">
+</head>
+<body>
+<header><h1>{escape(title)}</h1>
+<p>Hover a cell to see the same region in every atlas; drag or scroll in any panel to pan and zoom them all.
+<label>grid <select id="grid-select" aria-label="Grid"></select></label></p></header>
+<main>
+{groups}
+<section><h2>Measurements</h2>{metrics_table(result["metrics"])}</section>
+<section><h2>Claims, tested</h2>{claims_table(result["claims"])}</section>
+<section class="figures"><h2>Figures</h2>{figures}</section>
+</main>
+<script src="viewer/openseadragon.min.js"></script>
+<script src="viewer/compare.js"></script>
+</body>
+</html>
+"""
+    path = root / "index.html"
+    write_bytes(path, html.encode())
+    return path

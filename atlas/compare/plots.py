@@ -1,0 +1,93 @@
+"""The comparison's figures (matplotlib, written as PNG): functions, training curves, gradients by depth, histograms."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atlas.io import write_bytes
+
+
+def _figure(columns: int, rows: int, size: tuple[float, float]):  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(rows, columns, figsize=size, squeeze=False)
+
+
+def _save(plt, fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def plot_functions(names: list[str], path: Path) -> None:
+    """Each activation f(x) and its derivative f'(x) on [-5, 5], derivative from autograd."""
+    import torch
+
+    from atlas.models.zoo import make_activation
+
+    columns = min(4, len(names))
+    rows = (len(names) + columns - 1) // columns
+    plt, fig, axes = _figure(columns, rows, (3.2 * columns, 2.4 * rows))
+    x = torch.linspace(-5, 5, 401, requires_grad=True)
+    for ax, name in zip(axes.flat, names):
+        y = make_activation(name)(x)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        ax.plot(x.detach(), y.detach(), label="f(x)")
+        ax.plot(x.detach(), grad, label="f'(x)", linestyle="--")
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_title(name)
+        ax.set_ylim(-1.5, 3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(loc="upper left", fontsize=8)
+    _save(plt, fig, path)
+
+
+def plot_training(metrics: dict[str, dict[str, Any]], path: Path) -> None:
+    plt, fig, axes = _figure(2, 1, (10, 3.6))
+    for name, m in metrics.items():
+        epochs = [h["epoch"] for h in m["history"]]
+        axes[0, 0].plot(epochs, [h["train_loss"] for h in m["history"]], marker="o", label=name)
+        axes[0, 1].plot(epochs, [h["test_accuracy"] for h in m["history"]], marker="o", label=name)
+    axes[0, 0].set(title="training loss", xlabel="epoch", yscale="log")
+    axes[0, 1].set(title="test accuracy", xlabel="epoch")
+    axes[0, 1].legend(fontsize=8)
+    _save(plt, fig, path)
+
+
+def plot_gradients(metrics: dict[str, dict[str, Any]], path: Path) -> None:
+    """Mean gradient norm of each conv/linear weight by depth, over the first steps and the first epoch."""
+    plt, fig, axes = _figure(2, 1, (11, 3.8))
+    for ax, key, title in ((axes[0, 0], "grad_norms_first_steps", "first 50 steps"), (axes[0, 1], "grad_norms", "whole first epoch")):
+        layers: list[str] = []
+        for name, m in metrics.items():
+            norms = m["history"][0][key]
+            layers = m["grad_norm_layers"]
+            ax.plot(range(len(norms)), norms, marker="o", label=name)
+        ax.set(title=f"gradient norm by depth ({title})", yscale="log", ylabel="mean |grad|")
+        ax.set_xticks(range(len(layers)), [n.removesuffix(".weight") for n in layers], rotation=45, ha="right", fontsize=7)
+    axes[0, 1].legend(fontsize=8)
+    _save(plt, fig, path)
+
+
+def plot_histograms(histograms: dict[str, dict[str, Any]], layer: str, path: Path) -> None:
+    columns = min(4, len(histograms))
+    rows = (len(histograms) + columns - 1) // columns
+    plt, fig, axes = _figure(columns, rows, (3.2 * columns, 2.2 * rows))
+    for ax, (name, h) in zip(axes.flat, histograms.items()):
+        edges = np.asarray(h["edges"])
+        ax.bar(edges[:-1], h["counts"], width=np.diff(edges), align="edge")
+        ax.set_title(f"{name}: {layer}", fontsize=9)
+        ax.set_yscale("log")
+    for ax in list(axes.flat)[len(histograms) :]:
+        ax.axis("off")
+    _save(plt, fig, path)

@@ -1,0 +1,246 @@
+"""``atlas compare``: one atlas per trained variant (and per compared layer), aligned, measured, on one page.
+
+Flow: train what is missing, collect every variant's rows at the same layer on
+the same images and positions, fit the aligned layouts, then finish every
+bundle with ``layout.coords`` pointing at its aligned coordinates, so each
+bundle is an ordinary atlas that follows the output contract. The comparison
+itself adds ``compare.json``, the figures and the page at the experiment root.
+Every step is cached: bundles by their stages, alignments by a key over their
+inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from atlas.collect import ActivationStore
+from atlas.compare.align import aligned_layouts, alignment_error, neighbour_agreement
+from atlas.compare.claims import activation_cost, check_claims
+from atlas.compare.measures import activation_histogram, class_purity, layer_statistics, trustworthiness_of
+from atlas.compare.page import write_page
+from atlas.compare.plots import plot_functions, plot_gradients, plot_histograms, plot_training
+from atlas.config import AtlasConfig, ExperimentConfig
+from atlas.errors import AtlasError
+from atlas.io import read_json, write_json, write_npy
+from atlas.models.zoo import DEFAULT_LAYERS
+from atlas.train.data import TrainingData
+from pipelines.executor import Executor, LazyExecutor
+from pipelines.run import run_atlas
+from pipelines.stages import fingerprint
+from pipelines.train_run import experiment_dir, run_training, variant_dir
+from pipelines.worker_state import use_threads
+
+FORMAT = "atlas-compare/1"
+
+
+def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) -> Path:
+    """Train, build and align every atlas of the experiment, then write ``compare.json`` and the page."""
+    root = experiment_dir(config)
+    root.mkdir(parents=True, exist_ok=True)
+    layer = config.compare.layer or DEFAULT_LAYERS[config.train.architecture]
+    with ExitStack() as stack:
+        executor = LazyExecutor(config.scheduler, stack, log)
+        metrics, data = run_training(config, executor, log)
+        names = list(config.train.activations)
+        groups = [
+            _build_group(
+                config, data, executor, log,
+                title=f"{len(names)} activations at {layer}", kind="activations",
+                members={name: (variant_dir(config, name), layer) for name in names},
+                folder=root / "variants",
+            )
+        ]  # fmt: skip
+        if config.compare.layers:
+            of = config.compare.layers_of or names[0]
+            if of not in names:
+                raise AtlasError(f"compare.layers_of {of!r} is not a trained variant; choose one of {', '.join(names)}")
+            groups.append(
+                _build_group(
+                    config, data, executor, log,
+                    title=f"layers of the {of} variant", kind="layers",
+                    members={_slug(l): (variant_dir(config, of), l) for l in config.compare.layers},
+                    folder=root / "layers",
+                )
+            )  # fmt: skip
+    cost = activation_cost(names, seed=config.seed)
+    figures = _figures(root, names, metrics, groups[0])
+    table = [_metrics_row(name, metrics[name], groups[0]["panels"][k]) for k, name in enumerate(names)]
+    claims = check_claims(metrics, cost)
+    result = {
+        "format": FORMAT,
+        "name": config.name,
+        "architecture": config.train.architecture,
+        "dataset": config.train.dataset,
+        "layer": layer,
+        "activations": names,
+        "metrics": table,
+        "claims": claims,
+        "activation_cost_s": {name: float(np.median(times)) for name, times in cost.items()},
+        "figures": figures,
+        "groups": [{k: v for k, v in g.items() if not k.startswith("_")} for g in groups],
+        "config": config.model_dump(mode="json"),
+    }
+    write_json(root / "compare.json", result)
+    write_page(root, result)
+    log(f"atlas compare: {len(names)} variants -> {root}; view it with: atlas serve {root}")
+    return root
+
+
+def _build_group(
+    config: ExperimentConfig,
+    data: TrainingData,
+    executor: Callable[[], Executor],
+    log: Callable[[str], None],
+    title: str,
+    kind: str,
+    members: dict[str, tuple[Path, str]],
+    folder: Path,
+) -> dict[str, Any]:
+    """Collect every member, align their layouts, finish their bundles; returns the group's panels and measures."""
+    bundles = {name: _bundle_config(config, data, model_dir, layer, folder, name) for name, (model_dir, layer) in members.items()}
+    keys, rows = {}, {}
+    for name, bundle in bundles.items():
+        log(f"[compare] {kind}: {name} ({bundle.model.layer})")
+        run_dir = run_atlas(bundle, until="collect", log=log, executor=executor)
+        keys[name] = read_json(run_dir / ".stages" / "collect.json")["key"]
+        rows[name] = ActivationStore(run_dir / "activations").read()
+    _check_same_rows(rows)
+    coords = _aligned(config, folder, keys, {n: r.activation for n, r in rows.items()}, executor, log)
+    panels = []
+    for name, bundle in bundles.items():
+        coords_path = folder / ".aligned" / f"{name}.npy"
+        finished = bundle.model_copy(update={"layout": bundle.layout.model_copy(update={"coords": coords_path})})
+        run_dir = run_atlas(finished, log=log, executor=executor)
+        manifest = read_json(run_dir / "manifest.json")
+        r = rows[name]
+        panels.append({
+            "name": name,
+            "layer": bundle.model.layer,
+            "bundle": str(run_dir.relative_to(experiment_dir(config))),
+            "levels": manifest["levels"],
+            "channels": int(r.activation.shape[1]),
+            "statistics": layer_statistics(r.activation),
+            "trustworthiness": trustworthiness_of(r.activation, coords[name], config.compare.measure_sample, config.seed),
+            "class_purity": {str(g): class_purity(coords[name], r.label, g, config.grid.min_count) for g in config.grid.sizes},
+            "fidelity": {str(level["grid"]): level.get("fidelity") for level in manifest["levels"]},
+            "_histogram": activation_histogram(r.activation),
+        })  # fmt: skip
+    layouts = [coords[name] for name in bundles]
+    return {
+        "title": title,
+        "kind": kind,
+        "panels": panels,
+        "alignment": {
+            "method": config.compare.align,
+            "mean_shift": alignment_error(layouts),
+            "neighbour_agreement_k10": neighbour_agreement(layouts),
+        },
+    }
+
+
+def _bundle_config(config: ExperimentConfig, data: TrainingData, model_dir: Path, layer: str, folder: Path, name: str) -> AtlasConfig:
+    """The shared atlas settings, pointed at one trained variant, one layer, and the test images."""
+    tree = config.model_dump(exclude={"train", "compare"})
+    tree["model"] = {**tree["model"], "spec": str(model_dir), "layer": layer}
+    if "source" not in config.images.model_fields_set:
+        tree["images"] = {**tree["images"], "source": data.images_source, "root": config.train.root}
+    tree["output"] = {"dir": folder, "name": name}
+    return AtlasConfig.model_validate(tree)
+
+
+def _check_same_rows(rows: dict[str, Any]) -> None:
+    first_name, first = next(iter(rows.items()))
+    for name, r in rows.items():
+        if len(r) != len(first) or not np.array_equal(r.image_id, first.image_id):
+            raise AtlasError(
+                f"compare: {name} has {len(r)} rows but {first_name} has {len(first)} from other images; "
+                "the variants must see the same readable images (same images.source and collect settings)"
+            )
+
+
+def _align_task(activations: list[np.ndarray], config: ExperimentConfig, threads: int) -> list[np.ndarray]:
+    use_threads(threads)
+    layout = config.layout
+    return aligned_layouts(
+        activations, layout.n_neighbors, layout.min_dist, layout.metric, layout.pca_components,
+        config.compare.alignment_regularisation, config.compare.alignment_window, layout.clip_percentile, layout.margin, config.seed,
+    )  # fmt: skip
+
+
+def _aligned(
+    config: ExperimentConfig,
+    folder: Path,
+    keys: dict[str, str],
+    activations: dict[str, np.ndarray],
+    executor: Callable[[], Executor],
+    log: Callable[[str], None],
+) -> dict[str, np.ndarray]:
+    """Aligned coordinates per member, cached under ``folder/.aligned`` by a key over the rows and settings."""
+    n_rows = len(next(iter(activations.values())))
+    if n_rows > config.layout.fit_sample:
+        raise AtlasError(
+            f"compare: {n_rows} rows per variant but layout.fit_sample is {config.layout.fit_sample}; aligned layouts fit every row, "
+            "so lower collect.n_images or raise layout.fit_sample"
+        )
+    aligned_dir = folder / ".aligned"
+    key = fingerprint("aligned", keys, config.layout.model_dump(mode="json", exclude={"coords"}), config.compare.model_dump(mode="json"), config.seed)
+    marker = aligned_dir / "key.json"
+    paths = {name: aligned_dir / f"{name}.npy" for name in activations}
+    if marker.exists() and read_json(marker).get("key") == key and all(p.exists() for p in paths.values()):
+        log(f"[compare] aligned layouts cached ({len(paths)} members)")
+        return {name: np.load(path) for name, path in paths.items()}
+    log(f"[compare] aligning {len(activations)} layouts of {n_rows} rows ({config.compare.align})")
+    if config.compare.align == "none":
+        from atlas.compare.align import independent_layouts
+
+        layouts = independent_layouts(list(activations.values()), seed=config.seed)
+    else:
+        ex = executor()
+        layouts = ex.submit(_align_task, list(activations.values()), config, ex.threads_per_task).result()
+    for name, coords in zip(activations, layouts):
+        write_npy(paths[name], coords)
+    write_json(marker, {"key": key})
+    return dict(zip(activations, layouts))
+
+
+def _metrics_row(name: str, metrics: dict[str, Any], panel: dict[str, Any]) -> dict[str, Any]:
+    fid = [f for f in panel["fidelity"].values() if f]
+    finest = list(panel["class_purity"])[-1]
+    return {
+        "variant": name,
+        "test_accuracy": metrics["test_accuracy"],
+        "seconds_per_epoch": metrics["seconds_per_epoch"],
+        "dead_fraction": metrics["units"]["dead_fraction"],
+        "inactive_fraction": panel["statistics"]["inactive_fraction"],
+        "hoyer_sparsity": panel["statistics"]["hoyer_sparsity"],
+        "activation_mean": panel["statistics"]["mean"],
+        "activation_std": panel["statistics"]["std"],
+        "trustworthiness": panel["trustworthiness"],
+        "class_purity": panel["class_purity"][finest],
+        "class_purity_grid": int(finest),
+        "icon_cosine": float(np.mean([f["mean_cosine"] for f in fid])) if fid else None,
+        "icon_top1": float(np.mean([f["top1"] for f in fid])) if fid else None,
+    }
+
+
+def _figures(root: Path, names: list[str], metrics: dict[str, dict[str, Any]], group: dict[str, Any]) -> dict[str, str]:
+    figures = {
+        "functions": "figures/functions.png",
+        "training": "figures/training.png",
+        "gradients": "figures/gradients.png",
+        "histograms": "figures/histograms.png",
+    }
+    plot_functions(names, root / figures["functions"])
+    plot_training(metrics, root / figures["training"])
+    plot_gradients(metrics, root / figures["gradients"])
+    plot_histograms({p["name"]: p["_histogram"] for p in group["panels"]}, group["panels"][0]["layer"], root / figures["histograms"])
+    return figures
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)

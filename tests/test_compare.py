@@ -1,0 +1,232 @@
+"""Training variants per activation function and comparing their atlases, on real Fashion-MNIST.
+
+The end-to-end fixture runs `atlas compare` as a user would, on a quick
+setting of configs/compare_activations.yaml (three activations, one short
+epoch on 2,000 images, 300 test images, small grids, few render steps).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from atlas.compare.align import alignment_error, independent_layouts, neighbour_agreement
+from atlas.config import ALL_ACTIVATIONS, ModelConfig, TrainConfig
+from atlas.errors import AtlasError
+from atlas.models import load_model, resolve_layer
+from atlas.models.zoo import ARCHITECTURES, build_classifier
+from atlas.train.data import load_training_data, normalise_batch
+from atlas.train.trainer import CHECKPOINT, train_variant, variant_of
+from test_viewer_browser import CHROMIUM, CHROMIUM_ARGS, atlas_serve, child_env
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = [
+    "train.activations=[relu, tanh, sigmoid]",
+    "train.epochs=1",
+    "train.limit_train_images=2000",
+    "train.limit_test_images=600",
+    "compare.layers=[features.act2, features.act5]",
+    "collect.n_images=300",
+    "collect.shard_size=150",
+    "grid.sizes=[4, 8]",
+    "render.steps=16",
+    "tiles.examples_per_cell=2",
+]
+
+
+@pytest.fixture(scope="module")
+def fashion(fashion_available: bool) -> None:
+    if not fashion_available:
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+
+
+def small_config(**overrides: Any) -> TrainConfig:
+    return TrainConfig(**{"limit_train_images": 512, "limit_test_images": 256, "epochs": 2, "batch_size": 64, **overrides})
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_activation_builds_and_trains_a_step(fashion: None, architecture: str) -> None:
+    data = load_training_data(small_config(limit_train_images=64, limit_test_images=8))
+    x = normalise_batch(data.train.images[:64], data.preprocessing)
+    y = torch.from_numpy(data.train.labels[:64])
+    for name in (*ALL_ACTIVATIONS, "Hardswish", "CELU"):
+        torch.manual_seed(0)
+        model = build_classifier(architecture, name, num_classes=10, in_channels=1, width=8, batch_norm=False)
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss), name
+        changed = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert changed == len(before), f"{architecture}/{name}: {changed} of {len(before)} parameters moved"
+    with pytest.raises(AtlasError, match="valid names: relu, leaky_relu"):
+        build_classifier(architecture, "swishy")
+
+
+def test_same_seed_trains_identically_and_a_killed_run_resumes(fashion: None, tmp_path: Path) -> None:
+    config = small_config()
+    data = load_training_data(config)
+    variant = variant_of(config, "gelu", data)
+    first = train_variant(variant, data, config, tmp_path / "a")
+    second = train_variant(variant, data, config, tmp_path / "b")
+    strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "images_per_second")} for e in h]  # noqa: E731
+    assert strip(first["history"]) == strip(second["history"])
+    a = torch.load(tmp_path / "a" / "weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "weights.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(message: str) -> None:
+        if "epoch 1/" in message:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_variant(variant, data, config, tmp_path / "c", log=kill_after_first_epoch)
+    assert (tmp_path / "c" / CHECKPOINT).exists() and not (tmp_path / "c" / "weights.pt").exists()
+    messages: list[str] = []
+    resumed = train_variant(variant, data, config, tmp_path / "c", log=messages.append)
+    assert any("resuming after epoch 1" in m for m in messages)
+    assert [m for m in messages if "epoch 1/" in m] == []  # epoch 1 was not trained again
+    c = torch.load(tmp_path / "c" / "weights.pt", weights_only=True)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert strip(resumed["history"]) == strip(first["history"])
+
+
+def test_dead_units_are_counted_where_the_gradient_is_zero(fashion: None, tmp_path: Path) -> None:
+    """A ReLU unit whose bias pushes it below zero everywhere is dead; the same unit under Leaky ReLU is not."""
+    config = small_config(epochs=1)
+    data = load_training_data(config)
+    metrics = {}
+    for name in ("relu", "leaky_relu"):
+        metrics[name] = train_variant(variant_of(config, name, data), data, config, tmp_path / name)
+    assert metrics["leaky_relu"]["units"]["dead_fraction"] == 0.0
+    from atlas.train.units import activation_layers, unit_statistics
+
+    model = load_model(ModelConfig(spec=str(tmp_path / "relu"), layer="features.act5")).module
+    with torch.no_grad():
+        model.features.conv5.bias[:3] = -1e6  # three units that can never fire
+    layers = activation_layers(model, torch.nn.ReLU)
+    stats = unit_statistics(model, layers, [normalise_batch(data.test.images, data.preprocessing)], 1e-3)
+    last = stats["layers"][-1]
+    assert last["layer"] == "features.act5"
+    assert last["dead_fraction"] >= 3 / last["units"]
+    assert last["never_positive_fraction"] >= 3 / last["units"]
+
+
+@pytest.fixture(scope="module")
+def compared(fashion: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`atlas compare configs/compare_activations.yaml` on the quick setting, as a command."""
+    out = tmp_path_factory.mktemp("compare")
+    sets = [a for s in [*QUICK, f"output.dir={out}"] for a in ("--set", s)]
+    command = [sys.executable, "-m", "pipelines.cli", "compare", "configs/compare_activations.yaml", *sets]
+    proc = subprocess.run(command, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "compare_activations", proc.stdout
+
+
+def test_compare_writes_a_bundle_per_variant_and_compare_json(compared: tuple[Path, str]) -> None:
+    root, printed = compared
+    result = json.loads((root / "compare.json").read_text())
+    assert result["activations"] == ["relu", "tanh", "sigmoid"]
+    assert [row["variant"] for row in result["metrics"]] == ["relu", "tanh", "sigmoid"]
+    for row in result["metrics"]:
+        assert 0.0 < row["test_accuracy"] <= 1.0 and 0.0 <= row["dead_fraction"] <= 1.0
+        assert 0.0 < row["trustworthiness"] <= 1.0 and 0.0 < row["class_purity"] <= 1.0
+    assert len(result["claims"]) == 4 and {c["held"] for c in result["claims"]} <= {True, False, None}
+    assert [g["kind"] for g in result["groups"]] == ["activations", "layers"]
+    for name in ("relu", "tanh", "sigmoid"):
+        bundle = root / "variants" / name
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["format"] == "activation-atlas/1"
+        assert manifest["model"] == str(root / "train" / name)  # a trained variant is a model spec
+        assert manifest["layer"] == "features.act5"
+        for level in manifest["levels"]:
+            assert (bundle / level["dzi"]).exists() and (bundle / level["cells"]).exists()
+    image_ids = [np.asarray(json.loads((root / "variants" / n / "manifest.json").read_text())["n_activations"]) for n in ("relu", "tanh")]
+    assert image_ids[0] == image_ids[1] == 300
+    for figure in result["figures"].values():
+        assert (root / figure).stat().st_size > 5_000
+    assert "atlas serve" in printed
+
+
+def test_aligned_layouts_keep_the_same_images_together(compared: tuple[Path, str]) -> None:
+    """Aligned: the same rows sit near each other across variants, far more than with one UMAP per variant."""
+    from atlas.collect import ActivationStore
+
+    root, _ = compared
+    names = ["relu", "tanh", "sigmoid"]
+    aligned = [np.load(root / "variants" / ".aligned" / f"{n}.npy") for n in names]
+    for n, coords in zip(names, aligned):
+        assert np.array_equal(np.load(root / "variants" / n / "layout" / "coords.npy"), coords)
+    activations = [ActivationStore(root / "variants" / n / "activations").read().activation for n in names]
+    unaligned = independent_layouts(activations, seed=0)
+    assert alignment_error(aligned) < 0.6 * alignment_error(unaligned), (alignment_error(aligned), alignment_error(unaligned))
+    # Alignment moves rows, it does not rebuild each layout: local structure stays about as it was.
+    assert neighbour_agreement(aligned) > 0.5 * neighbour_agreement(unaligned)
+
+
+def test_a_trained_variant_runs_like_any_model(compared: tuple[Path, str]) -> None:
+    root, _ = compared
+    model = load_model(ModelConfig(spec=str(root / "train" / "tanh"), layer="features.act5"))
+    assert model.labels is not None and model.labels[0] == "T-shirt/top"
+    assert isinstance(resolve_layer(model, "features.act5"), torch.nn.Tanh)
+    with pytest.raises(AtlasError, match="without model.json"):
+        load_model(ModelConfig(spec=str(root / "variants"), layer="x"))
+
+
+@pytest.fixture(scope="module")
+def compare_url(compared: tuple[Path, str]) -> Iterator[str]:
+    with atlas_serve(compared[0]) as url:
+        yield url
+
+
+def test_comparison_page_in_chromium(compared: tuple[Path, str], compare_url: str) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: install Debian's chromium package for the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is needed: pip install -e '.[test]'")
+    errors: list[str] = []
+    failed: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.goto(compare_url)
+        page.wait_for_function("window.compare && window.compare.ready && window.compare.groups.every(g => g.views.every(v => v.loaded))", timeout=60_000)
+        groups = page.locator("section.group")
+        assert groups.count() == 2
+        assert groups.nth(0).locator(".panel").count() == 3  # one atlas per variant
+        assert groups.nth(1).locator(".panel").count() == 2  # one per compared layer
+        assert page.locator("#metrics tbody tr").count() == 3
+        assert page.locator("#metrics thead th").count() >= 12
+        assert page.locator("#claims tbody tr").count() == 4
+
+        # Hovering one atlas outlines the same cell in every atlas of the group and says what each holds.
+        box = groups.nth(0).locator(".osd").nth(0).bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        page.wait_for_function("window.compare.groups[0].hovered !== null")
+        infos = groups.nth(0).locator(".info").all_inner_texts()
+        assert all(re.search(r"activations|empty cell", text) for text in infos), infos
+        assert page.evaluate("window.compare.groups[0].views.filter(v => !v.mark.hidden).length") == 3
+
+        # Zooming one pans and zooms the others with it.
+        page.mouse.wheel(0, -400)
+        page.wait_for_timeout(800)
+        zooms = page.evaluate("window.compare.groups[0].views.map(v => v.viewer.viewport.getZoom())")
+        assert zooms[0] > 1.1 and max(zooms) - min(zooms) < 1e-6 * max(zooms), zooms
+        page.screenshot(path=str(compared[0] / "screenshot.png"), full_page=True)
+        assert page.evaluate("window.compare.errors") == []
+        browser.close()
+    assert errors == [] and failed == [], (errors, failed)
