@@ -227,6 +227,9 @@ def test_comparison_page_in_chromium(compared: tuple[Path, str], compare_url: st
         zooms = page.evaluate("window.compare.groups[0].views.map(v => v.viewer.viewport.getZoom())")
         assert zooms[0] > 1.1 and max(zooms) - min(zooms) < 1e-6 * max(zooms), zooms
         page.screenshot(path=str(compared[0] / "screenshot.png"), full_page=True)
+        link = groups.nth(0).locator(".panel h3 a").nth(1)
+        assert link.get_attribute("href") == "variants/tanh/"
+        assert page.request.get(compare_url + "variants/tanh/").ok  # each panel opens its atlas's own viewer
         assert page.evaluate("window.compare.errors") == []
         browser.close()
     assert errors == [] and failed == [], (errors, failed)

@@ -101,6 +101,7 @@ def train_variant(
 
     weights = weight_layers(model)
     loss_fn = nn.CrossEntropyLoss()
+    start_norms: list[float] = []
     for epoch in range(start_epoch, config.epochs):
         model.train()
         order = epoch_order(len(data.train.labels), config.seed, epoch)
