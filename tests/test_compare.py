@@ -233,3 +233,25 @@ def test_comparison_page_in_chromium(compared: tuple[Path, str], compare_url: st
         assert page.evaluate("window.compare.errors") == []
         browser.close()
     assert errors == [] and failed == [], (errors, failed)
+
+
+def test_atlas_train_command_skips_trained_variants_and_names_bad_activations(
+    fashion: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.cli import main
+
+    sets = [
+        "train.activations=[relu, elu]", "train.epochs=1", "train.limit_train_images=256", "train.limit_test_images=64",
+        f"output.dir={tmp_path}", "scheduler.address=sync",
+    ]  # fmt: skip
+    args = ["train", "configs/compare_activations.yaml", *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 0
+    for name in ("relu", "elu"):
+        folder = tmp_path / "compare_activations" / "train" / name
+        assert {"weights.pt", "model.json", "metrics.json", "checkpoint.pt"} <= {p.name for p in folder.iterdir()}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "already trained (cached)" in capsys.readouterr().out
+    assert main([*args, "--set", "train.activations=[relu, swishy]"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "swishy" in error and "leaky_relu" in error
