@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from atlas.collect import ActivationStore
-from atlas.compare.align import aligned_layouts, alignment_error, neighbour_agreement
+from atlas.compare.align import aligned_layouts, alignment_error, independent_layouts, neighbour_agreement
 from atlas.compare.claims import activation_cost, check_claims
 from atlas.compare.measures import activation_histogram, class_purity, layer_statistics, trustworthiness_of
 from atlas.compare.page import write_page
@@ -164,8 +164,14 @@ def _check_same_rows(rows: dict[str, Any]) -> None:
 
 
 def _align_task(activations: list[np.ndarray], config: ExperimentConfig, threads: int) -> list[np.ndarray]:
+    """Runs on a worker, where umap's JIT is paid once per process: aligned layouts, or one plain UMAP each (align: none)."""
     use_threads(threads)
     layout = config.layout
+    if config.compare.align == "none":
+        return independent_layouts(
+            activations, layout.n_neighbors, layout.min_dist, layout.metric, layout.pca_components, layout.clip_percentile, layout.margin,
+            config.seed,
+        )  # fmt: skip
     return aligned_layouts(
         activations, layout.n_neighbors, layout.min_dist, layout.metric, layout.pca_components,
         config.compare.alignment_regularisation, config.compare.alignment_window, layout.clip_percentile, layout.margin, config.seed,
@@ -195,13 +201,8 @@ def _aligned(
         log(f"[compare] aligned layouts cached ({len(paths)} members)")
         return {name: np.load(path) for name, path in paths.items()}
     log(f"[compare] aligning {len(activations)} layouts of {n_rows} rows ({config.compare.align})")
-    if config.compare.align == "none":
-        from atlas.compare.align import independent_layouts
-
-        layouts = independent_layouts(list(activations.values()), seed=config.seed)
-    else:
-        ex = executor()
-        layouts = ex.submit(_align_task, list(activations.values()), config, ex.threads_per_task).result()
+    ex = executor()
+    layouts = ex.submit(_align_task, list(activations.values()), config, ex.threads_per_task).result()
     for name, coords in zip(activations, layouts):
         write_npy(paths[name], coords)
     write_json(marker, {"key": key})

@@ -63,6 +63,10 @@ def claims_table(claims: list[dict[str, Any]]) -> str:
     )
 
 
+def _how_laid_out(method: str) -> str:
+    return "laid out independently (compare.align: none)" if method == "none" else f"aligned with {escape(method)}"
+
+
 def write_page(root: Path, result: dict[str, Any]) -> Path:
     """``index.html`` plus ``viewer/compare.{js,css}`` and OpenSeadragon at the experiment root."""
     for name in PAGE_ASSETS:
@@ -80,7 +84,7 @@ def write_page(root: Path, result: dict[str, Any]) -> Path:
     )
     groups = "".join(
         f'<section class="group" data-group="{k}"><h2>{escape(g["title"])}</h2>'
-        f'<p class="alignment">aligned with {escape(g["alignment"]["method"])}: the same image moves '
+        f'<p class="alignment">{_how_laid_out(g["alignment"]["method"])}: the same image moves '
         f'{g["alignment"]["mean_shift"]:.3f} of the atlas width between neighbouring panels; '
         f'{g["alignment"]["neighbour_agreement_k10"]:.0%} of its 10 nearest neighbours stay neighbours.</p>'
         f'<div class="panels"></div></section>'
