@@ -43,10 +43,12 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) ->
     root = experiment_dir(config)
     root.mkdir(parents=True, exist_ok=True)
     layer = config.compare.layer or DEFAULT_LAYERS[config.train.architecture]
+    names = list(config.train.activations)
+    if config.compare.layers and (config.compare.layers_of or names[0]) not in names:
+        raise AtlasError(f"compare.layers_of {config.compare.layers_of!r} is not a trained variant; choose one of {', '.join(names)}")
     with ExitStack() as stack:
         executor = LazyExecutor(config.scheduler, stack, log)
         metrics, data = run_training(config, executor, log)
-        names = list(config.train.activations)
         groups = [
             _build_group(
                 config, data, executor, log,
@@ -57,8 +59,6 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) ->
         ]  # fmt: skip
         if config.compare.layers:
             of = config.compare.layers_of or names[0]
-            if of not in names:
-                raise AtlasError(f"compare.layers_of {of!r} is not a trained variant; choose one of {', '.join(names)}")
             groups.append(
                 _build_group(
                     config, data, executor, log,
@@ -194,12 +194,15 @@ def _aligned(
             "so lower collect.n_images or raise layout.fit_sample"
         )
     aligned_dir = folder / ".aligned"
-    key = fingerprint("aligned", keys, config.layout.model_dump(mode="json", exclude={"coords"}), config.compare.model_dump(mode="json"), config.seed)
+    align = config.compare.model_dump(mode="json", include={"align", "alignment_regularisation", "alignment_window"})
+    # An ordered list: AlignedUMAP links neighbouring members, so their order is part of the result.
+    key = fingerprint("aligned", list(keys.items()), config.layout.model_dump(mode="json", exclude={"coords"}), align, config.seed)
     marker = aligned_dir / "key.json"
     paths = {name: aligned_dir / f"{name}.npy" for name in activations}
     if marker.exists() and read_json(marker).get("key") == key and all(p.exists() for p in paths.values()):
         log(f"[compare] aligned layouts cached ({len(paths)} members)")
         return {name: np.load(path) for name, path in paths.items()}
+    marker.unlink(missing_ok=True)  # from here until the new marker, the files on disk are not one fit
     log(f"[compare] aligning {len(activations)} layouts of {n_rows} rows ({config.compare.align})")
     ex = executor()
     layouts = ex.submit(_align_task, list(activations.values()), config, ex.threads_per_task).result()
@@ -211,7 +214,7 @@ def _aligned(
 
 def _metrics_row(name: str, metrics: dict[str, Any], panel: dict[str, Any]) -> dict[str, Any]:
     fid = [f for f in panel["fidelity"].values() if f]
-    finest = list(panel["class_purity"])[-1]
+    finest = max(panel["class_purity"], key=int)
     return {
         "variant": name,
         "test_accuracy": metrics["test_accuracy"],

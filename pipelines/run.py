@@ -24,7 +24,7 @@ from atlas.images import open_source
 from atlas.images.source import ImageSource, Shard
 from atlas.io import read_json, write_json, write_npy
 from atlas.layout import Whitening
-from atlas.models import LoadedModel, load_model, resolve_layer
+from atlas.models import LoadedModel, load_model, model_files_identity, resolve_layer
 from atlas.runtime import tune_allocator
 from pipelines.collect_stage import run_collect
 from pipelines.executor import Executor, LazyExecutor
@@ -76,6 +76,7 @@ def collect(ctx: RunContext) -> None:
         "collect",
         config.model.model_dump(mode="json", exclude={"classes"}),
         _weights_identity(config.model.weights),
+        model_files_identity(config.model.spec),
         ctx.source.identity(),
         file_fingerprint(index_file) if index_file.exists() else None,
         config.collect.model_dump(mode="json", exclude={"batch_size"}),  # batching changes speed, not rows

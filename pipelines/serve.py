@@ -4,7 +4,7 @@ It serves regular files inside the run folder and nothing else: a request
 whose decoded path has a ``..`` or ``.`` segment, an empty segment (``//etc``),
 a backslash or a NUL is refused (403/400); a path that resolves, through
 symlinks, outside the folder is refused (403); folders are never listed (a
-folder serves its ``index.html``, or 404 without one); dot-files (stage markers) are
+folder named with a trailing slash serves its ``index.html``, anything else is 404); dot-files (stage markers) are
 404. Only GET and HEAD are answered.
 """
 
@@ -72,7 +72,11 @@ def resolve_request(root: str, target: str) -> str:
     if real != root and not real.startswith(root + os.sep):
         raise RefusedPath(HTTPStatus.FORBIDDEN)  # a symlink leading out of the bundle
     if os.path.isdir(real):
-        real = os.path.join(real, "index.html")  # a folder's viewer (a comparison links to its bundles'), never a listing
+        if parts and not raw.endswith("/"):
+            raise RefusedPath(HTTPStatus.NOT_FOUND)  # its page would load its files from the parent folder
+        real = os.path.realpath(os.path.join(real, "index.html"))  # a folder's viewer (a comparison links to its bundles'), never a listing
+        if not real.startswith(root + os.sep):
+            raise RefusedPath(HTTPStatus.FORBIDDEN)  # an index.html that is a symlink out of the bundle
     if not os.path.isfile(real):
         raise RefusedPath(HTTPStatus.NOT_FOUND)  # missing, or a folder: never listed
     return real

@@ -42,7 +42,7 @@ def train_task(variant: Variant, data: TrainingData, config: TrainConfig, out_di
 
 
 def variant_key(config: TrainConfig, activation: str, data: TrainingData) -> str:
-    settings = config.model_dump(mode="json", exclude={"activations"})
+    settings = config.model_dump(mode="json", exclude={"activations", "root"})  # where the dataset lives is not what it is
     return fingerprint(TRAINER_VERSION, settings, activation, data.images_source, len(data.train.labels), len(data.test.labels))
 
 

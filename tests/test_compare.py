@@ -219,7 +219,8 @@ def test_comparison_page_in_chromium(compared: tuple[Path, str], compare_url: st
         page.wait_for_function("window.compare.groups[0].hovered !== null")
         infos = groups.nth(0).locator(".info").all_inner_texts()
         assert all(re.search(r"activations|empty cell", text) for text in infos), infos
-        assert page.evaluate("window.compare.groups[0].views.filter(v => !v.mark.hidden).length") == 3
+        shown = "window.compare.groups[0].views.filter(v => v.mark.isConnected && getComputedStyle(v.mark).display !== 'none').length"
+        assert page.evaluate(shown) == 3
 
         # Zooming one pans and zooms the others with it.
         page.mouse.wheel(0, -400)
@@ -227,6 +228,9 @@ def test_comparison_page_in_chromium(compared: tuple[Path, str], compare_url: st
         zooms = page.evaluate("window.compare.groups[0].views.map(v => v.viewer.viewport.getZoom())")
         assert zooms[0] > 1.1 and max(zooms) - min(zooms) < 1e-6 * max(zooms), zooms
         page.screenshot(path=str(compared[0] / "screenshot.png"), full_page=True)
+        page.mouse.move(2, 2)  # leaving the atlas takes the outline away again
+        page.wait_for_function("window.compare.groups[0].hovered === null")
+        assert page.evaluate(shown) == 0
         link = groups.nth(0).locator(".panel h3 a").nth(1)
         assert link.get_attribute("href") == "variants/tanh/"
         assert page.request.get(compare_url + "variants/tanh/").ok  # each panel opens its atlas's own viewer

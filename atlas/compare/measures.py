@@ -10,11 +10,11 @@ from atlas.grid.grid import cell_index
 
 
 def hoyer_sparsity(activation: np.ndarray) -> float:
-    """Mean Hoyer sparsity of the rows: 0 when every channel is equal, 1 when one channel holds everything."""
+    """Mean Hoyer sparsity of the rows: 0 when every channel is equal, 1 when one channel (or none) holds everything."""
     x = np.abs(np.asarray(activation, dtype=np.float64))
     n = x.shape[1]
     l1, l2 = x.sum(axis=1), np.sqrt((x * x).sum(axis=1))
-    ratio = np.where(l2 > 0, l1 / np.maximum(l2, 1e-12), np.sqrt(n))
+    ratio = np.where(l2 > 0, l1 / np.maximum(l2, 1e-12), 1.0)  # an all-zero row is as sparse as a row can be
     return float(np.mean((np.sqrt(n) - ratio) / (np.sqrt(n) - 1))) if n > 1 else 0.0
 
 

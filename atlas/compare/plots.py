@@ -73,7 +73,7 @@ def plot_gradients(metrics: dict[str, dict[str, Any]], path: Path) -> None:
             norms = m["history"][0][key]
             layers = m["grad_norm_layers"]
             ax.plot(range(len(norms)), norms, marker="o", label=name)
-        ax.set(title=f"gradient norm by depth ({title})", yscale="log", ylabel="mean |grad|")
+        ax.set(title=f"gradient norm by depth ({title})", yscale="log", ylabel="mean L2 norm of the gradient")
         ax.set_xticks(range(len(layers)), [n.removesuffix(".weight") for n in layers], rotation=45, ha="right", fontsize=7)
     axes[0, 1].legend(fontsize=8)
     _save(plt, fig, path)

@@ -212,6 +212,22 @@ def _state_dict_spec_message(spec: str) -> str:
     )
 
 
+def model_files_identity(spec: str) -> str | None:
+    """What changes when the files behind a file or folder spec change (for cache keys); None for other specs.
+
+    Size and modification time, not a content hash: a weights file can be large, and
+    retraining (``atlas train``) always rewrites it.
+    """
+    path = Path(spec.strip()).expanduser()
+    files = [path / MODEL_CARD, path / "weights.pt"] if path.is_dir() else [path] if path.is_file() else []
+    parts = []
+    for file in files:
+        if file.is_file():
+            stat = file.stat()
+            parts.append(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts) or None
+
+
 MODEL_CARD = "model.json"
 _CARD_FACTORIES = {"atlas.models.zoo:build_classifier"}  # a card may only name code that ships with atlas
 

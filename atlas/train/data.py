@@ -42,7 +42,7 @@ class TrainingData:
     test: Split
     classes: list[str]
     preprocessing: Preprocessing
-    images_source: str  # what `atlas run` calls the test images (images.source)
+    images_source: str  # the images `atlas compare` builds atlases of: the test split, or the whole folder without one
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -53,6 +53,9 @@ def load_training_data(config: TrainConfig, log: Callable[[str], None] = print) 
         train_records, test_records, classes, source = _torchvision(text, config.root)
     else:
         train_records, test_records, classes, source = _folder(Path(text).expanduser(), config.test_fraction, config.seed)
+        if not (Path(source).name == "test"):
+            log(f"[train] {text}: no train/ and test/ sub-folders, so {config.test_fraction:.0%} is held out for testing; "
+                "atlases will use every image of the folder (set images.source to held-out images to change that)")  # fmt: skip
     train_iter = islice(train_records, config.limit_train_images)
     skipped: list[dict[str, str]] = []
     first = next(train_iter, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,9 @@ METRICS = "metrics.json"
 PROGRESS = "progress.json"  # epochs finished so far, for a progress bar in another process
 MODEL_CARD = "model.json"
 EVAL_BATCH = 500
+_INIT_LOCK = threading.Lock()
 START_STEPS = 50  # gradient norms are also kept for the first steps alone: vanishing gradients show at initialisation
-VERSION = "train/2"  # part of a variant's cache key: bump when what training records changes
+VERSION = "train/3"  # part of a variant's cache key: bump when what training records changes
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,10 @@ class Variant:
     batch_norm: bool
 
     def build(self, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        return build_classifier(self.architecture, self.activation, self.num_classes, self.in_channels, self.width, self.batch_norm)
+        """The initial model for ``seed``; the lock keeps two tasks in one worker from interleaving on the global RNG."""
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_classifier(self.architecture, self.activation, self.num_classes, self.in_channels, self.width, self.batch_norm)
 
     def kwargs(self) -> dict[str, Any]:
         return {

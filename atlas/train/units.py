@@ -87,6 +87,8 @@ def unit_statistics(
             "never_positive_fraction": float(negative.double().mean()),
             "output_mean": float(mean.mean()),
             "output_std": float(var.mean().sqrt()),
+            # per unit |mean| / std, averaged: signed means of different units must not cancel out
+            "centring": float((mean.abs() / var.sqrt().clamp_min(1e-12)).mean()),
         })  # fmt: skip
         dead_units += int(dead.sum())
         never_positive += int(negative.sum())

@@ -33,20 +33,21 @@
 
   function openLevel(view) {
     var level = levelOf(view.panel, state.grid);
+    view.highlighted = false;  // open() clears the overlays
     view.viewer.open({ tileSource: view.panel.bundle + "/" + level.dzi, x: 0, y: 0, width: 1 });
     return loadCells(view);
   }
 
+  // Only the panel the user is working in leads; the others copy its current (animated) view each frame.
   function syncFrom(group, source) {
-    if (group.syncing) return;
-    group.syncing = true;
+    if (group.leader !== source) return;
     var vp = source.viewer.viewport;
+    var zoom = vp.getZoom(true), centre = vp.getCenter(true);
     group.views.forEach(function (view) {
       if (view === source) return;
-      view.viewer.viewport.zoomTo(vp.getZoom(), null, true);
-      view.viewer.viewport.panTo(vp.getCenter(), true);
+      view.viewer.viewport.zoomTo(zoom, null, true);
+      view.viewer.viewport.panTo(centre, true);
     });
-    group.syncing = false;
   }
 
   function describe(view, i, j) {
@@ -63,14 +64,17 @@
       if (view.highlighted) view.viewer.updateOverlay(view.mark, rect);
       else view.viewer.addOverlay({ element: view.mark, location: rect });
       view.highlighted = true;
-      view.mark.hidden = false;
       view.info.textContent = describe(view, i, j);
     });
     group.hovered = [i, j];
   }
 
   function unhover(group) {
-    group.views.forEach(function (view) { view.mark.hidden = true; view.info.textContent = view.panel.name; });
+    group.views.forEach(function (view) {
+      if (view.highlighted) view.viewer.removeOverlay(view.mark);  // OpenSeadragon shows overlays with an inline style
+      view.highlighted = false;
+      view.info.textContent = view.panel.name;
+    });
     group.hovered = null;
   }
 
@@ -92,15 +96,18 @@
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, scrollToZoom: true }
     });
     var view = { panel: panel, viewer: viewer, info: info, mark: el("div", "cell-mark"), highlighted: false, cells: null, loaded: false };
-    view.mark.hidden = true;
     viewer.addHandler("open-failed", function (e) { state.errors.push("open failed: " + (e.message || panel.name)); });
     viewer.addHandler("tile-load-failed", function () { state.errors.push("tile failed in " + panel.name); });
     viewer.addHandler("tile-drawn", function () { view.loaded = true; });
     viewer.addHandler("viewport-change", function () { syncFrom(group, view); });
     new OpenSeadragon.MouseTracker({
       element: osd,
+      enterHandler: function () { group.leader = view; },
+      pressHandler: function () { group.leader = view; },
+      scrollHandler: function () { group.leader = view; },
       moveHandler: function (e) {
-        var p = viewer.viewport.pointFromPixel(e.position);
+        group.leader = view;
+        var p = viewer.viewport.pointFromPixel(e.position, true);
         var g = state.grid;
         if (p.x < 0 || p.y < 0 || p.x >= 1 || p.y >= 1) { unhover(group); return; }
         hover(group, Math.floor(p.x * g), Math.floor(p.y * g));
@@ -126,7 +133,7 @@
     var sections = document.querySelectorAll("section.group");
     var loads = [];
     data.groups.forEach(function (groupData, k) {
-      var group = { title: groupData.title, views: [], syncing: false, hovered: null };
+      var group = { title: groupData.title, views: [], leader: null, hovered: null };
       var container = sections[k].querySelector(".panels");
       groupData.panels.forEach(function (panel) { group.views.push(makeView(group, panel, container)); });
       group.views.forEach(function (view) { loads.push(openLevel(view)); });
