@@ -113,8 +113,7 @@ def _build_group(
     coords = _aligned(config, folder, keys, {n: r.activation for n, r in rows.items()}, executor, log)
     panels = []
     for name, bundle in bundles.items():
-        coords_path = folder / ".aligned" / f"{name}.npy"
-        finished = bundle.model_copy(update={"layout": bundle.layout.model_copy(update={"coords": coords_path})})
+        finished = bundle.model_copy(update={"layout": bundle.layout.model_copy(update={"coords": _aligned_path(folder, name)})})
         run_dir = run_atlas(finished, log=log, executor=executor)
         manifest = read_json(run_dir / "manifest.json")
         r = rows[name]
@@ -193,12 +192,11 @@ def _aligned(
             f"compare: {n_rows} rows per variant but layout.fit_sample is {config.layout.fit_sample}; aligned layouts fit every row, "
             "so lower collect.n_images or raise layout.fit_sample"
         )
-    aligned_dir = folder / ".aligned"
+    marker = folder / ".aligned" / "key.json"
     align = config.compare.model_dump(mode="json", include={"align", "alignment_regularisation", "alignment_window"})
     # An ordered list: AlignedUMAP links neighbouring members, so their order is part of the result.
     key = fingerprint("aligned", list(keys.items()), config.layout.model_dump(mode="json", exclude={"coords"}), align, config.seed)
-    marker = aligned_dir / "key.json"
-    paths = {name: aligned_dir / f"{name}.npy" for name in activations}
+    paths = {name: _aligned_path(folder, name) for name in activations}
     if marker.exists() and read_json(marker).get("key") == key and all(p.exists() for p in paths.values()):
         log(f"[compare] aligned layouts cached ({len(paths)} members)")
         return {name: np.load(path) for name, path in paths.items()}
@@ -210,6 +208,10 @@ def _aligned(
         write_npy(paths[name], coords)
     write_json(marker, {"key": key})
     return dict(zip(activations, layouts))
+
+
+def _aligned_path(folder: Path, name: str) -> Path:
+    return folder / ".aligned" / f"{name}.npy"
 
 
 def _metrics_row(name: str, metrics: dict[str, Any], panel: dict[str, Any]) -> dict[str, Any]:

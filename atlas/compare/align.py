@@ -12,24 +12,19 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.decomposition import PCA
-
 from atlas.errors import AtlasError
+from atlas.layout.umap_layout import AtlasLayout, fit_pca, percentile_box
 
 
 def _reduce(x: np.ndarray, components: int | None, seed: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    n = min(components or x.shape[1], x.shape[1], len(x))
-    return PCA(n, random_state=seed).fit_transform(x).astype(np.float32) if n < x.shape[1] else x
+    pca = fit_pca(x, components, seed)
+    return x if pca is None else pca.transform(x).astype(np.float32)
 
 
 def normalise_together(embeddings: list[np.ndarray], clip_percentile: float, margin: float) -> list[np.ndarray]:
     """One percentile box over every embedding, so [0, 1] means the same place in each."""
-    stacked = np.concatenate(embeddings).astype(np.float64)
-    low = np.percentile(stacked, clip_percentile, axis=0)
-    high = np.percentile(stacked, 100.0 - clip_percentile, axis=0)
-    span = np.maximum(high - low, 1e-9)
-    low, high = low - margin * span, high + margin * span
+    low, high = percentile_box(np.concatenate(embeddings), clip_percentile, margin)
     return [np.clip((e - low) / (high - low), 0.0, 1.0).astype(np.float32) for e in embeddings]
 
 
@@ -80,15 +75,11 @@ def independent_layouts(
     margin: float = 0.05,
     seed: int = 0,
 ) -> list[np.ndarray]:
-    """One plain UMAP per variant (the unaligned baseline), each normalised on its own."""
-    import umap
-
-    out = []
-    for a in activations:
-        x = _reduce(a, pca_components, seed)
-        embedding = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), min_dist=min_dist, metric=metric, random_state=seed).fit_transform(x)
-        out.extend(normalise_together([embedding], clip_percentile, margin))
-    return out
+    """One plain atlas layout per variant (the unaligned baseline), each normalised on its own."""
+    return [
+        AtlasLayout(n_neighbors, min_dist, metric, pca_components, clip_percentile, margin, seed).fit(a).fitted_coords_
+        for a in activations
+    ]
 
 
 def alignment_error(layouts: list[np.ndarray]) -> float:

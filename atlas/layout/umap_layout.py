@@ -11,6 +11,22 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 
+def fit_pca(x: np.ndarray, components: int | None, seed: int | None) -> PCA | None:
+    """PCA to ``components`` dimensions, or None when that would not reduce anything."""
+    n = min(components or x.shape[1], x.shape[1], len(x))
+    # PCA centres the rows before projecting; on these activations that changed cosine neighbours by < 1%.
+    return PCA(n, random_state=seed).fit(x) if n < x.shape[1] else None
+
+
+def percentile_box(embedding: np.ndarray, clip_percentile: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high corners that map the embedding's clip..100-clip percentile range, plus a margin, to [0, 1]."""
+    embedding = np.asarray(embedding, dtype=np.float64)
+    low = np.percentile(embedding, clip_percentile, axis=0)
+    high = np.percentile(embedding, 100.0 - clip_percentile, axis=0)
+    span = np.maximum(high - low, 1e-9)
+    return low - margin * span, high + margin * span
+
+
 class AtlasLayout:
     def __init__(
         self,
@@ -39,9 +55,7 @@ class AtlasLayout:
         x = np.asarray(activations, dtype=np.float32)
         if len(x) < 4:
             raise ValueError(f"a layout needs at least 4 activations, got {len(x)}")
-        n_components = min(self.pca_components or x.shape[1], x.shape[1], len(x))
-        # PCA centres the rows before projecting; on these activations that changed cosine neighbours by < 1%.
-        self.pca_ = PCA(n_components, random_state=self.random_state).fit(x) if n_components < x.shape[1] else None
+        self.pca_ = fit_pca(x, self.pca_components, self.random_state)
         reduced = self._reduce(x)
         self.umap_ = umap.UMAP(
             n_neighbors=min(self.n_neighbors, len(x) - 1),
@@ -51,12 +65,7 @@ class AtlasLayout:
             init="spectral" if len(x) > self.n_neighbors + 2 else "random",
             n_jobs=1 if self.random_state is not None else -1,  # a seed makes umap-learn single-threaded anyway
         ).fit(reduced)
-        embedding = self.umap_.embedding_.astype(np.float64)
-        low = np.percentile(embedding, self.clip_percentile, axis=0)
-        high = np.percentile(embedding, 100.0 - self.clip_percentile, axis=0)
-        span = np.maximum(high - low, 1e-9)
-        self.low_ = low - self.margin * span
-        self.high_ = high + self.margin * span
+        self.low_, self.high_ = percentile_box(self.umap_.embedding_, self.clip_percentile, self.margin)
         return self
 
     def normalise(self, embedding: np.ndarray) -> np.ndarray:
