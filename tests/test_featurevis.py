@@ -103,14 +103,15 @@ def test_batched_and_one_at_a_time_agree(lite0: tuple[nn.Module, nn.Module]) -> 
     In float64 (PyTorch's plain convolution) the two are bit-identical. In
     float32, oneDNN rounds differently at different batch sizes (1e-8 in
     activations) and Adam turns that into whole steps once a gradient sits at a
-    ReLU6 kink, so long float32 renders drift apart after ~10 steps; a bug (views
-    or inits depending on the batch) would show at the first step.
+    ReLU6 kink, so long float32 renders drift apart after a few steps (from step
+    4 with torch 2.14's oneDNN, ~10 before); a bug (views or inits depending on
+    the batch) would show at the first step.
     """
     model, layer = lite0
     seeds = [3, 7, 11]
     torch.manual_seed(6)
     vectors = torch.randn(3, 80)
-    for dtype, steps, tolerance in [(torch.float64, 20, 1e-9), (torch.float32, 6, 1e-5)]:
+    for dtype, steps, tolerance in [(torch.float64, 20, 1e-9), (torch.float32, 3, 1e-5)]:
         typed = copy.deepcopy(model).to(dtype)
         typed_layer = typed.get_submodule(next(n for n, m in model.named_modules() if m is layer))
         run = partial(render, typed, typed_layer, param_factory=fourier(3, 36), mean=HALF, std=HALF, steps=steps,
