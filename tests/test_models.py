@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -278,3 +280,135 @@ def test_capture_ignores_forwards_from_other_threads() -> None:
         own = capture.run(model.module, x)
     assert results and results[0].shape == (2, 10), "another thread's forward is neither stopped nor captured"
     assert own.shape == (2, 32, 28, 28)
+
+
+# --- the spec registry ------------------------------------------------------------------------------
+
+
+def test_unknown_spec_lists_every_registered_form() -> None:
+    from atlas.models.specs import SPEC_FORMS, SPEC_HELP
+
+    with pytest.raises(AtlasError) as err:
+        load_model(ModelConfig(spec="not-a-model"))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("model.spec 'not-a-model' is not a model spec; use ")
+    assert len(SPEC_FORMS) == 6
+    for form in SPEC_FORMS:
+        assert form.help in message
+        assert form.syntax in SPEC_HELP
+    assert SPEC_HELP == "efficientnet-lite0, torchvision:NAME, timm:NAME, a variant folder, FILE.pt, pkg.mod:factory"
+
+
+def test_a_registered_form_is_dispatched_and_listed() -> None:
+    from atlas.models import specs
+    from atlas.models.record import Source
+
+    @specs.spec_form("test-form", syntax="test:N", help="test:N (a test form)", recognise=lambda s: s.startswith("test:"))
+    def _load(spec: str, config: ModelConfig) -> Source:
+        return Source(fashion_cnn(num_classes=int(spec.partition(":")[2])), None, None, {"source": "test"})
+
+    try:
+        model = load_model(ModelConfig(spec="test:4"))
+        assert model.extra == {"source": "test"} and model.module.classifier.out_features == 4
+        assert model.preprocessing == Preprocessing(28, 1, (0.5,), (0.5,))
+        with pytest.raises(AtlasError, match=r"test:N \(a test form\)"):
+            load_model(ModelConfig(spec="nothing"))
+        with pytest.raises(ValueError, match="registered twice"):
+            specs.spec_form("test-form", syntax="x", help="x", recognise=lambda s: False)(_load)
+    finally:
+        specs.SPEC_FORMS[:] = [form for form in specs.SPEC_FORMS if form.name != "test-form"]
+
+
+def test_a_folder_named_like_a_file_is_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "looks.pt"
+    folder.mkdir()
+    with pytest.raises(AtlasError, match="is a folder without model.json"):
+        load_model(ModelConfig(spec=str(folder)))
+
+
+# --- preprocessing from timm -------------------------------------------------------------------------
+
+
+def test_timm_data_config_gives_preprocessing(tmp_path: Path) -> None:
+    model = load_model(ModelConfig(spec="timm:mobilevit_xxs", pretrained=False))
+    assert model.preprocessing == Preprocessing(256, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert model.extra["crop_pct"] == "0.9" and model.extra["interpolation"] == "bicubic"
+    # The same module saved whole still carries timm's config, so a file spec gets the same preprocessing.
+    path = tmp_path / "mvit.pt"
+    torch.save(model.module, path)
+    from_file = load_model(ModelConfig(spec=str(path), trust_pickle=True, input_size=128))
+    assert from_file.preprocessing == Preprocessing(128, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+# --- the model card ----------------------------------------------------------------------------------
+
+
+def _trained_folder(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    from atlas.models.card import new_card, write_card
+    from atlas.models.zoo import build_classifier
+
+    kwargs = {"architecture": "resnet", "activation": "gelu", "num_classes": 3, "in_channels": 1, "width": 8, "batch_norm": True}
+    torch.manual_seed(2)
+    net = build_classifier(**kwargs).eval()
+    folder = tmp_path / "variant"
+    folder.mkdir()
+    torch.save(net.state_dict(), folder / "w.pt")
+    pre = Preprocessing(32, 1, (0.25,), (0.75,))
+    write_card(folder, new_card("atlas.models.zoo:build_classifier", kwargs, pre, ["a", "b", "c"], weights="w.pt"))
+    return folder, net
+
+
+def test_card_written_is_read_back_and_loads(tmp_path: Path) -> None:
+    import json
+
+    from atlas.models.card import MODEL_CARD, read_card
+
+    folder, net = _trained_folder(tmp_path)
+    written = json.loads((folder / MODEL_CARD).read_text())
+    assert list(written) == ["format", "factory", "kwargs", "weights", "classes", "preprocessing"]
+    assert written["format"] == "atlas-model/1" and written["preprocessing"]["mean"] == [0.25]
+    card = read_card(folder / MODEL_CARD, str(folder))
+    assert card.weights == "w.pt" and card.preprocessing.to_preprocessing() == Preprocessing(32, 1, (0.25,), (0.75,))
+    model = load_model(ModelConfig(spec=str(folder)))
+    assert model.labels == ["a", "b", "c"] and model.preprocessing == Preprocessing(32, 1, (0.25,), (0.75,))
+    assert model.extra["source"] == "atlas train"
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(x), net(x), rtol=0, atol=0)
+
+
+def test_card_writer_refuses_a_factory_the_reader_refuses() -> None:
+    from atlas.models.card import new_card
+
+    with pytest.raises(ValueError, match="may not appear in a model card"):
+        new_card("os:system", {}, Preprocessing(28, 1, (0.5,), (0.5,)), None)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda card: "{not json", "Invalid JSON"),
+        (lambda card: {k: v for k, v in card.items() if k != "factory"}, "factory: Field required"),
+        (lambda card: {**card, "colour": "red"}, "colour: Extra inputs are not permitted"),
+        (lambda card: {**card, "format": "atlas-model/9"}, "format: Input should be 'atlas-model/1'"),
+        (lambda card: {**card, "preprocessing": {**card["preprocessing"], "mean": [0.1, 0.2]}}, "mean has 2 values for 1 channels"),
+        (lambda card: {**card, "preprocessing": {**card["preprocessing"], "std": [0]}}, "preprocessing.std.0: Input should be greater than 0"),
+        (lambda card: {**card, "kwargs": {**card["kwargs"], "depth": 3}}, "kwargs: got an unexpected keyword argument 'depth'"),
+        (lambda card: {**card, "factory": "os:system"}, "names factory 'os:system'; only atlas.models.zoo:build_classifier is allowed"),
+    ],
+)
+def test_invalid_card_is_one_line_naming_the_file(tmp_path: Path, edit: Callable[[dict[str, Any]], Any], expected: str) -> None:
+    import json
+
+    from atlas.models.card import MODEL_CARD
+
+    folder, _net = _trained_folder(tmp_path)
+    card_path = folder / MODEL_CARD
+    edited = edit(json.loads(card_path.read_text()))
+    card_path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(AtlasError) as err:
+        load_model(ModelConfig(spec=str(folder)))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"model.spec '{folder}': {card_path} ")
+    assert expected in message

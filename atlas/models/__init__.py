@@ -2,7 +2,8 @@
 
 from atlas.models.layers import LayerCapture, LayerInfo, format_layers, list_layers, resolve_layer, run_to_layer
 from atlas.models.record import LoadedModel, Preprocessing
-from atlas.models.resolve import load_model, model_files_identity
+from atlas.models.resolve import load_model
+from atlas.models.weights import model_files_identity
 
 __all__ = [
     "LayerCapture",

@@ -18,7 +18,19 @@ class Preprocessing:
 
 
 @dataclass
+class Source:
+    """What a spec form yields before weights files and config overrides; ``preprocessing`` None means infer it."""
+
+    module: torch.nn.Module
+    preprocessing: Preprocessing | None
+    labels: list[str] | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class LoadedModel:
+    """A ready model: eval mode, weights loaded, preprocessing and labels final."""
+
     module: torch.nn.Module
     preprocessing: Preprocessing
     labels: list[str] | None

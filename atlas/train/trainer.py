@@ -26,6 +26,7 @@ from torch import nn
 
 from atlas.config import TrainConfig
 from atlas.io import write_bytes, write_json
+from atlas.models.card import MODEL_CARD, ModelCard, new_card, write_card  # noqa: F401  MODEL_CARD: the folder's file names live together
 from atlas.models.zoo import build_classifier, make_activation
 from atlas.train.data import Split, TrainingData, normalise_batch
 from atlas.train.units import activation_layers, unit_statistics, weight_layers
@@ -34,7 +35,6 @@ CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.pt"
 METRICS = "metrics.json"
 PROGRESS = "progress.json"  # epochs finished so far, for a progress bar in another process
-MODEL_CARD = "model.json"
 EVAL_BATCH = 500
 _INIT_LOCK = threading.Lock()
 START_STEPS = 50  # gradient norms are also kept for the first steps alone: vanishing gradients show at initialisation
@@ -163,22 +163,20 @@ def train_variant(
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     write_bytes(out_dir / WEIGHTS, buffer.getvalue())
-    write_json(out_dir / MODEL_CARD, model_card(variant, data))
+    write_card(out_dir, model_card(variant, data))
     write_json(out_dir / METRICS, metrics)
     return metrics
 
 
-def model_card(variant: Variant, data: TrainingData) -> dict[str, Any]:
+def model_card(variant: Variant, data: TrainingData) -> ModelCard:
     """What ``atlas run`` needs to load this variant from its folder (``model.spec: <folder>``)."""
-    prep = data.preprocessing
-    return {
-        "format": "atlas-model/1",
-        "factory": "atlas.models.zoo:build_classifier",
-        "kwargs": variant.kwargs(),
-        "weights": WEIGHTS,
-        "classes": data.classes,
-        "preprocessing": {"input_size": prep.input_size, "channels": prep.channels, "mean": list(prep.mean), "std": list(prep.std)},
-    }
+    return new_card(
+        factory="atlas.models.zoo:build_classifier",
+        kwargs=variant.kwargs(),
+        preprocessing=data.preprocessing,
+        classes=data.classes,
+        weights=WEIGHTS,
+    )
 
 
 @torch.no_grad()
