@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="parent folder of the bundle (default: outputs)")
     run.add_argument("--scheduler", help="'local' (default), 'sync', or tcp://HOST:PORT of a running Dask scheduler")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. collect.n_images=200")
-    run.add_argument("--until", choices=["collect", "layout", "grid", "render", "tiles"], help="stop after this stage (re-run later to continue)")
+    run.add_argument("--until", metavar="STAGE", help="stop after this stage (re-run later to continue; an unknown name lists the stages)")
     run.set_defaults(handler=_run)
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")

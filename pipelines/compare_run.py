@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from atlas.collect import ActivationStore
 from atlas.compare.align import aligned_layouts, alignment_error, independent_layouts, neighbour_agreement
 from atlas.compare.claims import activation_cost, check_claims
 from atlas.compare.measures import activation_histogram, class_purity, layer_statistics, trustworthiness_of
@@ -26,12 +25,14 @@ from atlas.compare.page import write_page
 from atlas.compare.plots import plot_functions, plot_gradients, plot_histograms, plot_training
 from atlas.config import AtlasConfig, ExperimentConfig
 from atlas.errors import AtlasError
-from atlas.io import read_json, write_json, write_npy
+from atlas.bundle import Bundle, stage_marker
+from atlas.io import write_json, write_npy
+from atlas.markers import clear_marker, is_fresh, read_marker, write_marker
 from atlas.models.zoo import DEFAULT_LAYERS
 from atlas.train.data import TrainingData
 from pipelines.executor import Executor, LazyExecutor
 from pipelines.run import run_atlas
-from pipelines.stages import fingerprint
+from pipelines.stage import fingerprint
 from pipelines.train_run import experiment_dir, run_training, variant_dir
 from pipelines.worker_state import use_threads
 
@@ -106,16 +107,16 @@ def _build_group(
     keys, rows = {}, {}
     for name, bundle in bundles.items():
         log(f"[compare] {kind}: {name} ({bundle.model.layer})")
-        run_dir = run_atlas(bundle, until="collect", log=log, executor=executor)
-        keys[name] = read_json(run_dir / ".stages" / "collect.json")["key"]
-        rows[name] = ActivationStore(run_dir / "activations").read()
+        collected = Bundle(run_atlas(bundle, until="collect", log=log, executor=executor))
+        keys[name] = (read_marker(collected.path(stage_marker("collect"))) or {})["key"]
+        rows[name] = collected.rows()
     _check_same_rows(rows)
     coords = _aligned(config, folder, keys, {n: r.activation for n, r in rows.items()}, executor, log)
     panels = []
     for name, bundle in bundles.items():
         finished = bundle.model_copy(update={"layout": bundle.layout.model_copy(update={"coords": _aligned_path(folder, name)})})
         run_dir = run_atlas(finished, log=log, executor=executor)
-        manifest = read_json(run_dir / "manifest.json")
+        manifest = Bundle(run_dir).manifest
         r = rows[name]
         panels.append({
             "name": name,
@@ -197,16 +198,16 @@ def _aligned(
     # An ordered list: AlignedUMAP links neighbouring members, so their order is part of the result.
     key = fingerprint("aligned", list(keys.items()), config.layout.model_dump(mode="json", exclude={"coords"}), align, config.seed)
     paths = {name: _aligned_path(folder, name) for name in activations}
-    if marker.exists() and read_json(marker).get("key") == key and all(p.exists() for p in paths.values()):
+    if is_fresh(marker, key, paths.values()):
         log(f"[compare] aligned layouts cached ({len(paths)} members)")
         return {name: np.load(path) for name, path in paths.items()}
-    marker.unlink(missing_ok=True)  # from here until the new marker, the files on disk are not one fit
+    clear_marker(marker)  # from here until the new marker, the files on disk are not one fit
     log(f"[compare] aligning {len(activations)} layouts of {n_rows} rows ({config.compare.align})")
     ex = executor()
     layouts = ex.submit(_align_task, list(activations.values()), config, ex.threads_per_task).result()
     for name, coords in zip(activations, layouts):
         write_npy(paths[name], coords)
-    write_json(marker, {"key": key})
+    write_marker(marker, key)
     return dict(zip(activations, layouts))
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
+from atlas.bundle import COORDS, WHITENING
 from atlas.config import LayoutConfig
-from atlas.layout import AtlasLayout
+from atlas.errors import AtlasError
+from atlas.layout import AtlasLayout, Whitening
+from pipelines.context import RunInputs
 from pipelines.executor import Executor
+from pipelines.stage import Report, Stage, StageCall, file_fingerprint
 from pipelines.worker_state import use_threads
 
 
@@ -48,3 +53,41 @@ def compute_layout(executor: Callable[[], Executor], activation: np.ndarray, con
         for future in tqdm(ex.as_completed(list(futures)), total=len(futures), desc="layout", unit="chunk"):
             coords[futures[future]] = future.result()
     return coords
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def layout_settings(run: RunInputs) -> Any:
+    given = run.config.layout.coords
+    if given is not None and not Path(given).is_file():
+        raise AtlasError(f"layout.coords '{given}': no such file; give a .npy of [N, 2] coordinates or remove the key")
+    return [run.config.layout.model_dump(mode="json"), run.config.seed, file_fingerprint(given) if given else None]
+
+
+def layout(call: StageCall) -> Report:
+    """Coordinates for every row (UMAP, or ``layout.coords`` made elsewhere) and the renderer's whitening."""
+    run = call.run
+    config = run.config.layout
+    activation = run.bundle.rows().activation
+    if config.coords is not None:
+        coords = given_coords(config.coords, len(activation))
+    else:
+        coords = compute_layout(run.executor, activation, config, run.config.seed)
+    run.bundle.write_coords(coords)
+    run.bundle.write_whitening(Whitening(config.whitening_eps).fit(activation).matrix_)
+    return {"coords": COORDS, "whitening": WHITENING}
+
+
+def given_coords(path: Path, n_rows: int) -> np.ndarray:
+    """``layout.coords``: a layout made elsewhere (``atlas compare`` aligns several), checked against the rows."""
+    try:
+        coords = np.load(path)
+    except (OSError, ValueError) as err:
+        raise AtlasError(f"layout.coords '{path}': cannot read it as .npy ({err})") from None
+    if coords.shape != (n_rows, 2) or not np.isfinite(coords).all() or coords.min() < 0 or coords.max() > 1:
+        raise AtlasError(f"layout.coords '{path}': expected finite [{n_rows}, 2] values in [0, 1] (one per row), got shape {coords.shape}")
+    return coords.astype(np.float32)
+
+
+LAYOUT = Stage("layout", reads=("collect",), settings=layout_settings, work=layout)

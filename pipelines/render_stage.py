@@ -1,4 +1,4 @@
-"""Render stage: one Dask task per batch of cells renders and saves their icons; then fidelity.
+"""Render stage: one Dask task per batch of cells renders and saves their icons; then each icon's fidelity.
 
 A batch is done when its marker (holding the stage key) exists, written after
 its PNGs, so a re-run renders only the batches a kill interrupted.
@@ -6,22 +6,22 @@ its PNGs, so a re-run renders only the batches a kill interrupted.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from atlas.bundle import Bundle, icon_batch_marker
 from atlas.config import ModelConfig, RenderConfig
 from atlas.featurevis import Direction, derive_seed, fourier, render
 from atlas.featurevis.fidelity import Fidelity, centre_activations, direction_fidelity
-from atlas.io import read_json, write_bytes, write_json
+from atlas.markers import is_fresh, write_marker
 from atlas.models import LoadedModel
-from pipelines.executor import Executor
+from pipelines.context import RunInputs
+from pipelines.stage import Report, Stage, StageCall
 from pipelines.worker_state import model_and_layer, use_threads
 
 
@@ -29,34 +29,27 @@ from pipelines.worker_state import model_and_layer, use_threads
 class IconBatch:
     grid: int
     index: int
-    paths: tuple[Path, ...]
+    icons: tuple[str, ...]  # bundle paths
     seeds: tuple[int, ...]
     rows: tuple[int, ...]  # positions in directions.npy
 
     @property
-    def marker(self) -> Path:
-        return self.paths[0].parent / f".batch-{self.index:05d}.json"
+    def marker(self) -> str:
+        return icon_batch_marker(self.grid, self.index)
 
 
-def save_icon(path: Path, image: np.ndarray) -> None:
-    """[C, H, W] in [0, 1] -> 8-bit PNG (RGB, or L for one-channel models), written atomically."""
-    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    picture = Image.fromarray(pixels[0], "L") if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
-    import io
-
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    write_bytes(path, buffer.getvalue())
-
-
-def load_icons(paths: list[Path], channels: int) -> torch.Tensor:
+def load_icons(bundle: Bundle, icons: list[str], channels: int, size: int) -> torch.Tensor:
+    """Saved icons as [N, C, H, W] in [0, 1], exactly the pixels the PNGs hold."""
     mode = "L" if channels == 1 else "RGB"
-    arrays = [np.asarray(Image.open(p).convert(mode), dtype=np.float32) / 255.0 for p in paths]
+    arrays = [np.asarray(Image.open(bundle.path(name)).convert(mode), dtype=np.float32) / 255.0 for name in icons]
+    if not arrays:
+        return torch.zeros(0, channels, size, size)
     stacked = np.stack(arrays)
     return torch.from_numpy(stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2).copy())
 
 
 def render_batch_task(
+    bundle: Bundle,
     batch: IconBatch,
     directions: np.ndarray,
     whitening: np.ndarray | None,
@@ -80,22 +73,22 @@ def render_batch_task(
         seeds=list(batch.seeds), mean=prep.mean, std=prep.std,
         steps=config.steps, lr=config.learning_rate, tries=config.tries,
     )  # fmt: skip
-    for path, image in zip(batch.paths, result.images.numpy()):
-        save_icon(path, image)
-    write_json(batch.marker, {"key": key})
-    return len(batch.paths)
+    for name, image in zip(batch.icons, result.images.numpy()):
+        bundle.write_icon(name, image)
+    write_marker(bundle.path(batch.marker), key)
+    return len(batch.icons)
 
 
-def plan_batches(run_dir: Path, sizes: tuple[int, ...], batch_size: int, seed: int) -> list[IconBatch]:
+def plan_batches(bundle: Bundle, sizes: tuple[int, ...], batch_size: int, seed: int) -> list[IconBatch]:
     batches = []
     for size in sizes:
-        cells = read_json(run_dir / "levels" / str(size) / "cells.json")
+        cells = bundle.grid_cells(size)
         for index, start in enumerate(range(0, len(cells), batch_size)):
             chunk = cells[start : start + batch_size]
             batches.append(
                 IconBatch(
                     size, index,
-                    tuple(run_dir / c["icon"] for c in chunk),
+                    tuple(c["icon"] for c in chunk),
                     tuple(derive_seed(seed, size, c["i"], c["j"]) for c in chunk),
                     tuple(range(start, start + len(chunk))),
                 )
@@ -103,49 +96,49 @@ def plan_batches(run_dir: Path, sizes: tuple[int, ...], batch_size: int, seed: i
     return batches
 
 
-def _batch_done(batch: IconBatch, key: str) -> bool:
-    return batch.marker.exists() and json.loads(batch.marker.read_text()).get("key") == key and all(p.exists() for p in batch.paths)
+def render_icons(call: StageCall) -> Report:
+    run, key = call.run, call.key
+    config, bundle, sizes = run.config.render, run.bundle, run.config.grid.sizes
+    batches = plan_batches(bundle, sizes, config.batch_size, run.config.seed)
+    todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
+    if todo:
+        ex = run.executor()
+        whitening_ref = ex.scatter(bundle.whitening() if config.whiten else None)
+        direction_refs = {size: ex.scatter(bundle.directions(size)) for size in {b.grid for b in todo}}
+        futures = [
+            ex.submit(render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, key, ex.threads_per_task)
+            for b in todo
+        ]
+        total = sum(len(b.icons) for b in batches)
+        with tqdm(total=total, initial=total - sum(len(b.icons) for b in todo), desc="render", unit="icon") as bar:
+            for future in ex.as_completed(futures):
+                bar.update(future.result())
+    levels = []
+    for size in sizes:
+        fidelity = measure_fidelity(bundle, size, run.model, run.layer, config.icon_size)
+        summary = None
+        if len(fidelity.rank):
+            summary = {"mean_cosine": round(fidelity.mean_cosine, 4), "top1": round(fidelity.top1, 4)}
+            run.log(f"[render] grid {size}: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
+        else:
+            run.log(f"[render] grid {size}: no cells, no icons")
+        levels.append({"grid": size, "icon_size": config.icon_size, "fidelity": summary})
+    settings = config.model_dump(mode="json")
+    return {"render": {k: settings[k] for k in ("steps", "icon_size", "tries", "learning_rate", "whiten")}, "levels": levels}
 
 
-def run_render(
-    executor: Callable[[], Executor],
-    run_dir: Path,
-    sizes: tuple[int, ...],
-    model_config: ModelConfig,
-    config: RenderConfig,
-    seed: int,
-    key: str,
-) -> None:
-    whitening = np.load(run_dir / "layout" / "whitening.npy") if config.whiten else None
-    directions = {size: np.load(run_dir / "levels" / str(size) / "directions.npy") for size in sizes}
-    batches = plan_batches(run_dir, sizes, config.batch_size, seed)
-    todo = [b for b in batches if not _batch_done(b, key)]
-    if not todo:
-        return
-    ex = executor()
-    whitening_ref = ex.scatter(whitening)
-    direction_refs = {size: ex.scatter(d) for size, d in directions.items()}
-    futures = [
-        ex.submit(render_batch_task, b, direction_refs[b.grid], whitening_ref, model_config, config, key, ex.threads_per_task)
-        for b in todo
-    ]
-    total = sum(len(b.paths) for b in batches)
-    done = total - sum(len(b.paths) for b in todo)
-    with tqdm(total=total, initial=done, desc="render", unit="icon") as bar:
-        for future in ex.as_completed(futures):
-            bar.update(future.result())
-
-
-def measure_fidelity(run_dir: Path, size: int, model: LoadedModel, layer: torch.nn.Module) -> Fidelity:
-    """Feed the saved PNGs back through the model and store each cell's cosine and rank in cells.json."""
-    cells_path = run_dir / "levels" / str(size) / "cells.json"
-    cells: list[dict[str, Any]] = read_json(cells_path)
-    directions = np.load(run_dir / "levels" / str(size) / "directions.npy")
-    icons = load_icons([run_dir / c["icon"] for c in cells], model.preprocessing.channels)
+def measure_fidelity(bundle: Bundle, size: int, model: LoadedModel, layer: torch.nn.Module, icon_size: int) -> Fidelity:
+    """Feed the saved PNGs back through the model; each cell's cosine and rank go to the level's fidelity file."""
+    cells: list[dict[str, Any]] = bundle.grid_cells(size)
     prep = model.preprocessing
-    activations = centre_activations(model.module, layer, icons, prep.mean, prep.std)
-    fidelity = direction_fidelity(activations, directions)
-    for cell, cosine, rank in zip(cells, fidelity.cosine, fidelity.rank):
-        cell["fidelity"] = {"cosine": round(float(cosine), 4), "rank": int(rank)}
-    write_json(cells_path, cells)
+    icons = load_icons(bundle, [c["icon"] for c in cells], prep.channels, icon_size)
+    if len(cells):
+        activations = centre_activations(model.module, layer, icons, prep.mean, prep.std)
+        fidelity = direction_fidelity(activations, bundle.directions(size))
+    else:
+        fidelity = Fidelity(np.zeros(0, np.float32), np.zeros(0, np.int64))
+    bundle.write_fidelity(size, [{"cosine": round(float(c), 4), "rank": int(r)} for c, r in zip(fidelity.cosine, fidelity.rank)])
     return fidelity
+
+
+RENDER = Stage("render", reads=("grid",), settings=lambda run: [run.config.render.model_dump(mode="json"), run.config.seed], work=render_icons)

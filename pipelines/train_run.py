@@ -16,12 +16,13 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from atlas.config import ExperimentConfig, TrainConfig
-from atlas.io import read_json, write_bytes
+from atlas.io import read_json
+from atlas.markers import is_fresh, read_marker, write_marker
 from atlas.train.data import TrainingData, load_training_data
 from atlas.train.trainer import CHECKPOINT, METRICS, PROGRESS, Variant, train_variant, variant_of
 from atlas.train.trainer import VERSION as TRAINER_VERSION
 from pipelines.executor import Executor
-from pipelines.stages import fingerprint
+from pipelines.stage import fingerprint
 from pipelines.worker_state import use_threads
 
 KEY_FILE = ".key"
@@ -62,11 +63,11 @@ def run_training(
         if _done(folder, key):
             metrics[name] = read_json(folder / METRICS)
             continue
-        if (folder / KEY_FILE).exists() and (folder / KEY_FILE).read_text() != key:
+        if (stored := read_marker(folder / KEY_FILE)) is not None and stored.get("key") != key:
             shutil.rmtree(folder)  # trained with other settings: its checkpoint cannot be resumed
         folder.mkdir(parents=True, exist_ok=True)
         (folder / METRICS).unlink(missing_ok=True)
-        write_bytes(folder / KEY_FILE, key.encode())
+        write_marker(folder / KEY_FILE, key)
         if (folder / CHECKPOINT).exists():
             log(f"[train] {name}: resuming from its last finished epoch")
         todo[name] = (folder, key)
@@ -125,5 +126,4 @@ class _EpochWatch:
 
 
 def _done(folder: Path, key: str) -> bool:
-    marker = folder / KEY_FILE
-    return marker.exists() and marker.read_text() == key and (folder / METRICS).exists()
+    return is_fresh(folder / KEY_FILE, key, [folder / METRICS])

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from atlas.errors import AtlasError
+from atlas.grid import cell_means
 from atlas.tiles import (
     BACKGROUND,
-    cell_means,
     create_canvas,
     default_scale,
     patch_box,

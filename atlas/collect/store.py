@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from atlas.io import write_json
+from atlas.markers import read_marker, write_marker
 
 _ARRAYS = ("activation", "attribution", "image_id", "y", "x", "label", "valid")
 
@@ -45,30 +46,37 @@ class StoreLayout:
 
 
 class ActivationStore:
+    """The store's own files, inside its folder (``activations/`` of a bundle)."""
+
+    ROWS = "rows.zarr"  # the arrays
+    LAYOUT = "layout.json"  # the StoreLayout and the collect key it was created for
+    DONE = "done"  # one report per finished shard
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
     @property
     def _done_dir(self) -> Path:
-        return self.path / "done"
+        return self.path / self.DONE
+
+    @property
+    def _rows(self) -> Path:
+        return self.path / self.ROWS
 
     def layout(self) -> StoreLayout:
-        stored = json.loads((self.path / "layout.json").read_text())
+        stored = json.loads((self.path / self.LAYOUT).read_text())
         stored.pop("key", None)
         return StoreLayout(**stored)
 
     def exists_for(self, layout: StoreLayout, key: str) -> bool:
-        meta = self.path / "layout.json"
-        if not meta.exists():
-            return False
-        stored = json.loads(meta.read_text())
-        return stored.pop("key", None) == key and StoreLayout(**stored) == layout
+        stored = read_marker(self.path / self.LAYOUT)
+        return stored is not None and stored.pop("key", None) == key and StoreLayout(**stored) == layout
 
     def create(self, layout: StoreLayout, key: str) -> None:
         """Lay out empty arrays (wiping anything older): chunks align with shards."""
         rows = layout.n_shards * layout.rows_per_shard
         chunk = (layout.rows_per_shard,)
-        group = zarr.open_group(self.path / "rows.zarr", mode="w")
+        group = zarr.open_group(self._rows, mode="w")
         group.create_array("activation", shape=(rows, layout.channels), chunks=chunk + (layout.channels,), dtype="float32", fill_value=0.0)
         group.create_array("attribution", shape=(rows, layout.n_classes), chunks=chunk + (max(layout.n_classes, 1),), dtype="float32", fill_value=0.0)
         for name, dtype in (("image_id", "int64"), ("y", "int32"), ("x", "int32"), ("label", "int32")):
@@ -77,7 +85,7 @@ class ActivationStore:
         self._done_dir.mkdir(parents=True, exist_ok=True)
         for marker in self._done_dir.glob("*.json"):
             marker.unlink()
-        write_json(self.path / "layout.json", {"key": key, **layout.__dict__})
+        write_marker(self.path / self.LAYOUT, key, **layout.__dict__)
 
     def is_done(self, shard_index: int) -> bool:
         return (self._done_dir / f"{shard_index:06d}.json").exists()
@@ -88,7 +96,7 @@ class ActivationStore:
         if n > cap:
             raise ValueError(f"shard {shard_index} has {n} rows; the store holds {cap} per shard")
         start = shard_index * cap
-        group = zarr.open_group(self.path / "rows.zarr", mode="r+")
+        group = zarr.open_group(self._rows, mode="r+")
         for name in _ARRAYS:
             data = np.ones(n, dtype=bool) if name == "valid" else getattr(rows, name)
             padded = np.zeros((cap,) + group[name].shape[1:], dtype=group[name].dtype)
@@ -101,7 +109,7 @@ class ActivationStore:
         return [json.loads(p.read_text()) for p in sorted(self._done_dir.glob("*.json"))]
 
     def read(self) -> Rows:
-        group = zarr.open_group(self.path / "rows.zarr", mode="r")
+        group = zarr.open_group(self._rows, mode="r")
         valid = group["valid"][:]
         arrays = {name: group[name][:][valid] for name in _ARRAYS if name != "valid"}
         return Rows(**arrays)

@@ -1,5 +1,7 @@
 """Grids: the layout binned at several resolutions, one summary per kept cell."""
 
-from atlas.grid.grid import GridLevel, build_grid, cell_index
+from atlas.grid.cells import cell_index
+from atlas.grid.grid import GridLevel, build_grid
+from atlas.grid.means import cell_means, segment_means
 
-__all__ = ["GridLevel", "build_grid", "cell_index"]
+__all__ = ["GridLevel", "build_grid", "cell_index", "cell_means", "segment_means"]

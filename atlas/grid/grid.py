@@ -1,9 +1,8 @@
-"""Bin the 2-D layout into a g x g grid and summarise each cell.
+"""Bin the 2-D layout into a g x g grid and summarise each kept cell.
 
-Cell (i, j) is column i and row j, row 0 at the top: a point at layout
-coordinates (u, v) falls in i = floor(u * g), j = floor(v * g), with v growing
-downwards like image rows. Everything is vectorised over rows: one sort, then
-segment sums.
+Counts come from one ``np.unique``; directions (mean activation) and mean
+attribution from the one chunked per-cell mean (:mod:`atlas.grid.means`);
+example rows from one stable sort of the kept rows by cell.
 """
 
 from __future__ import annotations
@@ -13,6 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from atlas.bundle import icon_file
+from atlas.grid.cells import cell_index
+from atlas.grid.means import segment_means
+
 
 @dataclass
 class GridLevel:
@@ -20,12 +23,6 @@ class GridLevel:
     cells: list[dict[str, Any]]  # row-major by (j, i); the contract's cells.json entries
     directions: np.ndarray  # float32 [n_cells, C], mean activation per cell, in cells order
     mean_attribution: np.ndarray  # float32 [n_cells, K]
-
-
-def cell_index(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column and row of every point; coordinates of exactly 1.0 land in the last cell."""
-    ij = np.clip(np.floor(np.asarray(coords, dtype=np.float64) * size), 0, size - 1).astype(np.int64)
-    return ij[:, 0], ij[:, 1]
 
 
 def build_grid(
@@ -43,28 +40,29 @@ def build_grid(
 ) -> GridLevel:
     i, j = cell_index(coords, size)
     flat = j * size + i
-    order = np.argsort(flat, kind="stable")
-    sorted_flat = flat[order]
-    cells_present, starts, counts = np.unique(sorted_flat, return_index=True, return_counts=True)
+    present, counts = np.unique(flat, return_counts=True)
     keep = counts >= min_count
-    sums = np.add.reduceat(activation[order].astype(np.float64), starts, axis=0) if len(starts) else np.zeros((0, activation.shape[1]))
-    directions = (sums / counts[:, None]).astype(np.float32)[keep]
-    if attribution.shape[1]:
-        attr_sums = np.add.reduceat(attribution[order].astype(np.float64), starts, axis=0)
-        mean_attr = (attr_sums / counts[:, None]).astype(np.float32)[keep]
-    else:
-        mean_attr = np.zeros((int(keep.sum()), 0), np.float32)
+    kept, kept_counts = present[keep], counts[keep]
+    lookup = np.full(size * size, -1, np.int64)
+    lookup[kept] = np.arange(len(kept))
+    row_cell = lookup[flat]
+    directions = segment_means(row_cell, activation, len(kept))
+    mean_attr = segment_means(row_cell, attribution, len(kept))
 
+    members_sorted = np.flatnonzero(row_cell >= 0)
+    members_sorted = members_sorted[np.argsort(row_cell[members_sorted], kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(kept_counts)[:-1]]).astype(np.int64) if len(kept) else np.zeros(0, np.int64)
     cells: list[dict[str, Any]] = []
-    for n, (flat_cell, start, count) in enumerate(zip(cells_present[keep], starts[keep], counts[keep])):
-        members = order[start : start + count]
+    for n, (flat_cell, start, count) in enumerate(zip(kept, starts, kept_counts)):
+        ci, cj = int(flat_cell % size), int(flat_cell // size)
+        members = members_sorted[start : start + count]
         cells.append(
             {
-                "i": int(flat_cell % size),
-                "j": int(flat_cell // size),
+                "i": ci,
+                "j": cj,
                 "count": int(count),
                 "top_classes": _top_classes(mean_attr[n], labels, top_classes),
-                "icon": f"levels/{size}/icons/{int(flat_cell % size)}_{int(flat_cell // size)}.png",
+                "icon": icon_file(size, ci, cj),
                 "examples": _examples(members, activation, directions[n], image_id, y, x, n_examples),
             }
         )

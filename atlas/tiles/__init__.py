@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import math
 
-from atlas.tiles.attribution import cell_means, write_attribution
 from atlas.tiles.canvas import BACKGROUND, Canvas, create_canvas, rows_per_band, write_band
-from atlas.tiles.patches import PATCH_STRIDES, patch_box, patch_name, save_patches
+from atlas.tiles.patches import PATCH_STRIDES, patch_box, save_patches
 from atlas.tiles.pyramid import OVERLAP, TILE_SIZE, save_poster, save_pyramid
 
 MIN_CELL_PX = 64
@@ -26,16 +25,13 @@ __all__ = [
     "OVERLAP",
     "PATCH_STRIDES",
     "TILE_SIZE",
-    "cell_means",
     "create_canvas",
     "default_scale",
     "patch_box",
-    "patch_name",
     "rows_per_band",
     "save_patches",
     "save_poster",
     "save_pyramid",
-    "write_attribution",
     "write_band",
 ]
 

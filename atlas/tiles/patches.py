@@ -15,21 +15,15 @@ one-channel models), saved as JPEG.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
 
+from atlas.bundle import Bundle, patch_file
 from atlas.images.preprocess import fit_square
-from atlas.io import write_bytes
 
 PATCH_STRIDES = 3.0
 PATCH_QUALITY = 90
-
-
-def patch_name(image_id: int, y: int, x: int) -> str:
-    """The bundle path of one patch: one file per (image, position), shared by every cell and grid."""
-    return f"examples/{image_id}_{y}_{x}.jpg"
 
 
 def patch_box(y: int, x: int, layer_hw: tuple[int, int], input_size: int, strides: float = PATCH_STRIDES) -> tuple[int, int, int, int]:
@@ -50,7 +44,7 @@ def model_view(image: Image.Image, input_size: int, channels: int) -> Image.Imag
 
 
 def save_patches(
-    run_dir: Path,
+    bundle: Bundle,
     image: Image.Image,
     image_id: int,
     positions: Iterable[tuple[int, int]],
@@ -64,7 +58,7 @@ def save_patches(
     for y, x in positions:
         buffer = io.BytesIO()
         frame.crop(patch_box(y, x, layer_hw, input_size)).save(buffer, format="JPEG", quality=PATCH_QUALITY)
-        name = patch_name(image_id, y, x)
-        write_bytes(run_dir / name, buffer.getvalue())
+        name = patch_file(image_id, y, x)
+        bundle.write_patch(name, buffer.getvalue())
         written.append(name)
     return written

@@ -13,6 +13,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from atlas.bundle import VIEWER, VIEWER_ASSETS, Bundle
 from atlas.io import write_bytes
 
 ASSETS = ("index.html", "viewer.js", "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt")
@@ -22,11 +23,11 @@ def asset_bytes(name: str) -> bytes:
     return resources.files(__package__).joinpath("assets", name).read_bytes()
 
 
-def install_viewer(run_dir: Path) -> list[Path]:
-    """Copy the page into ``run_dir`` (``index.html`` + ``viewer/``); files already identical are left alone."""
+def install_viewer(bundle: Bundle) -> list[Path]:
+    """Copy the page into the bundle (``index.html`` + ``viewer/``); files already identical are left alone."""
     written = []
     for name in ASSETS:
-        target = Path(run_dir) / (name if name == "index.html" else f"viewer/{name}")
+        target = bundle.path(VIEWER if name == "index.html" else f"{VIEWER_ASSETS}/{name}")
         data = asset_bytes(name)
         if not target.exists() or target.read_bytes() != data:
             write_bytes(target, data)

@@ -1,0 +1,45 @@
+"""Completion markers: the one way atlas decides that work already done can be reused.
+
+A piece of work (a stage, a batch of icons, a grid's tiles, a trained variant,
+an aligned layout) writes its outputs atomically, then a small JSON marker
+holding the key of its inputs. It counts as done only when the marker holds the
+same key and every output it names still exists; a run killed in between
+leaves no marker, so that piece is simply redone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from atlas.io import write_json
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker's contents, or None when it is missing or unreadable (a torn write counts as missing)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"key": text.strip()}  # markers written before they were JSON held the bare key
+    return value if isinstance(value, dict) else None
+
+
+def is_fresh(path: Path, key: str, outputs: Iterable[Path] = ()) -> bool:
+    """Whether the work behind ``path`` was done for ``key`` and its ``outputs`` are all still there."""
+    marker = read_marker(path)
+    return marker is not None and marker.get("key") == key and all(Path(p).exists() for p in outputs)
+
+
+def write_marker(path: Path, key: str, **extra: Any) -> None:
+    """Mark work done for ``key``; call it only after every output is in place."""
+    write_json(path, {"key": key, **extra})
+
+
+def clear_marker(path: Path) -> None:
+    """From here until the next ``write_marker`` the outputs on disk are not one finished piece of work."""
+    Path(path).unlink(missing_ok=True)
