@@ -6,8 +6,9 @@ config file or a ``--set`` fails with one line naming the key.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
@@ -255,15 +256,27 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return tree
 
 
+def packaged_default_config() -> Path:
+    """The default config that ships inside the package (``configs/default.yaml`` in the repository links to it)."""
+    return Path(str(resources.files("atlas").joinpath("configs", "default.yaml")))
+
+
 def load_config(
     path: Path | None,
-    assignments: list[str] = (),  # type: ignore[assignment]
+    assignments: Sequence[str] = (),
     schema: type[BaseModel] = AtlasConfig,
+    values: Sequence[tuple[str, Any]] = (),
 ) -> Any:
-    """Read a YAML file (or start from defaults), apply ``--set`` overrides, validate once."""
+    """Read a YAML file (or start from defaults), apply ``--set`` overrides, then ``values`` as given; validate once.
+
+    ``--set KEY=VALUE`` is read as YAML (``grid.sizes=[10,20]``); ``values`` are already typed, like command-line
+    flags whose value is a string whatever it looks like.
+    """
     tree = read_yaml(path) if path is not None else {}
     for text in assignments:
         key, value = parse_assignment(text)
+        apply_assignment(tree, key, value)
+    for key, value in values:
         apply_assignment(tree, key, value)
     config = validate_tree(tree, schema)
     if path is not None and isinstance(config, AtlasConfig) and config.output.name is None:

@@ -9,40 +9,34 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from atlas.config import AtlasConfig, ExperimentConfig, ModelConfig, load_config, validate_tree
+from atlas.config import AtlasConfig, ExperimentConfig, ModelConfig, load_config, packaged_default_config, validate_tree
 from atlas.errors import AtlasError
+from atlas.models.specs import SPEC_HELP
 from atlas.runtime import MALLOC_ENVIRON, tune_allocator
 
 DEFAULT_CONFIG = Path("configs") / "default.yaml"
+RUN_FLAGS = {
+    "model": "model.spec",
+    "layer": "model.layer",
+    "images": "images.source",
+    "name": "output.name",
+    "out": "output.dir",
+    "scheduler": "scheduler.address",
+}
 
 
-def _default_config() -> Path | None:
-    """configs/default.yaml in the working folder, else the one beside the installed source tree."""
-    for candidate in (DEFAULT_CONFIG, Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
-        if candidate.exists():
-            return candidate
-    return None
+def _default_config() -> Path:
+    """configs/default.yaml in the working folder (a project's own), else the one that ships inside the package."""
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else packaged_default_config()
 
 
 def _run(args: argparse.Namespace) -> int:
     from pipelines.run import run_atlas
 
     path = args.config if args.config is not None else _default_config()
-    assignments = list(args.set or [])
-    for flag, key in (
-        ("model", "model.spec"),
-        ("layer", "model.layer"),
-        ("images", "images.source"),
-        ("name", "output.name"),
-        ("out", "output.dir"),
-        ("scheduler", "scheduler.address"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            assignments.append(f"{key}={value}")
-    config: AtlasConfig = load_config(path, assignments)
-    if path is None and config.output.name is None:
-        config = config.model_copy(update={"output": config.output.model_copy(update={"name": "default"})})
+    # Flag values are strings already: they go into the config as given, never through YAML (`--layer 3`).
+    flags = [(key, getattr(args, flag)) for flag, key in RUN_FLAGS.items() if getattr(args, flag) is not None]
+    config: AtlasConfig = load_config(path, list(args.set or []), values=flags)
     run_dir = run_atlas(config, until=args.until)
     if (run_dir / "index.html").exists():
         print(f"atlas: bundle in {run_dir}; view it with: atlas serve {shlex.quote(str(run_dir))}")
@@ -105,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="collect, lay out and grid one layer's activations into outputs/NAME/")
-    run.add_argument("config", nargs="?", type=Path, help=f"YAML config (default: {DEFAULT_CONFIG})")
-    run.add_argument("--model", help="model spec: efficientnet-lite0, torchvision:NAME, timm:NAME, FILE.pt, pkg.mod:factory")
+    run.add_argument("config", nargs="?", type=Path, help=f"YAML config (default: {DEFAULT_CONFIG} here, else the packaged default)")
+    run.add_argument("--model", help=f"model spec: {SPEC_HELP}")
     run.add_argument("--layer", help="layer name (see `atlas layers SPEC`)")
     run.add_argument("--images", help="image source: a folder, builtin:photos, torchvision:FashionMNIST[?split=test]")
     run.add_argument("--name", help="bundle name (default: the config file's name)")
@@ -117,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
-    layers.add_argument("spec", help="model spec")
+    layers.add_argument("spec", help=f"model spec: {SPEC_HELP}")
     layers.add_argument("--set", action="append", metavar="model.KEY=VALUE", help="e.g. model.weights=w.pt")
     layers.set_defaults(handler=_layers)
 

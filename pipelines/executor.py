@@ -6,6 +6,7 @@ scheduler is this module's job alone.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from concurrent.futures import Future
@@ -110,7 +111,7 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
             )
         client = Client(cluster)
-        log(f"dask: local cluster, {workers} worker(s) x {threads} thread(s); dashboard {client.dashboard_link}")
+        log(f"dask: local cluster, {workers} worker(s) x {threads} thread(s); {_dashboard(client)}")
         try:
             yield DaskExecutor(client, threads)
         finally:
@@ -125,11 +126,18 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -
         raise AtlasError(f"scheduler {address!r}: cannot connect ({err}); is `dask scheduler` running there?") from None
     info = client.scheduler_info()
     threads = max((w.get("nthreads", 1) for w in info.get("workers", {}).values()), default=1)
-    log(f"dask: connected to {address}; dashboard {client.dashboard_link}")
+    log(f"dask: connected to {address}; {_dashboard(client)}")
     try:
         yield DaskExecutor(client, threads)
     finally:
         client.close()
+
+
+def _dashboard(client: Any) -> str:
+    """Where the dashboard is, or how to get it: its page needs bokeh, an optional extra."""
+    if importlib.util.find_spec("bokeh") is None:
+        return "dashboard: pip install 'activation-atlas[dashboard]'"
+    return f"dashboard {client.dashboard_link}"
 
 
 class LazyExecutor:

@@ -34,7 +34,15 @@
   function start(m) {
     manifest = m;
     levels = (m.levels || []).filter(function (l) { return l.dzi; }).sort(function (a, b) { return a.grid - b.grid; });
+    // A grid whose cells all hold fewer than grid.min_count activations is a valid, empty result.
+    var empty = (m.levels || []).filter(function (l) { return l.n_cells === 0; });
     atlas.levels = levels;
+    atlas.emptyGrids = empty.map(function (l) { return l.grid; });
+    if (!levels.length && empty.length) {
+      fail("No grid of this atlas has any cells: every cell holds fewer than grid.min_count activations. " +
+           "Lower grid.min_count or collect more images, then re-run `atlas run`.");
+      return;
+    }
     if (!levels.length) { fail("This bundle has no tiles yet: re-run `atlas run` to build them."); return; }
     labels = m.labels || null;
     var title = [m.name, m.model, m.layer].filter(Boolean).join(" \u00b7 ");
@@ -45,6 +53,14 @@
       var option = document.createElement("option");
       option.value = String(l.grid);
       option.textContent = l.grid + " \u00d7 " + l.grid;
+      select.appendChild(option);
+    });
+    empty.forEach(function (l) {
+      var option = document.createElement("option");
+      option.value = "empty-" + l.grid;
+      option.disabled = true;
+      option.textContent = l.grid + " \u00d7 " + l.grid + " (no cells)";
+      option.title = l.note || "no cell holds grid.min_count activations";
       select.appendChild(option);
     });
     fillClassList();
