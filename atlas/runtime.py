@@ -2,7 +2,7 @@
 
 glibc returns freed memory to the OS eagerly and serves large tensors with
 fresh mmaps, so every step of a CPU forward/backward pays page faults: 1.5-3x
-slower and noisy (design.md section 5), far worse in long render loops. Raising
+slower and noisy (docs/architecture.md, section 7), far worse in long render loops. Raising
 the thresholds with mallopt works in a running process, unlike the
 MALLOC_*_ environment variables, which glibc reads only at start-up.
 

@@ -92,7 +92,7 @@ def test_rendering_raises_the_objective(lite0: tuple[nn.Module, nn.Module]) -> N
         assert int((gain > 0).sum()) >= 3, f"{kind}: most images should improve: {before} -> {result.scores}"
         assert float(gain.mean()) > 10 * float(before.abs().mean()) + 0.5, f"{kind}: no clear gain: {gain}"
         assert float(result.history[-5:].mean()) > float(result.history[:5].mean()) + 0.5
-        if kind == "direction":  # the icon's centre activation points along its target (design.md section 6)
+        if kind == "direction":  # the icon's centre activation points along its target (docs/architecture.md section 8)
             cosine = F.cosine_similarity(centre_activations(model, layer, result.images), targets)
             assert float(cosine.min()) > 0.8, cosine
 

@@ -56,7 +56,7 @@ ARGS = [
 
 def child_env() -> dict[str, str]:
     # glibc malloc makes PyTorch on CPU many times slower unless these are set when the process starts
-    # (design.md section 5); `atlas run` sets them for its workers, a shell user may set them for sync runs.
+    # (docs/architecture.md, section 7); `atlas run` sets them for its workers, a shell user may set them for sync runs.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return env

@@ -1,6 +1,6 @@
 """Icon fidelity: does an icon, fed back through the model, point along its cell's direction?
 
-design.md section 6: the cosine between the icon's own centre activation and its
+docs/architecture.md section 8: the cosine between the icon's own centre activation and its
 cell's mean activation, and the rank of the cell's own direction among every
 direction of that grid (0 = the icon is closest to its own cell).
 """

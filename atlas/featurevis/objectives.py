@@ -8,7 +8,7 @@ cells render as one batch, and a researcher writes
 ``Channel(3) - 0.5 * Channel(7) + TotalVariation(0.01)`` in one line.
 
 "Centre position" means row ``H // 2``, column ``W // 2`` (lucid's choice and what
-the icon fidelity check reads, design.md section 6). For even maps that is the
+the icon fidelity check reads, docs/architecture.md section 8). For even maps that is the
 lower-right of the four central positions; ``window=2`` averages those four
 instead (generally, a ``window x window`` block starting at ``H // 2 - window // 2``).
 """

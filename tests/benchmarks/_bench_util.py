@@ -1,7 +1,7 @@
 """Helpers shared by the opt-in benchmarks (``python -m pytest -q -s -m benchmark tests/benchmarks``).
 
-Benchmarks compare against a baseline measured in the same run (design.md
-section 6); every figure is printed and written to ``outputs/benchmarks/``.
+Benchmarks compare against a baseline measured in the same run (docs/architecture.md
+section 8); every figure is printed and written to ``outputs/benchmarks/``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def child_env() -> dict[str, str]:
 
     Both sides also get the allocator settings ``atlas run`` gives its processes and its local
     cluster's workers (``atlas.runtime.MALLOC_ENVIRON``), so a ratio measures the pipeline, not a
-    difference in glibc malloc settings (design.md section 5). ``ATLAS_BENCH_PLAIN_MALLOC=1`` leaves
+    difference in glibc malloc settings (docs/architecture.md, section 7). ``ATLAS_BENCH_PLAIN_MALLOC=1`` leaves
     glibc's defaults in the benchmark's own children instead (workers still get the library's).
     """
     env = dict(os.environ)

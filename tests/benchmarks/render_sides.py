@@ -146,7 +146,7 @@ class Guard:
 
 
 def quantise(images: np.ndarray) -> np.ndarray:
-    """[K, C, H, W] floats in [0, 1] -> uint8, exactly as ``render_stage.save_icon`` writes PNGs."""
+    """[K, C, H, W] floats in [0, 1] -> uint8, exactly as ``Bundle.write_icon`` writes PNGs."""
     return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
 
 

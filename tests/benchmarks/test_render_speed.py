@@ -27,7 +27,7 @@ other processes used more than a quarter of a core meanwhile (render_sides.Guard
   process, measured before and after the renders (the faster quiet one counts).
   Target: >= 0.70.
 
-Fidelity (design.md section 6) on the final icons quantised to 8 bit, fed back
+Fidelity (docs/architecture.md section 8) on the final icons quantised to 8 bit, fed back
 through the model (``atlas.featurevis.fidelity.centre_activations``): cosine
 with the cell's raw direction, and the rank of the cell's own direction among
 ALL directions of the grid (top-1 rate = share ranked 0).
