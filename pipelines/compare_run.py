@@ -12,12 +12,14 @@ inputs.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from atlas.bundle import Bundle, stage_marker
 from atlas.compare.align import aligned_layouts, alignment_error, independent_layouts, neighbour_agreement
 from atlas.compare.claims import activation_cost, check_claims
 from atlas.compare.measures import activation_histogram, class_purity, layer_statistics, trustworthiness_of
@@ -25,7 +27,6 @@ from atlas.compare.page import write_page
 from atlas.compare.plots import plot_functions, plot_gradients, plot_histograms, plot_training
 from atlas.config import AtlasConfig, ExperimentConfig
 from atlas.errors import AtlasError
-from atlas.bundle import Bundle, stage_marker
 from atlas.io import write_json, write_npy
 from atlas.markers import clear_marker, is_fresh, read_marker, write_marker
 from atlas.models.zoo import DEFAULT_LAYERS
@@ -64,7 +65,7 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) ->
                 _build_group(
                     config, data, executor, log,
                     title=f"layers of the {of} variant", kind="layers",
-                    members={_slug(l): (variant_dir(config, of), l) for l in config.compare.layers},
+                    members={_slug(layer): (variant_dir(config, of), layer) for layer in config.compare.layers},
                     folder=root / "layers",
                 )
             )  # fmt: skip
@@ -166,16 +167,15 @@ def _check_same_rows(rows: dict[str, Any]) -> None:
 def _align_task(activations: list[np.ndarray], config: ExperimentConfig, threads: int) -> list[np.ndarray]:
     """Runs on a worker, where umap's JIT is paid once per process: aligned layouts, or one plain UMAP each (align: none)."""
     use_threads(threads)
-    layout = config.layout
     if config.compare.align == "none":
-        return independent_layouts(
-            activations, layout.n_neighbors, layout.min_dist, layout.metric, layout.pca_components, layout.clip_percentile, layout.margin,
-            config.seed,
-        )  # fmt: skip
+        return independent_layouts(activations, config.layout, seed=config.seed)
     return aligned_layouts(
-        activations, layout.n_neighbors, layout.min_dist, layout.metric, layout.pca_components,
-        config.compare.alignment_regularisation, config.compare.alignment_window, layout.clip_percentile, layout.margin, config.seed,
-    )  # fmt: skip
+        activations,
+        config.layout,
+        regularisation=config.compare.alignment_regularisation,
+        window=config.compare.alignment_window,
+        seed=config.seed,
+    )
 
 
 def _aligned(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -20,15 +21,7 @@ from pipelines.worker_state import use_threads
 
 def fit_layout_task(sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> AtlasLayout:
     use_threads(threads)
-    return AtlasLayout(
-        n_neighbors=config.n_neighbors,
-        min_dist=config.min_dist,
-        metric=config.metric,
-        pca_components=config.pca_components,
-        clip_percentile=config.clip_percentile,
-        margin=config.margin,
-        random_state=seed,
-    ).fit(sample)
+    return AtlasLayout.from_config(config, seed).fit(sample)
 
 
 def place_chunk_task(layout: AtlasLayout, chunk: np.ndarray, threads: int) -> np.ndarray:
@@ -75,7 +68,7 @@ def layout(call: StageCall) -> Report:
     else:
         coords = compute_layout(run.executor, activation, config, run.config.seed)
     run.bundle.write_coords(coords)
-    run.bundle.write_whitening(Whitening(config.whitening_eps).fit(activation).matrix_)
+    run.bundle.write_whitening(Whitening.from_config(config).fit(activation).matrix_)
     return {"coords": COORDS, "whitening": WHITENING}
 
 

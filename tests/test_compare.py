@@ -11,21 +11,22 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from test_viewer_browser import CHROMIUM, CHROMIUM_ARGS, atlas_serve, child_env
 
 from atlas.compare.align import alignment_error, independent_layouts, neighbour_agreement
-from atlas.config import ALL_ACTIVATIONS, ModelConfig, TrainConfig
+from atlas.config import ALL_ACTIVATIONS, LayoutConfig, ModelConfig, TrainConfig
 from atlas.errors import AtlasError
 from atlas.models import load_model, resolve_layer
 from atlas.models.zoo import ARCHITECTURES, build_classifier
 from atlas.train.data import load_training_data, normalise_batch
 from atlas.train.trainer import CHECKPOINT, train_variant, variant_of
-from test_viewer_browser import CHROMIUM, CHROMIUM_ARGS, atlas_serve, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -135,6 +136,90 @@ def compared(fashion: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     return out / "compare_activations", proc.stdout
 
 
+def check_claim_verdicts(result: dict[str, Any], root: Path) -> None:
+    """Each claim's verdict is what its stated rule gives on the numbers this run recorded, worked out here.
+
+    The numbers come from compare.json (its metrics table, each claim's ``measured`` text) and from each trained
+    variant's metrics.json, never from atlas.compare.claims; a claim whose variants were not all trained must say
+    "not tested" (None), not guess.
+    """
+    trained = set(result["activations"])
+    table = {row["variant"]: row for row in result["metrics"]}
+    variant = {n: json.loads((root / "train" / n / "metrics.json").read_text()) for n in result["activations"]}
+    for n in trained:  # the table and the variant's own record agree, so either may be used below
+        assert table[n]["dead_fraction"] == variant[n]["units"]["dead_fraction"], n
+    claims = {c["claim"]: c for c in result["claims"]}
+    assert len(claims) == 4, list(claims)
+
+    def find(words: str) -> dict[str, Any]:
+        (claim,) = [c for text, c in claims.items() if words in text]
+        assert set(claim) >= {"claim", "measure", "measured", "rule", "held"}
+        return claim
+
+    def verdict(claim: dict[str, Any], needed: set[str], expected: bool | None = None) -> None:
+        if not needed <= trained:
+            assert claim["held"] is None and claim["rule"] == "", claim
+        else:
+            assert claim["rule"] and claim["held"] is expected, (claim, expected)
+
+    # ReLU cheaper than sigmoid and tanh: median time ratio over the stated margin and lower quartile over 1, for
+    # both. The ratios are printed to 2 decimals, so a figure on the threshold at that precision decides nothing.
+    cost = find("cheaper to compute")
+    if {"relu", "sigmoid", "tanh"} <= trained:
+        ratios = {n: (float(m), float(lo)) for n, m, lo in re.findall(r"(\w+) (\d+\.\d+)x \((\d+\.\d+)-\d+\.\d+\)", cost["measured"])}
+        assert set(ratios) == {"sigmoid", "tanh"}, cost["measured"]
+        margin = float(re.search(r"over (\d+\.\d+)x ReLU's time", cost["rule"]).group(1))
+        assert "lower quartile above 1" in cost["rule"], cost["rule"]
+        half = 0.005
+        if all(m - half > margin and lo - half > 1.0 for m, lo in ratios.values()):
+            verdict(cost, {"relu", "sigmoid", "tanh"}, True)
+        elif any(m + half <= margin or lo + half <= 1.0 for m, lo in ratios.values()):
+            verdict(cost, {"relu", "sigmoid", "tanh"}, False)
+        else:
+            assert isinstance(cost["held"], bool), cost
+    else:
+        verdict(cost, {"relu", "sigmoid", "tanh"})
+
+    # Dead units: ReLU has some, Leaky ReLU, ELU and GELU have none.
+    dead = find("dead units")
+    free = ("leaky_relu", "elu", "gelu")
+    if {"relu", *free} <= trained:
+        fraction = {n: table[n]["dead_fraction"] for n in ("relu", *free)}
+        verdict(dead, {"relu", *free}, fraction["relu"] > 0 and all(fraction[n] == 0 for n in free))
+    else:
+        verdict(dead, {"relu", *free})
+        assert dead["measured"] == "not trained: " + ", ".join(n for n in ("relu", *free) if n not in trained), dead
+
+    # Sigmoid's gradients vanish: its first-conv / classifier gradient-norm ratio over the first steps is under a
+    # tenth of ReLU's. The norms are per weight layer in depth order, first conv first, classifier last.
+    vanish = find("vanish with depth")
+    if {"relu", "sigmoid"} <= trained:
+        decay = {}
+        for n in ("relu", "sigmoid"):
+            norms = variant[n]["history"][0]["grad_norms_first_steps"]
+            assert len(norms) >= 2 and norms[-1] > 0, norms
+            decay[n] = norms[0] / norms[-1]
+        assert f"sigmoid {decay['sigmoid']:.2g}, ReLU {decay['relu']:.2g}" in vanish["measured"], (vanish, decay)
+        assert "under a tenth of ReLU's" in vanish["rule"], vanish["rule"]
+        verdict(vanish, {"relu", "sigmoid"}, decay["sigmoid"] < decay["relu"] / 10)
+    else:
+        verdict(vanish, {"relu", "sigmoid"})
+
+    # Zero-centred: each unit's |mean| / std, averaged over the units of a layer and then over the layers, is under
+    # 1/2 for tanh and not for sigmoid.
+    centred = find("zero-centred")
+    if {"tanh", "sigmoid"} <= trained:
+        centring = {}
+        for n in ("tanh", "sigmoid"):
+            layers = variant[n]["units"]["layers"]
+            centring[n] = float(np.mean([layer["centring"] for layer in layers]))
+        assert f"tanh {centring['tanh']:.2f}, sigmoid {centring['sigmoid']:.2f}" in centred["measured"], (centred, centring)
+        assert "|mean| < std / 2" in centred["rule"], centred["rule"]
+        verdict(centred, {"tanh", "sigmoid"}, centring["tanh"] < 0.5 and not centring["sigmoid"] < 0.5)
+    else:
+        verdict(centred, {"tanh", "sigmoid"})
+
+
 def test_compare_writes_a_bundle_per_variant_and_compare_json(compared: tuple[Path, str]) -> None:
     root, printed = compared
     result = json.loads((root / "compare.json").read_text())
@@ -143,7 +228,8 @@ def test_compare_writes_a_bundle_per_variant_and_compare_json(compared: tuple[Pa
     for row in result["metrics"]:
         assert 0.0 < row["test_accuracy"] <= 1.0 and 0.0 <= row["dead_fraction"] <= 1.0
         assert 0.0 < row["trustworthiness"] <= 1.0 and 0.0 < row["class_purity"] <= 1.0
-    assert len(result["claims"]) == 4 and {c["held"] for c in result["claims"]} <= {True, False, None}
+    assert len(result["claims"]) == 4
+    check_claim_verdicts(result, root)
     assert [g["kind"] for g in result["groups"]] == ["activations", "layers"]
     for name in ("relu", "tanh", "sigmoid"):
         bundle = root / "variants" / name
@@ -170,7 +256,7 @@ def test_aligned_layouts_keep_the_same_images_together(compared: tuple[Path, str
     for n, coords in zip(names, aligned):
         assert np.array_equal(np.load(root / "variants" / n / "layout" / "coords.npy"), coords)
     activations = [ActivationStore(root / "variants" / n / "activations").read().activation for n in names]
-    unaligned = independent_layouts(activations, seed=0)
+    unaligned = independent_layouts(activations, LayoutConfig(), seed=0)
     assert alignment_error(aligned) < 0.6 * alignment_error(unaligned), (alignment_error(aligned), alignment_error(unaligned))
     # Alignment moves rows, it does not rebuild each layout: local structure stays about as it was.
     assert neighbour_agreement(aligned) > 0.5 * neighbour_agreement(unaligned)
@@ -204,7 +290,9 @@ def test_comparison_page_in_chromium(compared: tuple[Path, str], compare_url: st
         page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
         page.on("requestfailed", lambda r: failed.append(r.url))
         page.goto(compare_url)
-        page.wait_for_function("window.compare && window.compare.ready && window.compare.groups.every(g => g.views.every(v => v.loaded))", timeout=60_000)
+        page.wait_for_function(
+            "window.compare && window.compare.ready && window.compare.groups.every(g => g.views.every(v => v.loaded))", timeout=60_000
+        )
         groups = page.locator("section.group")
         assert groups.count() == 2
         assert groups.nth(0).locator(".panel").count() == 3  # one atlas per variant

@@ -1,17 +1,14 @@
-"""Tiles: Deep Zoom pyramids that are standard and exact, bounded memory on a huge canvas, and a server
-that serves the bundle and nothing else."""
+"""Tiles: Deep Zoom pyramids that are standard and exact, and bounded memory on a huge canvas.
+The server (``atlas serve``) is tested in test_serve.py."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import os
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atlas.errors import AtlasError
 from atlas.grid import cell_means
 from atlas.tiles import (
     BACKGROUND,
@@ -31,7 +27,6 @@ from atlas.tiles import (
     save_pyramid,
     write_band,
 )
-from pipelines.serve import open_server
 
 REPO = Path(__file__).resolve().parents[1]
 DZ = "{http://schemas.microsoft.com/deepzoom/2008}"
@@ -276,110 +271,3 @@ def test_sources_read_images_back_by_id(tmp_path: Path) -> None:
     for record in by_id:
         assert record.name == from_shard[record.image_id].name
         assert np.array_equal(np.asarray(record.image), np.asarray(from_shard[record.image_id].image))
-
-
-# ---- atlas serve: the bundle and nothing else ----
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    tmp_path = tmp_path_factory.mktemp("serve")
-    bundle = tmp_path / "bundle"
-    (bundle / "tiles" / "4_files" / "0").mkdir(parents=True)
-    (bundle / ".stages").mkdir()
-    (bundle / "index.html").write_text("<!doctype html><title>atlas</title>")
-    (bundle / "manifest.json").write_text('{"format": "activation-atlas/1"}')
-    (bundle / "tiles" / "4.dzi").write_text("<Image/>")
-    (bundle / "tiles" / "4_files" / "0" / "0_0.jpg").write_bytes(b"\xff\xd8tile")
-    (bundle / ".stages" / "render.json").write_text('{"key": "k"}')
-    secret_dir = tmp_path / "private"
-    secret_dir.mkdir()
-    (secret_dir / "secret.txt").write_text("TOP-SECRET")
-    (tmp_path / "secret.txt").write_text("TOP-SECRET")
-    (bundle / "escape.txt").symlink_to(tmp_path / "secret.txt")
-    (bundle / "escape_dir").symlink_to(secret_dir, target_is_directory=True)
-    (bundle / "inside.json").symlink_to(bundle / "manifest.json")  # a link that stays inside is fine
-    server = open_server(bundle, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-def raw_get(port: int, target: str, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
-    """Send ``target`` exactly as written (no client-side normalisation of ``..``)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-    connection.putheader("Host", f"127.0.0.1:{port}")
-    connection.endheaders()
-    response = connection.getresponse()
-    body = response.read()
-    connection.close()
-    return response.status, body, dict(response.getheaders())
-
-
-def test_serve_gives_the_bundle_files(served: int) -> None:
-    status, body, headers = raw_get(served, "/")
-    assert status == 200 and b"<title>atlas</title>" in body and headers["Content-Type"].startswith("text/html")
-    status, body, headers = raw_get(served, "/tiles/4_files/0/0_0.jpg")
-    assert status == 200 and body == b"\xff\xd8tile" and headers["Content-Type"] == "image/jpeg"
-    assert raw_get(served, "/tiles/4.dzi")[2]["Content-Type"] == "application/xml"
-    assert raw_get(served, "/manifest.json?cache=1")[0] == 200
-    assert raw_get(served, "/inside.json")[0] == 200
-    status, body, headers = raw_get(served, "/manifest.json", method="HEAD")
-    assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
-    assert raw_get(served, "/manifest.json", method="POST")[0] == 501
-
-
-@pytest.mark.parametrize(
-    "target",
-    [
-        "/../secret.txt",
-        "/tiles/../../secret.txt",
-        "/%2e%2e/secret.txt",
-        "/%2E%2E/secret.txt",
-        "/tiles/%2e%2e/%2e%2e/secret.txt",
-        "/..%2fsecret.txt",
-        "/tiles/..%2f..%2fsecret.txt",
-        "/%2e%2e%2fsecret.txt",
-        "/./manifest.json",
-        "//etc/passwd",
-        "/%2fetc%2fpasswd",
-        "/tiles/%2f%2e%2e%2f%2e%2e%2fsecret.txt",
-        "http://127.0.0.1/../secret.txt",
-        "/..\\secret.txt",
-        "/%5c..%5csecret.txt",
-        "/escape.txt",
-        "/escape_dir/secret.txt",
-        "/manifest.json%00.png",
-    ],
-)
-def test_serve_refuses_paths_that_leave_the_bundle(served: int, target: str) -> None:
-    status, body, _ = raw_get(served, target)
-    assert b"TOP-SECRET" not in body and b"root:" not in body
-    # http.server itself folds a leading "//" into "/", so "//etc/passwd" is simply not in the bundle (404).
-    assert status in ((400, 403, 404) if target == "//etc/passwd" else (400, 403)), (target, status)
-
-
-def test_serve_never_lists_folders_or_shows_dot_files(served: int) -> None:
-    for target in ("/tiles/", "/tiles", "/tiles/4_files/0/", "/.stages/render.json", "/.stages/", "/missing.png"):
-        status, body, _ = raw_get(served, target)
-        assert status == 404, target
-        assert b"0_0.jpg" not in body and b"4.dzi" not in body and b"render.json" not in body
-
-
-def test_serve_refuses_a_busy_port_and_a_folder_without_a_viewer(tmp_path: Path) -> None:
-    (tmp_path / "bundle").mkdir()
-    (tmp_path / "bundle" / "index.html").write_text("<!doctype html>")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        with pytest.raises(AtlasError, match="in use"):
-            open_server(tmp_path / "bundle", port=taken.getsockname()[1])
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(AtlasError, match="no viewer"):
-        open_server(empty, port=0)
-    with pytest.raises(AtlasError, match="no such folder"):
-        open_server(tmp_path / "nowhere", port=0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
+from atlas.config import LayoutConfig
 from atlas.errors import AtlasError
 from atlas.layout.umap_layout import AtlasLayout, fit_pca, percentile_box
 
@@ -30,24 +32,27 @@ def normalise_together(embeddings: list[np.ndarray], clip_percentile: float, mar
 
 def aligned_layouts(
     activations: list[np.ndarray],
-    n_neighbors: int = 30,
-    min_dist: float = 0.05,
-    metric: str = "cosine",
-    pca_components: int | None = 50,
+    config: LayoutConfig,
+    *,
     regularisation: float = 0.01,
     window: int = 3,
-    clip_percentile: float = 1.0,
-    margin: float = 0.05,
     seed: int = 0,
 ) -> list[np.ndarray]:
-    """[N, 2] coordinates in [0, 1] per variant; every variant must have the same N rows, in the same order."""
+    """[N, 2] coordinates in [0, 1] per variant; every variant must have the same N rows, in the same order.
+
+    ``config`` gives the layout settings every atlas uses (so a compared variant is laid out like a
+    lone atlas); ``regularisation`` and ``window`` are AlignedUMAP's pull between neighbouring variants.
+    """
     sizes = {len(a) for a in activations}
     if len(sizes) != 1:
         raise AtlasError(f"aligned layouts need the same rows in every variant; got row counts {sorted(sizes)}")
     (n,) = sizes
     if len(activations) == 1:
-        return independent_layouts(activations, n_neighbors, min_dist, metric, pca_components, clip_percentile, margin, seed)
-    reduced = [_reduce(a, pca_components, seed) for a in activations]
+        return independent_layouts(activations, config, seed=seed)
+    # The same settings, checked the same way, as a plain layout; AlignedUMAP itself takes them below.
+    template = AtlasLayout.from_config(config, seed)
+    template.check_params()
+    reduced = [_reduce(a, template.pca_components, seed) for a in activations]
     identity = {i: i for i in range(n)}
     from umap import AlignedUMAP
 
@@ -55,31 +60,19 @@ def aligned_layouts(
         # AlignedUMAP builds one seeded UMAP per variant, and each warns that a seed means one thread.
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
         mapper = AlignedUMAP(
-            n_neighbors=min(n_neighbors, n - 1),
-            min_dist=min_dist,
-            metric=metric,
+            n_neighbors=min(template.n_neighbors, n - 1),
+            min_dist=template.min_dist,
+            metric=template.metric,
             alignment_regularisation=regularisation,
             alignment_window_size=window,
             random_state=seed,
         ).fit(reduced, relations=[identity] * (len(reduced) - 1))
-    return normalise_together(list(mapper.embeddings_), clip_percentile, margin)
+    return normalise_together(list(mapper.embeddings_), template.clip_percentile, template.margin)
 
 
-def independent_layouts(
-    activations: list[np.ndarray],
-    n_neighbors: int = 30,
-    min_dist: float = 0.05,
-    metric: str = "cosine",
-    pca_components: int | None = 50,
-    clip_percentile: float = 1.0,
-    margin: float = 0.05,
-    seed: int = 0,
-) -> list[np.ndarray]:
+def independent_layouts(activations: list[np.ndarray], config: LayoutConfig, *, seed: int = 0) -> list[np.ndarray]:
     """One plain atlas layout per variant (the unaligned baseline), each normalised on its own."""
-    return [
-        AtlasLayout(n_neighbors, min_dist, metric, pca_components, clip_percentile, margin, seed).fit(a).fitted_coords_
-        for a in activations
-    ]
+    return [AtlasLayout.from_config(config, seed).fit_transform(a) for a in activations]
 
 
 def alignment_error(layouts: list[np.ndarray]) -> float:

@@ -1,14 +1,27 @@
 """2-D layout of activations: PCA, then UMAP, then normalisation to [0, 1].
 
-An estimator in the scikit-learn style: ``fit`` on a sample learns the PCA, the
-UMAP embedding and the normalisation bounds, and ``transform`` places any other
-rows the same way, so chunks can be placed in parallel by whoever schedules them.
+A scikit-learn estimator: ``fit`` on a sample learns the PCA, the UMAP
+embedding and the normalisation bounds, and ``transform`` places any other
+rows the same way, so chunks can be placed in parallel by whoever schedules
+them. Being a real ``BaseEstimator`` means ``get_params``/``set_params``/
+``clone`` work, so a layout can be copied unfitted (for a per-variant fit) or
+inspected without knowing its constructor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from numbers import Integral, Real
+from typing import Any
+
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from atlas.config import LayoutConfig
+
+MIN_ROWS = 4  # UMAP's spectral init and neighbour graph need a handful of points
 
 
 def fit_pca(x: np.ndarray, components: int | None, seed: int | None) -> PCA | None:
@@ -27,12 +40,29 @@ def percentile_box(embedding: np.ndarray, clip_percentile: float, margin: float)
     return low - margin * span, high + margin * span
 
 
-class AtlasLayout:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and bool(np.isfinite(float(value)))
+
+
+class AtlasLayout(TransformerMixin, BaseEstimator):
+    """PCA + UMAP + a percentile box; parameters as given, checked in ``fit`` (sklearn's contract for ``clone``)."""
+
+    # Learned in ``fit`` (absent before it, which is what ``check_is_fitted`` looks for).
+    n_features_in_: int
+    pca_: PCA | None
+    umap_: Any
+    low_: np.ndarray
+    high_: np.ndarray
+
     def __init__(
         self,
         n_neighbors: int = 30,
         min_dist: float = 0.05,
-        metric: str = "cosine",
+        metric: str | Callable[..., float] = "cosine",
         pca_components: int | None = 50,
         clip_percentile: float = 1.0,
         margin: float = 0.05,
@@ -46,15 +76,52 @@ class AtlasLayout:
         self.margin = margin
         self.random_state = random_state
 
+    @classmethod
+    def from_config(cls, config: LayoutConfig, seed: int | None) -> AtlasLayout:
+        """The one place a run's ``layout`` settings become an estimator, so no caller can drop one."""
+        return cls(
+            n_neighbors=config.n_neighbors,
+            min_dist=config.min_dist,
+            metric=config.metric,
+            pca_components=config.pca_components,
+            clip_percentile=config.clip_percentile,
+            margin=config.margin,
+            random_state=seed,
+        )
+
+    def check_params(self) -> None:
+        """Every parameter, with a message naming it; ``set_params`` may have put anything there."""
+        if not _is_int(self.n_neighbors) or self.n_neighbors < 2:
+            raise ValueError(f"n_neighbors must be an integer >= 2, got {self.n_neighbors!r}")
+        if not _is_real(self.min_dist) or self.min_dist < 0:
+            raise ValueError(f"min_dist must be a finite number >= 0, got {self.min_dist!r}")
+        if not (isinstance(self.metric, str) and self.metric) and not callable(self.metric):
+            raise ValueError(f"metric must be a metric name or a callable, got {self.metric!r}")
+        if self.pca_components is not None and (not _is_int(self.pca_components) or self.pca_components < 1):
+            raise ValueError(f"pca_components must be None or an integer >= 1, got {self.pca_components!r}")
+        if not _is_real(self.clip_percentile) or not 0 <= self.clip_percentile < 50:
+            raise ValueError(f"clip_percentile must be in [0, 50), got {self.clip_percentile!r}")
+        if not _is_real(self.margin) or not 0 <= self.margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {self.margin!r}")
+        if self.random_state is not None and not _is_int(self.random_state):
+            raise ValueError(f"random_state must be None or an integer seed, got {self.random_state!r}")
+
+    def _rows(self, X: np.ndarray) -> np.ndarray:
+        """[N, C] finite float32 rows (2-D so a single vector fails loudly rather than being read as C rows)."""
+        return check_array(X, dtype=np.float32, ensure_min_samples=0)
+
     def _reduce(self, x: np.ndarray) -> np.ndarray:
         return x if self.pca_ is None else self.pca_.transform(x).astype(np.float32)
 
-    def fit(self, activations: np.ndarray) -> "AtlasLayout":
+    def fit(self, X: np.ndarray, y: None = None) -> AtlasLayout:
+        """Learn PCA, UMAP and the normalisation box from ``X`` ([N, C] activations, N >= 4)."""
+        self.check_params()
+        x = self._rows(X)
+        if len(x) < MIN_ROWS:
+            raise ValueError(f"a layout needs at least {MIN_ROWS} activations, got {len(x)}")
         import umap  # numba JIT on import: keep it out of module import time
 
-        x = np.asarray(activations, dtype=np.float32)
-        if len(x) < 4:
-            raise ValueError(f"a layout needs at least 4 activations, got {len(x)}")
+        self.n_features_in_ = x.shape[1]
         self.pca_ = fit_pca(x, self.pca_components, self.random_state)
         reduced = self._reduce(x)
         self.umap_ = umap.UMAP(
@@ -68,15 +135,28 @@ class AtlasLayout:
         self.low_, self.high_ = percentile_box(self.umap_.embedding_, self.clip_percentile, self.margin)
         return self
 
+    def fit_transform(self, X: np.ndarray, y: None = None, **fit_params: Any) -> np.ndarray:
+        """The fitted rows' own coordinates: UMAP's ``transform`` would re-place them, slightly elsewhere."""
+        return self.fit(X, y, **fit_params).fitted_coords_
+
     def normalise(self, embedding: np.ndarray) -> np.ndarray:
+        """Raw UMAP coordinates -> [0, 1] through the box learned in ``fit`` (outliers clipped to the edge)."""
+        check_is_fitted(self, ("low_", "high_"))
         scaled = (np.asarray(embedding, dtype=np.float64) - self.low_) / (self.high_ - self.low_)
         return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
     @property
     def fitted_coords_(self) -> np.ndarray:
         """Normalised coordinates of the rows ``fit`` saw, in order."""
+        check_is_fitted(self, "umap_")
         return self.normalise(self.umap_.embedding_)
 
-    def transform(self, activations: np.ndarray) -> np.ndarray:
-        x = np.asarray(activations, dtype=np.float32)
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Place new rows ([M, C], the same C as in ``fit``) in the fitted layout, in [0, 1]."""
+        check_is_fitted(self, "umap_")
+        x = self._rows(X)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} features per row (as in fit), got {x.shape[1]}")
+        if len(x) == 0:
+            return np.empty((0, 2), dtype=np.float32)
         return self.normalise(self.umap_.transform(self._reduce(x)))

@@ -3,26 +3,51 @@
 A cell's mean activation is dominated by directions every image excites; the
 renderer optimises along ``W @ direction`` instead, where W is the inverse of
 the uncentred second moment, regularised so rare directions do not explode.
+A scikit-learn estimator, so it can be cloned and its ``eps`` read back.
 """
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from atlas.config import LayoutConfig
 
 
-class Whitening:
+class Whitening(TransformerMixin, BaseEstimator):
+    """``matrix_ = (M + eps * tr(M)/C * I)^-1`` for the uncentred second moment M; eps is relative to M's scale."""
+
+    # Learned in ``fit`` (absent before it, which is what ``check_is_fitted`` looks for).
+    n_features_in_: int
+    matrix_: np.ndarray
+
     def __init__(self, eps: float = 1e-2) -> None:
-        if eps <= 0:
-            raise ValueError("eps must be positive")
         self.eps = eps
 
-    def fit(self, activations: np.ndarray) -> "Whitening":
-        x = np.asarray(activations, dtype=np.float64)
-        second_moment = x.T @ x / max(len(x), 1)
+    @classmethod
+    def from_config(cls, config: LayoutConfig) -> Whitening:
+        """The one place ``layout.whitening_eps`` becomes an estimator."""
+        return cls(eps=config.whitening_eps)
+
+    def fit(self, X: np.ndarray, y: None = None) -> Whitening:
+        """Learn ``matrix_`` ([C, C] float32) from ``X`` ([N, C] activations, N >= 1)."""
+        if not isinstance(self.eps, Real) or isinstance(self.eps, bool) or not np.isfinite(self.eps) or self.eps <= 0:
+            raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")
+        x = check_array(X, dtype=np.float64)
+        self.n_features_in_ = x.shape[1]
+        second_moment = x.T @ x / len(x)
         scale = np.trace(second_moment) / max(len(second_moment), 1)
         regularised = second_moment + self.eps * max(scale, 1e-12) * np.eye(len(second_moment))
         self.matrix_ = np.linalg.inv(regularised).astype(np.float32)
         return self
 
-    def transform(self, directions: np.ndarray) -> np.ndarray:
-        return np.asarray(directions, dtype=np.float32) @ self.matrix_.T
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """``W @ d`` for each direction d: one [C] vector or rows of [K, C]."""
+        check_is_fitted(self, "matrix_")
+        directions = np.asarray(X, dtype=np.float32)
+        if directions.ndim not in (1, 2) or directions.shape[-1] != self.n_features_in_:
+            raise ValueError(f"expected directions of {self.n_features_in_} features ([C] or [K, C]), got shape {directions.shape}")
+        return directions @ self.matrix_.T

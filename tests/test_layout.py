@@ -1,0 +1,177 @@
+"""``AtlasLayout`` and ``Whitening`` as scikit-learn estimators, and their one way in from ``LayoutConfig``.
+
+The estimator contract matters beyond style: the layout stage scatters a fitted
+layout to workers (pickle), the compare pipeline builds one per variant from the
+same settings (``from_config``), and ``clone``/``get_params`` are how either is
+copied or inspected without knowing the constructor.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from atlas.compare.align import aligned_layouts, independent_layouts
+from atlas.config import LayoutConfig
+from atlas.errors import AtlasError
+from atlas.layout import AtlasLayout, Whitening
+
+# LayoutConfig fields that are not the estimator's: how the stage samples and chunks, the whitening, given coords.
+NOT_LAYOUT_PARAMS = {"fit_sample", "chunk_size", "whitening_eps", "coords"}
+
+
+def blobs(n: int = 200, dims: int = 16, centres: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Well separated Gaussian blobs: structure UMAP should keep, in a second."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0.0, 6.0, size=(centres, dims))
+    labels = np.arange(n) % centres
+    return (means[labels] + rng.normal(size=(n, dims))).astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray]:
+    x, labels = blobs()
+    layout = AtlasLayout(n_neighbors=10, metric="euclidean", pca_components=8, random_state=0)
+    coords = layout.fit_transform(x)
+    return layout, x, labels, coords
+
+
+# --- the estimator contract ------------------------------------------------------------------------
+
+
+def test_clone_round_trips_params_and_drops_fitted_state(fitted: tuple[AtlasLayout, Any, Any, Any]) -> None:
+    params: dict[str, Any] = {"n_neighbors": 7, "min_dist": 0.2, "metric": "euclidean", "pca_components": None,
+              "clip_percentile": 2.5, "margin": 0.1, "random_state": 3}  # fmt: skip
+    layout = AtlasLayout(**params)
+    assert layout.get_params() == params
+    assert clone(layout).get_params() == params
+    assert clone(layout.set_params(n_neighbors=9)).n_neighbors == 9
+    copy = clone(fitted[0])
+    assert copy.get_params() == fitted[0].get_params()
+    with pytest.raises(NotFittedError):
+        copy.transform(fitted[1][:3])
+    assert clone(Whitening(eps=0.3)).get_params() == {"eps": 0.3}
+
+
+def test_use_before_fit_raises_not_fitted() -> None:
+    layout = AtlasLayout()
+    x = np.zeros((5, 3), dtype=np.float32)
+    with pytest.raises(NotFittedError):
+        layout.transform(x)
+    with pytest.raises(NotFittedError):
+        layout.normalise(np.zeros((5, 2)))
+    with pytest.raises(NotFittedError):
+        _ = layout.fitted_coords_
+    with pytest.raises(NotFittedError):
+        Whitening().transform(x)
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("n_neighbors", 1),
+        ("n_neighbors", 2.5),
+        ("min_dist", -0.1),
+        ("metric", ""),
+        ("pca_components", 0),
+        ("clip_percentile", 50.0),
+        ("clip_percentile", -1.0),
+        ("margin", 0.5),
+        ("random_state", "zero"),
+    ],
+)
+def test_bad_layout_params_fail_in_fit_not_init(param: str, value: Any) -> None:
+    layout = AtlasLayout(**{param: value})  # no validation here: set_params and clone need that
+    assert layout.get_params()[param] == value
+    with pytest.raises(ValueError, match=param):
+        layout.fit(blobs(20)[0])
+
+
+def test_too_few_rows_and_bad_eps_fail_in_fit() -> None:
+    with pytest.raises(ValueError, match="at least 4"):
+        AtlasLayout().fit(np.ones((3, 5)))
+    for eps in (0.0, -1e-3, float("nan")):
+        whitening = Whitening(eps=eps)
+        with pytest.raises(ValueError, match="eps must be a positive"):
+            whitening.fit(np.ones((10, 3)))
+
+
+# --- from_config: the one place settings become estimators -------------------------------------------
+
+
+def test_from_config_passes_every_layout_setting_through() -> None:
+    config = LayoutConfig(n_neighbors=12, min_dist=0.3, metric="euclidean", pca_components=7, clip_percentile=3.0,
+                          margin=0.2, whitening_eps=0.25)  # fmt: skip
+    params = AtlasLayout.from_config(config, seed=11).get_params()
+    settings = set(LayoutConfig.model_fields) - NOT_LAYOUT_PARAMS
+    # A new LayoutConfig field must either reach the estimator or be listed as not its own.
+    assert settings == set(params) - {"random_state"}
+    assert {k: params[k] for k in settings} == {k: getattr(config, k) for k in settings}
+    assert params["random_state"] == 11
+    assert Whitening.from_config(config).get_params() == {"eps": 0.25}
+
+
+# --- a real fit -----------------------------------------------------------------------------------
+
+
+def test_fit_places_rows_in_the_unit_square_and_transform_agrees(fitted: tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray]) -> None:
+    layout, x, labels, coords = fitted
+    assert coords.shape == (len(x), 2) and coords.dtype == np.float32
+    assert coords.min() >= 0.0 and coords.max() <= 1.0
+    assert np.array_equal(coords, layout.fitted_coords_)  # fit_transform gives the fitted rows, not a re-placement
+    # The blobs stay apart: each row's centre is nearer its own blob's centre than any other's.
+    centres = np.stack([coords[labels == c].mean(axis=0) for c in np.unique(labels)])
+    assert (np.linalg.norm(coords[:, None] - centres[None], axis=2).argmin(axis=1) == labels).mean() > 0.95
+    placed = layout.transform(x)
+    assert placed.min() >= 0.0 and placed.max() <= 1.0
+    assert np.median(np.linalg.norm(placed - coords, axis=1)) < 0.1
+    # Workers get the fitted layout by pickle; it must place rows the same there.
+    assert np.array_equal(pickle.loads(pickle.dumps(layout)).transform(x[:20]), layout.transform(x[:20]))
+    with pytest.raises(ValueError, match="features"):
+        layout.transform(x[:, :5])
+
+
+def test_independent_layouts_take_the_config(fitted: tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray]) -> None:
+    _, x, _, coords = fitted
+    config = LayoutConfig(n_neighbors=10, metric="euclidean", pca_components=8)
+    (again,) = independent_layouts([x], config, seed=0)
+    assert np.array_equal(again, coords)  # the same settings and seed as the fixture, so the same layout
+    with pytest.raises(AtlasError, match="same rows"):
+        aligned_layouts([x, x[:50]], config, seed=0)
+
+
+# --- whitening -------------------------------------------------------------------------------------
+
+
+def test_whitening_is_the_inverse_regularised_second_moment() -> None:
+    rng = np.random.default_rng(1)
+    mixing = rng.normal(size=(6, 6)) + 3 * np.eye(6)
+    x = rng.normal(size=(2000, 6)) @ mixing  # correlated channels
+    moment = x.T @ x / len(x)
+    scale = np.trace(moment) / len(moment)
+    for eps in (1e-1, 1e-2):
+        w = Whitening(eps=eps).fit(x).matrix_.astype(np.float64)
+        assert np.allclose(w, w.T, atol=1e-6 * np.abs(w).max())
+        assert np.allclose(w @ (moment + eps * scale * np.eye(6)), np.eye(6), atol=1e-4)
+    # With eps tiny, W is M^-1: whitened rows x W^(1/2) have identity second moment, and mean x W x^T = C.
+    w = Whitening(eps=1e-8).fit(x).matrix_.astype(np.float64)
+    values, vectors = np.linalg.eigh(w)
+    whitened = x @ (vectors * np.sqrt(values)) @ vectors.T
+    assert np.allclose(whitened.T @ whitened / len(x), np.eye(6), atol=1e-3)
+    assert np.einsum("ij,jk,ik->i", x, w, x).mean() == pytest.approx(6.0, rel=1e-3)
+
+
+def test_whitening_transform_applies_the_matrix() -> None:
+    x = np.random.default_rng(2).normal(size=(100, 5))
+    whitening = Whitening().fit(x)
+    directions = np.random.default_rng(3).normal(size=(4, 5)).astype(np.float32)
+    assert np.allclose(whitening.transform(directions), (whitening.matrix_ @ directions.T).T, atol=1e-6)
+    assert np.allclose(whitening.transform(directions[0]), whitening.matrix_ @ directions[0], atol=1e-6)
+    assert np.allclose(whitening.fit_transform(x), x.astype(np.float32) @ whitening.matrix_.T, atol=1e-5)
+    with pytest.raises(ValueError, match="5 features"):
+        whitening.transform(np.ones(4))
