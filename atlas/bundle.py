@@ -14,10 +14,11 @@ sees the ``valid`` mask.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -130,7 +131,7 @@ class Example:
 class Level:
     """One grid of a bundle; ``icons`` load on first use (a 320 grid holds tens of thousands)."""
 
-    bundle: "Bundle"
+    bundle: Bundle
     grid: int
     cells: list[dict[str, Any]]
     directions: np.ndarray

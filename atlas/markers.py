@@ -10,8 +10,9 @@ leaves no marker, so that piece is simply redone.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from atlas.io import write_json
 

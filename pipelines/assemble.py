@@ -8,6 +8,7 @@ every stage reported (:func:`pipelines.stage.merge_reports`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 from typing import Any
 
@@ -90,8 +91,6 @@ def base_manifest(run: RunInputs) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     found = {}
     for name in VERSIONED:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found

@@ -6,8 +6,8 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from atlas.config import AtlasConfig, ExperimentConfig, ModelConfig, load_config, packaged_default_config, validate_tree
 from atlas.errors import AtlasError
@@ -57,7 +57,9 @@ def _train(args: argparse.Namespace) -> int:
     config = _experiment(args)
     with ExitStack() as stack:
         run_training(config, LazyExecutor(config.scheduler, stack, print))
-    print(f"atlas: trained variants in {experiment_dir(config) / 'train'}; compare them with: atlas compare {shlex.quote(str(args.config))}")
+    print(
+        f"atlas: trained variants in {experiment_dir(config) / 'train'}; compare them with: atlas compare {shlex.quote(str(args.config))}"
+    )
     return 0
 
 

@@ -6,8 +6,8 @@ nothing through it; they read each other's outputs from the bundle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

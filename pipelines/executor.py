@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from atlas.config import SchedulerConfig
 from atlas.errors import AtlasError

@@ -20,7 +20,6 @@ from atlas.featurevis import Direction, derive_seed, fourier, render
 from atlas.featurevis.fidelity import Fidelity, centre_activations, direction_fidelity
 from atlas.markers import is_fresh, write_marker
 from atlas.models import LoadedModel
-from pipelines.context import RunInputs
 from pipelines.stage import Report, Stage, StageCall
 from pipelines.worker_state import model_and_layer, use_threads
 
@@ -106,7 +105,9 @@ def render_icons(call: StageCall) -> Report:
         whitening_ref = ex.scatter(bundle.whitening() if config.whiten else None)
         direction_refs = {size: ex.scatter(bundle.directions(size)) for size in {b.grid for b in todo}}
         futures = [
-            ex.submit(render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, key, ex.threads_per_task)
+            ex.submit(
+                render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, key, ex.threads_per_task
+            )
             for b in todo
         ]
         total = sum(len(b.icons) for b in batches)
@@ -141,4 +142,6 @@ def measure_fidelity(bundle: Bundle, size: int, model: LoadedModel, layer: torch
     return fidelity
 
 
-RENDER = Stage("render", reads=("grid",), settings=lambda run: [run.config.render.model_dump(mode="json"), run.config.seed], work=render_icons)
+RENDER = Stage(
+    "render", reads=("grid",), settings=lambda run: [run.config.render.model_dump(mode="json"), run.config.seed], work=render_icons
+)

@@ -8,9 +8,9 @@ and hands them to the one stage loop.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
 
 import torch
 

@@ -10,16 +10,17 @@ folder named with a trailing slash serves its ``index.html``, anything else is 4
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mimetypes
 import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from atlas.errors import AtlasError
@@ -89,10 +90,10 @@ def make_handler(root: Path, log: Callable[[str], None] | None = None) -> type[B
         server_version = "atlas-serve"
         sys_version = ""
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             self._send(body=True)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._send(body=False)
 
         def _send(self, body: bool) -> None:
@@ -102,7 +103,7 @@ def make_handler(root: Path, log: Callable[[str], None] | None = None) -> type[B
                 self.send_error(err.status if isinstance(err, RefusedPath) else HTTPStatus.BAD_REQUEST)
                 return
             try:
-                handle = open(path, "rb")
+                handle = open(path, "rb")  # noqa: SIM115 -- closed by the `with` below, after the 404 branch
             except OSError:
                 self.send_error(HTTPStatus.NOT_FOUND)
                 return
@@ -115,12 +116,10 @@ def make_handler(root: Path, log: Callable[[str], None] | None = None) -> type[B
                 self.send_header("X-Content-Type-Options", "nosniff")
                 self.end_headers()
                 if body:
-                    try:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the browser moved on (a tile left the view)
                         shutil.copyfileobj(handle, self.wfile, 1 << 16)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass  # the browser moved on (a tile no longer in view)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args: object) -> None:
             if log is not None:
                 log(f"{self.address_string()} {format % args}")
 

@@ -19,7 +19,18 @@ from tqdm import tqdm
 from atlas.bundle import TILES, Bundle, canvas_file, dzi_file, poster_file, tiles_marker
 from atlas.config import TilesConfig
 from atlas.markers import is_fresh, write_marker
-from atlas.tiles import BACKGROUND, OVERLAP, TILE_SIZE, Canvas, create_canvas, default_scale, rows_per_band, save_poster, save_pyramid, write_band
+from atlas.tiles import (
+    BACKGROUND,
+    OVERLAP,
+    TILE_SIZE,
+    Canvas,
+    create_canvas,
+    default_scale,
+    rows_per_band,
+    save_poster,
+    save_pyramid,
+    write_band,
+)
 from pipelines.context import RunInputs
 from pipelines.stage import Report, Stage, StageCall
 
@@ -85,7 +96,9 @@ def _tile(run: RunInputs, key: str, canvases: dict[int, Canvas], cells: dict[int
             if remaining[size] == 0:
                 canvas = canvases[size]
                 tiles_dir = bundle.path(TILES)
-                finish_futures[ex.submit(_pyramid_task, canvas, tiles_dir, str(size), config.format, config.quality, ex.threads_per_task)] = size
+                finish_futures[
+                    ex.submit(_pyramid_task, canvas, tiles_dir, str(size), config.format, config.quality, ex.threads_per_task)
+                ] = size
                 finish_futures[ex.submit(_poster_task, canvas, bundle.path(poster_file(size)), ex.threads_per_task)] = size
         for future in ex.as_completed(list(finish_futures)):
             future.result()
@@ -100,7 +113,9 @@ def _grid_done(bundle: Bundle, size: int, key: str) -> bool:
     return is_fresh(bundle.path(tiles_marker(size)), key, [bundle.path(dzi_file(size)), bundle.path(poster_file(size))])
 
 
-def _bands(bundle: Bundle, cells: list[dict[str, Any]], size: int, canvas: Canvas, cell_px: int) -> list[tuple[int, int, list[tuple[int, int, Path]]]]:
+def _bands(
+    bundle: Bundle, cells: list[dict[str, Any]], size: int, canvas: Canvas, cell_px: int
+) -> list[tuple[int, int, list[tuple[int, int, Path]]]]:
     per_band = rows_per_band(canvas, cell_px)
     by_row: dict[int, list[tuple[int, int, Path]]] = defaultdict(list)
     for cell in cells:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -74,7 +75,9 @@ def run_training(
     if todo:
         ex = executor()
         data_ref = ex.scatter(data)
-        futures = {ex.submit(train_task, variants[name], data_ref, train, folder, ex.threads_per_task): name for name, (folder, _k) in todo.items()}
+        futures = {
+            ex.submit(train_task, variants[name], data_ref, train, folder, ex.threads_per_task): name for name, (folder, _k) in todo.items()
+        }
         folders = [folder for folder, _k in todo.values()]
         total = len(variants) * train.epochs
         with tqdm(total=total, initial=total - len(todo) * train.epochs, desc="train", unit="epoch") as bar, _EpochWatch(bar, folders):
@@ -115,7 +118,7 @@ class _EpochWatch:
         if target > self.bar.n:
             self.bar.update(target - self.bar.n)
 
-    def __enter__(self) -> "_EpochWatch":
+    def __enter__(self) -> _EpochWatch:
         self.thread.start()
         return self
 

@@ -8,8 +8,8 @@ from functools import lru_cache
 import torch
 
 from atlas.config import ModelConfig
-from atlas.runtime import tune_allocator
 from atlas.models import LoadedModel, load_model, model_files_identity, resolve_layer
+from atlas.runtime import tune_allocator
 
 
 def use_threads(threads: int) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import zarr
 from PIL import Image
+from test_viewer_browser import CHROMIUM, atlas_serve, browser  # noqa: F401 (a fixture)
 
 import atlas
 from atlas.config import ModelConfig
@@ -20,7 +22,6 @@ from atlas.images.preprocess import to_tensor
 from atlas.io import read_json
 from atlas.models import load_model, resolve_layer, run_to_layer
 from pipelines.cli import main
-from test_viewer_browser import CHROMIUM, atlas_serve, browser  # noqa: F401 (a fixture)
 
 ARGS = [
     "--scheduler", "sync",

@@ -14,7 +14,18 @@ from atlas.config import load_config, packaged_default_config
 from pipelines.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--until", "collect", "--scheduler", "sync", "--set", "collect.n_images=6", "--set", "collect.shard_size=3", "--set", "model.input_size=64"]
+QUICK = [
+    "--until",
+    "collect",
+    "--scheduler",
+    "sync",
+    "--set",
+    "collect.n_images=6",
+    "--set",
+    "collect.shard_size=3",
+    "--set",
+    "model.input_size=64",
+]
 
 
 def test_flag_values_go_into_the_config_as_the_strings_they_are(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator
 
 import pytest
 import timm

@@ -197,9 +197,7 @@ def test_decode_limits_and_reduced_jpeg_decoding(tmp_path: Path) -> None:
     assert image is None and error == "cannot read: No such file or directory"
 
 
-def test_max_pixels_is_per_call_and_pillow_warnings_do_not_leak(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_max_pixels_is_per_call_and_pillow_warnings_do_not_leak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns above 1000 pixels, refuses above 2000
     Image.new("RGB", (40, 40)).save(tmp_path / "warned.png")  # 1600 pixels
     with warnings.catch_warnings():
@@ -256,7 +254,7 @@ def test_fashion_mnist_test_split(tmp_path: Path) -> None:
     records = [r for shard in shards for r in worker_copy.read(shard)]
     assert all(r.image is not None and r.image.mode == "L" and r.image.size == (28, 28) for r in records)
     assert records[0].label == 9 and records[0].name == "test/0"  # the first test image is an ankle boot
-    assert Counter(r.label for r in records) == {label: 1000 for label in range(10)}
+    assert Counter(r.label for r in records) == dict.fromkeys(range(10), 1000)
     assert [s.count for s in source.plan(tmp_path, 10, 4)] == [4, 4, 2]
 
 

@@ -18,12 +18,12 @@ from atlas.models import (
     LayerCapture,
     LoadedModel,
     Preprocessing,
+    efficientnet_lite0,
     list_layers,
     load_model,
     resolve_layer,
     run_to_layer,
 )
-from atlas.models import efficientnet_lite0
 from atlas.models.layers import format_layers
 from atlas.models.zoo import fashion_cnn, make_activation
 
@@ -180,8 +180,7 @@ def test_pickled_model_needs_trust(tmp_path: Path) -> None:
     with pytest.raises(AtlasError) as err:
         load_model(ModelConfig(spec=str(path)))
     assert str(err.value) == (
-        f"model.spec '{path}' is a pickled model; loading it runs code from the file: "
-        "set model.trust_pickle: true if you trust it"
+        f"model.spec '{path}' is a pickled model; loading it runs code from the file: set model.trust_pickle: true if you trust it"
     )
     model = load_model(ModelConfig(spec=str(path), trust_pickle=True))
     assert model.preprocessing == Preprocessing(28, 1, (0.5,), (0.5,))
@@ -392,7 +391,10 @@ def test_card_writer_refuses_a_factory_the_reader_refuses() -> None:
         (lambda card: {**card, "colour": "red"}, "colour: Extra inputs are not permitted"),
         (lambda card: {**card, "format": "atlas-model/9"}, "format: Input should be 'atlas-model/1'"),
         (lambda card: {**card, "preprocessing": {**card["preprocessing"], "mean": [0.1, 0.2]}}, "mean has 2 values for 1 channels"),
-        (lambda card: {**card, "preprocessing": {**card["preprocessing"], "std": [0]}}, "preprocessing.std.0: Input should be greater than 0"),
+        (
+            lambda card: {**card, "preprocessing": {**card["preprocessing"], "std": [0]}},
+            "preprocessing.std.0: Input should be greater than 0",
+        ),
         (lambda card: {**card, "kwargs": {**card["kwargs"], "depth": 3}}, "kwargs: got an unexpected keyword argument 'depth'"),
         (lambda card: {**card, "factory": "os:system"}, "names factory 'os:system'; only atlas.models.zoo:build_classifier is allowed"),
     ],

@@ -70,7 +70,9 @@ def test_folder_run_skips_broken_files_and_writes_the_contract(photo_folder: Pat
         assert all(len(c["top_classes"]) == 5 and c["top_classes"][0]["label"] for c in cells)
 
     # A second run of the same config is served from the cache.
-    assert main(["run", "--images", str(photo_folder), "--out", str(run_dir.parent), "--name", "photos", "--scheduler", "sync", *SMALL]) == 0
+    assert (
+        main(["run", "--images", str(photo_folder), "--out", str(run_dir.parent), "--name", "photos", "--scheduler", "sync", *SMALL]) == 0
+    )
     assert all(stage["cached"] for stage in read_bundle(run_dir)["stages"].values())
 
 
@@ -97,7 +99,7 @@ def test_local_dask_cluster_gives_the_same_rows_as_in_process(photo_folder: Path
         expected = a[name][:]
         np.testing.assert_allclose(b[name][:], expected, rtol=1e-3, atol=5e-3 * np.abs(expected).max())
     coords = np.load(tmp_path / "dask" / "layout" / "coords.npy")
-    assert coords.shape == (51, 2) and 0.0 <= coords.min() and coords.max() <= 1.0
+    assert coords.shape == (51, 2) and coords.min() >= 0.0 and coords.max() <= 1.0
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -112,7 +114,9 @@ def test_kill_and_resume_gives_identical_activations(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run([*args, "--out", str(tmp_path), "--name", "whole"], check=True, env=env, capture_output=True)
 
-    killed = subprocess.Popen([*args, "--out", str(tmp_path), "--name", "killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        [*args, "--out", str(tmp_path), "--name", "killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     done = tmp_path / "killed" / "activations" / "done"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(done.glob("*.json")) if done.exists() else []) < 5:

@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,7 +90,12 @@ def test_run_writes_tiles_posters_patches_and_the_viewer(photo_folder: Path, run
     assert f"atlas serve {bundle}" in printed.splitlines()[-1], "the run ends with the command that shows the atlas"
     manifest = read_json(bundle / "manifest.json")
     assert manifest["viewer"] == "index.html" and (bundle / "index.html").is_file()
-    assert {p.name for p in (bundle / "viewer").iterdir()} >= {"viewer.js", "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt"}
+    assert {p.name for p in (bundle / "viewer").iterdir()} >= {
+        "viewer.js",
+        "viewer.css",
+        "openseadragon.min.js",
+        "openseadragon-LICENSE.txt",
+    }
     assert manifest["tiles"]["scale"] == 2 and "nearest-neighbour" in manifest["tiles"]["scaling"]  # 48 px icons, 96 px cells
     assert manifest["stages"]["tiles"]["cached"] is False
     for level in manifest["levels"]:
@@ -242,7 +248,9 @@ def test_viewer_zooms_from_the_coarse_grid_to_the_fine_one(browser: Any, server_
     started = time.perf_counter()
     visit = Visit(browser, server_url, viewport={"width": 1200, "height": 760})
     first_tile_ms = visit.page.evaluate("window.atlas.firstTileMs")
-    print(f"\n[viewer] first tile drawn {first_tile_ms:.0f} ms after navigation start ({time.perf_counter() - started:.2f} s incl. browser context)")
+    print(
+        f"\n[viewer] first tile drawn {first_tile_ms:.0f} ms after navigation start ({time.perf_counter() - started:.2f} s incl. browser context)"
+    )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (SCREENSHOTS / "timing.json").write_text(json.dumps({"first_tile_ms": first_tile_ms}) + "\n")
 

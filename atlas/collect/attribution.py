@@ -73,7 +73,7 @@ def activations_at(
 
 
 # Layers after which the batch can be widened to one row per position (False once that failed).
-_EXPAND_AT_LAYER: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+_EXPAND_AT_LAYER: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def _attribute(

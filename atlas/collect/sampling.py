@@ -12,9 +12,7 @@ from typing import Literal
 import numpy as np
 
 
-def sample_positions(
-    image_id: int, height: int, width: int, k: int | Literal["all"], seed: int
-) -> np.ndarray:
+def sample_positions(image_id: int, height: int, width: int, k: int | Literal["all"], seed: int) -> np.ndarray:
     """Return int32 [n, 2] (y, x) positions; border rows and columns are excluded, as in the article."""
     if k == "all":
         ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")

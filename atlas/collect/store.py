@@ -78,7 +78,9 @@ class ActivationStore:
         chunk = (layout.rows_per_shard,)
         group = zarr.open_group(self._rows, mode="w")
         group.create_array("activation", shape=(rows, layout.channels), chunks=chunk + (layout.channels,), dtype="float32", fill_value=0.0)
-        group.create_array("attribution", shape=(rows, layout.n_classes), chunks=chunk + (max(layout.n_classes, 1),), dtype="float32", fill_value=0.0)
+        group.create_array(
+            "attribution", shape=(rows, layout.n_classes), chunks=chunk + (max(layout.n_classes, 1),), dtype="float32", fill_value=0.0
+        )
         for name, dtype in (("image_id", "int64"), ("y", "int32"), ("x", "int32"), ("label", "int32")):
             group.create_array(name, shape=(rows,), chunks=chunk, dtype=dtype, fill_value=0)
         group.create_array("valid", shape=(rows,), chunks=chunk, dtype="bool", fill_value=False)
@@ -98,11 +100,12 @@ class ActivationStore:
         start = shard_index * cap
         group = zarr.open_group(self._rows, mode="r+")
         for name in _ARRAYS:
+            array = _array(group, name)
             data = np.ones(n, dtype=bool) if name == "valid" else getattr(rows, name)
-            padded = np.zeros((cap,) + group[name].shape[1:], dtype=group[name].dtype)
+            padded = np.zeros((cap,) + array.shape[1:], dtype=array.dtype)
             if n:
                 padded[:n] = data
-            group[name][start : start + cap] = padded
+            array[start : start + cap] = padded
         write_json(self._done_dir / f"{shard_index:06d}.json", report)
 
     def reports(self) -> list[dict]:
@@ -110,6 +113,14 @@ class ActivationStore:
 
     def read(self) -> Rows:
         group = zarr.open_group(self._rows, mode="r")
-        valid = group["valid"][:]
-        arrays = {name: group[name][:][valid] for name in _ARRAYS if name != "valid"}
+        valid = np.asarray(_array(group, "valid")[:])
+        arrays = {name: np.asarray(_array(group, name)[:])[valid] for name in _ARRAYS if name != "valid"}
         return Rows(**arrays)
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """One of the store's arrays (the group holds nothing else)."""
+    array = group[name]
+    if not isinstance(array, zarr.Array):
+        raise TypeError(f"{name} in the activation store is not an array")
+    return array

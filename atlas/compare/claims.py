@@ -103,7 +103,9 @@ def check_claims(variants: dict[str, dict[str, Any]], cost: dict[str, list[float
     claim = "Tanh is zero-centred and sigmoid is not"
     if not _missing(("tanh", "sigmoid"), variants):
         centre = {n: _centring(variants[n]) for n in ("tanh", "sigmoid")}
-        measured = f"|mean| / std of each unit's output (mean over units and layers): tanh {centre['tanh']:.2f}, sigmoid {centre['sigmoid']:.2f}"
+        measured = (
+            f"|mean| / std of each unit's output (mean over units and layers): tanh {centre['tanh']:.2f}, sigmoid {centre['sigmoid']:.2f}"
+        )
         held = centre["tanh"] < 0.5 and centre["sigmoid"] >= 0.5
         rows.append(_row(claim, "each unit's mean output relative to its spread, on the test set", measured,
                          "zero-centred means |mean| < std / 2: held if tanh is and sigmoid is not", held))  # fmt: skip

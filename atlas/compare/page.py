@@ -44,16 +44,14 @@ def _cell(value: Any, fmt: str) -> str:
 
 def metrics_table(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{escape(title)}</th>" for _k, title, _f in METRIC_COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_cell(row.get(key), fmt)}</td>" for key, _t, fmt in METRIC_COLUMNS) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key), fmt)}</td>" for key, _t, fmt in METRIC_COLUMNS) + "</tr>" for row in rows)
     return f'<table id="metrics" class="numbers"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def claims_table(claims: list[dict[str, Any]]) -> str:
     verdict = {True: ("held", "held"), False: ("did not hold", "failed"), None: ("not tested", "untested")}
     body = "".join(
-        f'<tr><td>{escape(c["claim"])}</td><td>{escape(c["measured"])}</td><td>{escape(c["rule"])}</td>'
+        f"<tr><td>{escape(c['claim'])}</td><td>{escape(c['measured'])}</td><td>{escape(c['rule'])}</td>"
         f'<td class="{verdict[c["held"]][1]}">{verdict[c["held"]][0]}</td></tr>'
         for c in claims
     )
@@ -85,8 +83,8 @@ def write_page(root: Path, result: dict[str, Any]) -> Path:
     groups = "".join(
         f'<section class="group" data-group="{k}"><h2>{escape(g["title"])}</h2>'
         f'<p class="alignment">{_how_laid_out(g["alignment"]["method"])}: the same image moves '
-        f'{g["alignment"]["mean_shift"]:.3f} of the atlas width between neighbouring panels; '
-        f'{g["alignment"]["neighbour_agreement_k10"]:.0%} of its 10 nearest neighbours stay neighbours.</p>'
+        f"{g['alignment']['mean_shift']:.3f} of the atlas width between neighbouring panels; "
+        f"{g['alignment']['neighbour_agreement_k10']:.0%} of its 10 nearest neighbours stay neighbours.</p>"
         f'<div class="panels"></div></section>'
         for k, g in enumerate(result["groups"])
     )

@@ -22,13 +22,11 @@ class LayerCapture:
         self.model = model
         self._capture = layers.LayerCapture(layer, store=False, stop=stop)
 
-    def __enter__(self) -> "LayerCapture":
+    def __enter__(self) -> LayerCapture:
         self._capture.__enter__()
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None) -> None:
         self._capture.__exit__(kind, error, traceback)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ direction of that grid (0 = the icon is closest to its own cell).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

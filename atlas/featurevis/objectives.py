@@ -15,7 +15,7 @@ instead (generally, a ``window x window`` block starting at ``H // 2 - window //
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,39 +52,41 @@ class Objective:
     def __call__(self, activation: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __add__(self, other: "Objective") -> "Objective":
+    def __add__(self, other: Objective) -> Objective:
         if not isinstance(other, Objective):
             return NotImplemented
         return Sum((self, other))
 
-    def __radd__(self, other: object) -> "Objective":
+    def __radd__(self, other: object) -> Objective:
         if isinstance(other, (int, float)) and other == 0:  # so that sum(objectives) works
             return self
         return NotImplemented
 
-    def __sub__(self, other: "Objective") -> "Objective":
+    def __sub__(self, other: Objective) -> Objective:
         if not isinstance(other, Objective):
             return NotImplemented
         return Sum((self, Scaled(other, -1.0)))
 
-    def __mul__(self, factor: float) -> "Objective":
+    def __mul__(self, factor: float) -> Objective:
         if not isinstance(factor, (int, float)):
             return NotImplemented
         return Scaled(self, float(factor))
 
     __rmul__ = __mul__
 
-    def __truediv__(self, divisor: float) -> "Objective":
+    def __truediv__(self, divisor: float) -> Objective:
         if not isinstance(divisor, (int, float)):
             return NotImplemented
         return Scaled(self, 1.0 / float(divisor))
 
-    def __neg__(self) -> "Objective":
+    def __neg__(self) -> Objective:
         return Scaled(self, -1.0)
 
 
 class Sum(Objective):
     """The sum of several objectives' scores."""
+
+    terms: tuple[Objective, ...]
 
     def __init__(self, terms: Sequence[Objective]) -> None:
         flat: list[Objective] = []
@@ -138,9 +140,7 @@ class Direction(Objective):
     ``dot`` is the plain dot product and ``cos`` the true cosine of the two vectors.
     """
 
-    def __init__(
-        self, vectors: ArrayLike, cossim_power: float = 4.0, floor: float = 0.1, window: int = 1, eps: float = 1e-8
-    ) -> None:
+    def __init__(self, vectors: ArrayLike, cossim_power: float = 4.0, floor: float = 0.1, window: int = 1, eps: float = 1e-8) -> None:
         self.vectors = _as_tensor(vectors, torch.float32)
         if self.vectors.ndim == 1:
             self.vectors = self.vectors[None]
@@ -149,7 +149,7 @@ class Direction(Objective):
         self.cossim_power, self.floor, self.window, self.eps = cossim_power, floor, window, eps
 
     @classmethod
-    def whitened(cls, vectors: ArrayLike, matrix: ArrayLike, **kwargs: float) -> "Direction":
+    def whitened(cls, vectors: ArrayLike, matrix: ArrayLike, **kwargs: float) -> Direction:
         """Optimise along ``vectors @ matrix.T``, where ``matrix`` [C, C] is the layout stage's whitening
         (inverse uncentred second moment): directions every image excites stop dominating."""
         vectors_t = _as_tensor(vectors, torch.float64)

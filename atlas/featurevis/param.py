@@ -9,7 +9,8 @@ does not depend on which batch it is rendered in.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -22,9 +23,7 @@ ParamFactory = Callable[[Sequence[int]], "ImageParam"]
 # Square root of ImageNet's RGB colour correlation matrix (lucid's constant), scaled so
 # its largest column has unit norm: one unit in the decorrelated space is at most one
 # unit of colour.
-_COLOR_CORRELATION_SVD_SQRT = torch.tensor(
-    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float32
-)
+_COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float32)
 COLOR_CORRELATION = _COLOR_CORRELATION_SVD_SQRT / _COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
 
 # irfft2 of the 1/f-scaled spectrum has a spread of a few units; lucid divides by 4 so
@@ -109,7 +108,7 @@ class FourierParam(ImageParam):
         self.spectrum = nn.Parameter(spectrum)
 
     def forward(self) -> torch.Tensor:
-        spectrum = torch.view_as_complex(self.spectrum * self.scale)
+        spectrum = torch.view_as_complex(self.spectrum * cast(torch.Tensor, self.scale))
         image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / _FOURIER_OUTPUT_SCALE
         return self._to_pixels(image)
 
@@ -150,9 +149,7 @@ def fourier(
     return make
 
 
-def pixels(
-    channels: int = 3, size: int | tuple[int, int] = 128, *, decorrelate: bool = False, sd: float = 0.01
-) -> ParamFactory:
+def pixels(channels: int = 3, size: int | tuple[int, int] = 128, *, decorrelate: bool = False, sd: float = 0.01) -> ParamFactory:
     """A :data:`ParamFactory` for :class:`PixelParam`."""
 
     def make(seeds: Sequence[int]) -> ImageParam:

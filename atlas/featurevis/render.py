@@ -16,9 +16,9 @@ thread) for EfficientNet-Lite0 at 80 px.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -136,7 +136,7 @@ def render(
     std: Sequence[float],
     steps: int = 256,
     lr: float = 0.05,
-    transforms: Transforms = Transforms(),
+    transforms: Transforms | None = None,
     input_size: int | tuple[int, int] | None = None,
     tries: int = 1,
     stop_at_layer: bool = True,
@@ -147,8 +147,9 @@ def render(
     ``param_factory(seeds)`` builds the parameterisation (e.g. ``fourier(3, 80)``);
     ``input_size`` is the model's input size (views are resized to it; ``None``
     feeds them at the image size); ``mean``/``std`` normalise like the model's
-    training data.
+    training data; ``transforms`` defaults to ``Transforms()``.
     """
+    transforms = Transforms() if transforms is None else transforms
     if steps < 0 or tries < 1:
         raise ValueError(f"need steps >= 0 and tries >= 1, got steps={steps}, tries={tries}")
     if len(seeds) == 0:

@@ -8,7 +8,7 @@ its batch runs first or last on a Dask worker.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

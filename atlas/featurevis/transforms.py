@@ -40,8 +40,9 @@ steps drawn up front), so its views do not depend on the batch it is in.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,7 @@ class Transforms:
             raise ValueError("angles must be a non-empty list (use (0.0,) for no rotation)")
 
     @classmethod
-    def none(cls) -> "Transforms":
+    def none(cls) -> Transforms:
         """No random views: the model sees the plain image (resized to its input size)."""
         return cls(enabled=False)
 
@@ -112,7 +113,7 @@ class Transforms:
         image_size: int | Sequence[int],
         out_size: int | Sequence[int] | None = None,
         device: torch.device | str = "cpu",
-    ) -> "RandomViews":
+    ) -> RandomViews:
         """Draw every step's view of every image up front; ``seeds`` holds one seed per image."""
         return RandomViews(self, seeds, steps, _size_pair(image_size), _size_pair(out_size or image_size), device)
 

@@ -6,7 +6,8 @@ for each cell's direction (mean activation) and its mean attribution.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import sparse

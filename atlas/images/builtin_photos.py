@@ -141,7 +141,7 @@ def _all_photos(backgrounds_dir: str | None) -> dict[str, Image.Image]:
     for name, load in _loaders(backgrounds_dir):
         try:
             photo = load().convert("RGB")
-        except Exception as err:  # noqa: BLE001 - a photo a package does not ship (or must download) is left out
+        except Exception as err:
             _log.warning("built-in photo %r left out: %s", name, err)
             continue
         short = min(photo.size)

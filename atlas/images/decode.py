@@ -55,7 +55,7 @@ def load_image(path: Path, max_pixels: int, size_hint: int | None = None) -> tup
         if err.strerror is not None:  # the file system's complaint (missing, no permission, ...)
             return None, f"cannot read: {err.strerror}"
         return None, f"truncated or corrupt: {_first_line(err)}"
-    except Exception as err:  # noqa: BLE001 - any decoder failure is a property of the file
+    except Exception as err:
         return None, f"corrupt: {type(err).__name__}: {_first_line(err)}"
 
 
@@ -69,9 +69,7 @@ def _open_checked(path: Path, max_pixels: int) -> Iterator[ImageFile.ImageFile]:
     more, it is ignored and our own size check decides.
     """
     pillow_limit = Image.MAX_IMAGE_PIXELS
-    action: Literal["error", "ignore"] = (
-        "error" if pillow_limit is not None and max_pixels <= pillow_limit else "ignore"
-    )
+    action: Literal["error", "ignore"] = "error" if pillow_limit is not None and max_pixels <= pillow_limit else "ignore"
     with _HEADER_LOCK, warnings.catch_warnings():
         warnings.simplefilter(action, Image.DecompressionBombWarning)
         image = Image.open(path)
@@ -85,7 +83,7 @@ def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
     try:
         return ImageOps.exif_transpose(image) or image
-    except Exception:  # noqa: BLE001 - bad metadata must not cost the pixels
+    except Exception:
         return image.copy()
 
 

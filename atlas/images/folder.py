@@ -98,10 +98,7 @@ class FolderSource:
         self.index_path, self.n_images = index_path, n_images
         self.skipped, self.listing_digest = dict(skipped), digest.hexdigest()
         if n_images == 0 and limit != 0:
-            raise AtlasError(
-                f"images.source '{self.root}': no images found ({self.n_skipped} other entries skipped,"
-                f" see {skipped_path})"
-            )
+            raise AtlasError(f"images.source '{self.root}': no images found ({self.n_skipped} other entries skipped, see {skipped_path})")
         return shards
 
     def read(self, shard: Shard) -> Iterator[ImageRecord]:

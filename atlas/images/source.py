@@ -9,9 +9,10 @@ every image of one shard, in order, with ``image`` set to ``None`` (and
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 
 from PIL import Image
 
@@ -43,11 +44,9 @@ class ImageSource(Protocol):
         """A string that changes whenever the images would (used in cache keys)."""
         ...
 
-    def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]:
-        ...
+    def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]: ...
 
-    def read(self, shard: Shard) -> Iterator[ImageRecord]:
-        ...
+    def read(self, shard: Shard) -> Iterator[ImageRecord]: ...
 
     def read_ids(self, ids: Iterable[int]) -> Iterator[ImageRecord]:
         """The images with these ids (after ``plan``), in increasing id order; for reading examples back."""

@@ -74,7 +74,7 @@ class TorchvisionSource:
             try:
                 image, target = dataset[index]
                 record = ImageRecord(image_id, name, to_8bit(_as_pil(image)), label=_as_label(target))
-            except Exception as err:  # noqa: BLE001 - one unreadable item must not end the run
+            except Exception as err:
                 record = ImageRecord(image_id, name, None, error=f"{type(err).__name__}: {err}".splitlines()[0])
             yield record
 
@@ -99,9 +99,7 @@ def open_dataset(name: str, split: str, root: Path) -> Any:
         return cls(str(root), **kwargs)
     except (RuntimeError, OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AtlasError(
-            f"images.source 'torchvision:{name}?split={split}': cannot open it under {root} ({reason})"
-        ) from None
+        raise AtlasError(f"images.source 'torchvision:{name}?split={split}': cannot open it under {root} ({reason})") from None
 
 
 def unpack_debian_copy(cls: type, root: Path) -> bool:

@@ -115,9 +115,7 @@ def read_card(path: Path, spec: str) -> ModelCard:
     except ValidationError as err:
         raise AtlasError(f"model.spec {spec!r}: {path} is not a readable model card ({_first_problem(err)})") from None
     if card.factory not in CARD_FACTORIES:
-        raise AtlasError(
-            f"model.spec {spec!r}: {path} names factory {card.factory!r}; only {', '.join(sorted(CARD_FACTORIES))} is allowed"
-        )
+        raise AtlasError(f"model.spec {spec!r}: {path} names factory {card.factory!r}; only {', '.join(sorted(CARD_FACTORIES))} is allowed")
     try:  # arguments are checked here, so a stale card fails naming its file rather than deep in the factory
         inspect.signature(card.factory_callable()).bind(**card.kwargs)
     except TypeError as err:

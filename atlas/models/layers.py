@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,11 +72,7 @@ def list_layers(model: LoadedModel, input_size: int | None = None) -> list[Layer
     finally:
         for handle in handles:
             handle.remove()
-    return [
-        LayerInfo(name=name, type=type(sub).__name__, shape=shapes.get(name))
-        for name, sub in named
-        if name not in non_tensor
-    ]
+    return [LayerInfo(name=name, type=type(sub).__name__, shape=shapes.get(name)) for name, sub in named if name not in non_tensor]
 
 
 def resolve_layer(model: LoadedModel, name: str) -> nn.Module:
@@ -89,9 +86,7 @@ def resolve_layer(model: LoadedModel, name: str) -> nn.Module:
         hint = f"closest: {', '.join(closest)}"
     else:
         hint = f"top-level layers: {', '.join(n for n, _ in model.module.named_children())}"
-    raise AtlasError(
-        f"model.layer {name!r} is not a layer of {model.spec}; {hint} (run `atlas layers {model.spec}` for all)"
-    )
+    raise AtlasError(f"model.layer {name!r} is not a layer of {model.spec}; {hint} (run `atlas layers {model.spec}` for all)")
 
 
 class _StopForward(Exception):
@@ -145,9 +140,7 @@ class LayerCapture:
         self._handle = self.layer.register_forward_hook(self._hook)
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
@@ -177,16 +170,15 @@ class LayerCapture:
                 raise
         output, self._last = self._last, None
         if output is None:
-            raise AtlasError(
-                f"layer {self.name} did not run in the forward pass; choose a layer the model uses at inference"
-            )
+            raise AtlasError(f"layer {self.name} did not run in the forward pass; choose a layer the model uses at inference")
         return output
 
 
 def run_to_layer(module: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The output of ``layer`` for input ``x``, computing nothing after it (gradients flow if enabled)."""
     with LayerCapture(layer, store=False, stop=True) as capture:
-        return capture.run(module, x)
+        output = capture.run(module, x)
+    return output
 
 
 def format_layers(infos: list[LayerInfo]) -> str:

@@ -24,7 +24,9 @@ def load_torchvision(spec: str, name: str, pretrained: bool) -> Source:
     classifiers = tvm.list_models(module=tvm)
     if name not in classifiers:
         if name in tvm.list_models():
-            raise AtlasError(f"model.spec {spec!r} is not an image classifier; use one of torchvision.models.list_models(module=torchvision.models)")
+            raise AtlasError(
+                f"model.spec {spec!r} is not an image classifier; use one of torchvision.models.list_models(module=torchvision.models)"
+            )
         raise AtlasError(f"model.spec {spec!r}: torchvision has no model {name!r}{closest(name, classifiers)}")
     weights = tvm.get_model_weights(name).DEFAULT if pretrained else None
     module = download_guard(spec, lambda: tvm.get_model(name, weights=weights))

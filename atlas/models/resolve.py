@@ -71,9 +71,14 @@ def _output_dim(module: nn.Module, pre: Preprocessing) -> int | None:
     if isinstance(declared, int):
         return declared
     param = next(module.parameters(), None)
-    x = torch.zeros(1, pre.channels, pre.input_size, pre.input_size,
-                    device=param.device if param is not None else None,
-                    dtype=param.dtype if param is not None and param.is_floating_point() else None)
+    x = torch.zeros(
+        1,
+        pre.channels,
+        pre.input_size,
+        pre.input_size,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None and param.is_floating_point() else None,
+    )
     with torch.no_grad():
         out = module(x)
     return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None

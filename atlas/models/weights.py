@@ -51,7 +51,7 @@ def unwrap_checkpoint(state: Any, path: Path) -> dict[str, torch.Tensor]:
         raise AtlasError(f"model.weights '{path}' is not a state dict (a mapping of names to tensors)")
     state = dict(state)
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -96,10 +96,7 @@ def load_pickled_model(path: Path, spec: str, trusted: bool) -> nn.Module:
 
 def _refuse_untrusted(path: Path, spec: str) -> NoReturn:
     """Always raises: explains why the file was not loaded, telling a state dict from a pickled model."""
-    pickled = (
-        f"model.spec {spec!r} is a pickled model; loading it runs code from the file: "
-        "set model.trust_pickle: true if you trust it"
-    )
+    pickled = f"model.spec {spec!r} is a pickled model; loading it runs code from the file: set model.trust_pickle: true if you trust it"
     if not zipfile.is_zipfile(path):
         raise AtlasError(
             f"model.spec {spec!r} is not a file saved with torch.save (or uses an old format); "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections import OrderedDict
 from functools import lru_cache
+from typing import cast
 
 from torch import nn
 
@@ -46,7 +47,8 @@ def _torch_activations() -> dict[str, type[nn.Module]]:
         if cls is None or name in _NOT_POINTWISE:
             continue
         required = [
-            p for p in inspect.signature(cls).parameters.values()
+            p
+            for p in inspect.signature(cls).parameters.values()
             if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         ]
         if not required:
@@ -56,7 +58,7 @@ def _torch_activations() -> dict[str, type[nn.Module]]:
 
 def activation_names() -> list[str]:
     """Valid names for :func:`make_activation`: the short aliases, then the torch.nn class names."""
-    aliased = {cls for cls in ACTIVATION_ALIASES.values()}
+    aliased = set(ACTIVATION_ALIASES.values())
     others = sorted(cls.__name__ for cls in _torch_activations().values() if cls not in aliased)
     return [*ACTIVATION_ALIASES, *others]
 
@@ -102,7 +104,8 @@ class FashionCNN(nn.Module):
                 layers[f"pool{pool}"] = nn.MaxPool2d(2)
                 continue
             conv += 1
-            for part, module in _conv_block(*step, activation, batch_norm):
+            cin, cout = cast(tuple[int, int], step)
+            for part, module in _conv_block(cin, cout, activation, batch_norm):
                 layers[f"{part}{conv}"] = module
         self.features = nn.Sequential(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -20,11 +20,11 @@ MIN_CELL_PX = 64
 
 __all__ = [
     "BACKGROUND",
-    "Canvas",
     "MIN_CELL_PX",
     "OVERLAP",
     "PATCH_STRIDES",
     "TILE_SIZE",
+    "Canvas",
     "create_canvas",
     "default_scale",
     "patch_box",

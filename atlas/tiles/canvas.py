@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -137,7 +137,7 @@ def write_band(
         band[top : top + cell, i * cell : (i + 1) * cell] = load_icon(path, canvas.bands, icon_px, scale)
     top_px = first_row * cell
     bottom_px = min(canvas.height, top_px + n_rows * cell)
-    data = memoryview(band[: bottom_px - top_px]).cast("B")
+    data = memoryview(np.ascontiguousarray(band[: bottom_px - top_px])).cast("B")  # type: ignore[arg-type]
     fd = os.open(canvas.path, os.O_WRONLY)
     try:
         position, written = canvas.data_offset + top_px * canvas.row_bytes, 0

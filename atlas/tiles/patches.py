@@ -15,7 +15,7 @@ one-channel models), saved as JPEG.
 from __future__ import annotations
 
 import io
-from typing import Iterable
+from collections.abc import Iterable
 
 from PIL import Image
 

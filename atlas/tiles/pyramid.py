@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from atlas.io import temp_sibling
 
@@ -21,7 +21,7 @@ OVERLAP = 1
 TileFormat = Literal["jpg", "webp", "png"]
 
 
-def _vips():  # imported on first use, so importing atlas never loads libvips
+def _vips() -> Any:  # imported on first use, so importing atlas never loads libvips
     import pyvips
 
     return pyvips

@@ -9,10 +9,10 @@ run``, so an unreadable file is skipped and counted here too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from itertools import chain, islice
-from typing import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ def load_training_data(config: TrainConfig, log: Callable[[str], None] = print) 
         train_records, test_records, classes, source = _torchvision(text, config.root)
     else:
         train_records, test_records, classes, source = _folder(Path(text).expanduser(), config.test_fraction, config.seed)
-        if not (Path(source).name == "test"):
+        if Path(source).name != "test":
             log(f"[train] {text}: no train/ and test/ sub-folders, so {config.test_fraction:.0%} is held out for testing; "
                 "atlases will use every image of the folder (set images.source to held-out images to change that)")  # fmt: skip
     train_iter = islice(train_records, config.limit_train_images)

@@ -16,9 +16,10 @@ import io
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -90,7 +91,9 @@ def train_variant(
     steps_per_epoch = math.ceil(len(data.train.labels) / config.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = steps_per_epoch * config.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
     history: list[dict[str, Any]] = []
     start_epoch = 0
     checkpoint_path = out_dir / CHECKPOINT
@@ -120,7 +123,7 @@ def train_variant(
             logits = model(x)
             loss = loss_fn(logits, y)
             loss.backward()
-            grad_sums += torch.stack([p.grad.detach().norm() for _n, p in weights]).double()
+            grad_sums += torch.stack([cast(torch.Tensor, p.grad).detach().norm() for _n, p in weights]).double()
             if step + 1 == min(START_STEPS, steps_per_epoch):
                 start_norms = (grad_sums / (step + 1)).tolist()
             optimizer.step()
@@ -201,5 +204,7 @@ def _test_batches(data: TrainingData):  # type: ignore[no-untyped-def]
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: Any, schedule: Any, history: list[dict[str, Any]]) -> None:
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history}, buffer)
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history}, buffer
+    )
     write_bytes(path, buffer.getvalue())

@@ -11,8 +11,9 @@ activation works.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -105,4 +106,4 @@ def unit_statistics(
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Convolution and linear weights in definition order: the depth axis of a gradient-norm plot."""
-    return [(f"{name}.weight", m.weight) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [(f"{name}.weight", cast(nn.Parameter, m.weight)) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

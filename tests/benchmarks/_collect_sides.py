@@ -186,7 +186,14 @@ def _timed_shard(shard, source, model_config, collect, seed, store_path, layer_h
     report = {"shard": shard.index, "n_images": result.n_images, "n_rows": len(result.rows), "skipped": result.skipped}
     ActivationStore(store_path).write_shard(shard.index, result.rows, report)
     t3 = time.perf_counter()
-    return {"shard": shard.index, "rows": len(result.rows), "read_s": t1 - t0, "collect_records_s": t2 - t1, "write_s": t3 - t2, "minor_page_faults": faults}
+    return {
+        "shard": shard.index,
+        "rows": len(result.rows),
+        "read_s": t1 - t0,
+        "collect_records_s": t2 - t1,
+        "write_s": t3 - t2,
+        "minor_page_faults": faults,
+    }
 
 
 def profile(args: dict) -> dict:
@@ -237,7 +244,9 @@ def profile(args: dict) -> dict:
         store2 = ActivationStore(run_dir / "split")
         store2.create(layout, "split")
         futures = [
-            ex.submit(_timed_shard, s, source, config.model, config.collect, config.seed, store2.path, shape[1:], n_classes, ex.threads_per_task)
+            ex.submit(
+                _timed_shard, s, source, config.model, config.collect, config.seed, store2.path, shape[1:], n_classes, ex.threads_per_task
+            )
             for s in shards
         ]
         out["task_split"] = [f.result() for f in futures]

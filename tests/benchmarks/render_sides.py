@@ -40,8 +40,9 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,7 +216,7 @@ def side_ours(args: dict[str, Any]) -> dict[str, Any]:
     bare_before = bare_loop(guard, "bare_before", truncated, batch, size, args["bare_steps"])
     runs: dict[str, Any] = {}
     for name, steps in (("default", cfg["steps"]), ("equal", args["equal_steps"])):
-        seconds, result, clean = guard.time(f"ours_{name}", lambda: run(steps))
+        seconds, result, clean = guard.time(f"ours_{name}", lambda steps=steps: run(steps))
         runs[name] = {"steps": steps, "tries": cfg["tries"], "batch": batch, "seconds": seconds, "clean": clean,
                       "seconds_per_icon": seconds / batch, "images_steps_per_s": batch * steps * cfg["tries"] / seconds,
                       "final_score_mean": float(result.scores.mean())}  # fmt: skip
@@ -308,7 +309,7 @@ def side_lucent(args: dict[str, Any]) -> dict[str, Any]:
         label = "channels_last" if channels_last else "contiguous"
         _, _, truncated = load(args["threads"], channels_last)
         render_one(truncated, make_objective("direction", 0), 4, 0)  # warm-up
-        seconds, _, _ = guard.time(f"lucent_format_{label}", lambda: render_one(
+        seconds, _, _ = guard.time(f"lucent_format_{label}", lambda truncated=truncated: render_one(
             truncated, make_objective("direction", 0), args["format_probe_steps"], 1))  # fmt: skip
         formats[label] = (seconds, truncated)
     chosen = min(formats, key=lambda k: formats[k][0])
@@ -319,7 +320,9 @@ def side_lucent(args: dict[str, Any]) -> dict[str, Any]:
         times, cleans, images = [], [], []
         for k in range(min(count, len(rows))):
             objective = make_objective(kind, k)
-            seconds, image, clean = guard.time(f"lucent_{name}_{k}", lambda: render_one(truncated, objective, steps, seeds[k]))
+            seconds, image, clean = guard.time(
+                f"lucent_{name}_{k}", lambda objective=objective, steps=steps, k=k: render_one(truncated, objective, steps, seeds[k])
+            )
             times.append(seconds)
             cleans.append(clean)
             images.append(image[0].transpose(2, 0, 1))

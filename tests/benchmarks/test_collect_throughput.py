@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _bench_util import cores, load_average, run_child, write_result
 
 SIDES = Path(__file__).with_name("_collect_sides.py")
@@ -116,8 +115,12 @@ def test_collect_throughput(tmp_path: Path, n_images: int, ppi: int) -> None:
     print(f"  pipeline, cold     : {pipe['stage_s']:7.2f} s  {pipe_rps:8.1f} rows/s  whole stage; start-up {startup_s:.1f} s "
           f"(cluster start {prof['cluster_start_s']:.1f} s, worker warm-up {prof['worker_warmup_wall_s']:.1f} s wall: "
           f"model load {model_s} s, photo load {photos_s} s)")  # fmt: skip
-    print(f"  run_atlas e2e      : {pipe['run_atlas_wall_s']:7.2f} s  {pipe_e2e_rps:8.1f} rows/s  (driver before stage {pipe['before_stage_s']:.1f} s)")
-    print(f"  all repeats (s)    : bare loop {[round(r['loop_s'], 1) for r in bares]}, pipeline stage {[round(r['stage_s'], 1) for r in pipes]}")
+    print(
+        f"  run_atlas e2e      : {pipe['run_atlas_wall_s']:7.2f} s  {pipe_e2e_rps:8.1f} rows/s  (driver before stage {pipe['before_stage_s']:.1f} s)"
+    )
+    print(
+        f"  all repeats (s)    : bare loop {[round(r['loop_s'], 1) for r in bares]}, pipeline stage {[round(r['stage_s'], 1) for r in pipes]}"
+    )
     for part in prof["task_split"]:
         print(f"    shard {part['shard']}: read {part['read_s']:.2f} s, collect_records {part['collect_records_s']:.2f} s, "
               f"zarr write {part['write_s']:.2f} s, minor page faults {part['minor_page_faults']}")  # fmt: skip

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _bench_util import RESULTS, child_env, cores, load_average, run_child, write_result
 
 SIDES = Path(__file__).with_name("_layout_sides.py")
@@ -47,7 +46,9 @@ def _activations() -> Path:
     if not npy.exists():
         RESULTS.mkdir(parents=True, exist_ok=True)
         info = run_child(SIDES, "collect", {"out": str(RESULTS / "layout_run"), "n_images": N_IMAGES, "n_rows": N_ROWS, "npy": str(npy)})
-        print(f"\ncollected {info['rows_collected']} rows x {info['channels']} channels in {info['seconds']:.1f} s; kept {info['rows_kept']}")
+        print(
+            f"\ncollected {info['rows_collected']} rows x {info['channels']} channels in {info['seconds']:.1f} s; kept {info['rows_kept']}"
+        )
     return npy
 
 
@@ -95,7 +96,9 @@ def test_layout_speed_and_quality(tmp_path: Path) -> None:
         "trust_slack": TRUST_SLACK,
     }
     print(f"\nlayout of {N_ROWS} x {x.shape[1]} activations, {cores()} cores (load {load_before:.2f})")
-    print(f"  plain umap-learn : {plain['seconds']:7.1f} s  (import {plain['import_s']:.1f} s, fit_transform {plain['fit_transform_s']:.1f} s)")
+    print(
+        f"  plain umap-learn : {plain['seconds']:7.1f} s  (import {plain['import_s']:.1f} s, fit_transform {plain['fit_transform_s']:.1f} s)"
+    )
     print(f"  compute_layout   : {ours['seconds']:7.1f} s  (cluster start {ours['cluster_start_s']:.1f} s, "
           f"fit on {ours['fit_sample']} rows {ours.get('fit_s', float('nan')):.1f} s, place the rest {ours.get('place_s', float('nan')):.1f} s; "
           f"cluster close +{ours['with_cluster_close_s'] - ours['seconds']:.1f} s)")  # fmt: skip
@@ -103,5 +106,9 @@ def test_layout_speed_and_quality(tmp_path: Path) -> None:
     print(f"  trustworthiness (k=10, {TRUST_SAMPLE} rows) cosine: plain {trust[('plain', 'cosine')]:.4f}, ours {trust[('ours', 'cosine')]:.4f}, "
           f"gap {gap:+.4f} (target <= {TRUST_SLACK}); euclidean: plain {trust[('plain', 'euclidean')]:.4f}, ours {trust[('ours', 'euclidean')]:.4f}")  # fmt: skip
     write_result("layout_speed", result)
-    assert ratio <= TIME_RATIO, f"compute_layout {ours['seconds']:.1f} s vs plain UMAP {plain['seconds']:.1f} s: ratio {ratio:.3f} > {TIME_RATIO}"
-    assert gap <= TRUST_SLACK, f"trustworthiness {trust[('ours', 'cosine')]:.4f} vs plain {trust[('plain', 'cosine')]:.4f}: gap {gap:.4f} > {TRUST_SLACK}"
+    assert ratio <= TIME_RATIO, (
+        f"compute_layout {ours['seconds']:.1f} s vs plain UMAP {plain['seconds']:.1f} s: ratio {ratio:.3f} > {TIME_RATIO}"
+    )
+    assert gap <= TRUST_SLACK, (
+        f"trustworthiness {trust[('ours', 'cosine')]:.4f} vs plain {trust[('plain', 'cosine')]:.4f}: gap {gap:.4f} > {TRUST_SLACK}"
+    )

@@ -311,9 +311,12 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "ours_equal": o["equal"]["seconds_per_icon"],
             **{f"lucent_{k}": v["seconds_per_icon"] for k, v in lu.items()},
         },
-        "bare_images_steps_per_s": {"before": ours["bare_before"]["images_steps_per_s"],
-                                    "after": ours["bare_after"]["images_steps_per_s"], "used": bare,
-                                    "clean": [b["clean"] for b in bares]},  # fmt: skip
+        "bare_images_steps_per_s": {
+            "before": ours["bare_before"]["images_steps_per_s"],
+            "after": ours["bare_after"]["images_steps_per_s"],
+            "used": bare,
+            "clean": [b["clean"] for b in bares],
+        },
         "fidelity": fid,
         "ours": ours,
         "lucent": lucent,
@@ -371,18 +374,24 @@ def test_a_default_render_vs_lucent_direction_512(measured: dict[str, Any]) -> N
     assert ours["top1"] >= theirs["top1"], (ours, theirs)
     _require_conclusive(measured, "a", "a_default_vs_lucent_direction_512")
     ratio = measured["figures"]["a_default_vs_lucent_direction_512"]
-    assert ratio >= TARGET_DEFAULT_VS_LUCENT, f"default render only {ratio:.1f}x faster per icon than lucent (target {TARGET_DEFAULT_VS_LUCENT}x)"
+    assert ratio >= TARGET_DEFAULT_VS_LUCENT, (
+        f"default render only {ratio:.1f}x faster per icon than lucent (target {TARGET_DEFAULT_VS_LUCENT}x)"
+    )
 
 
 @pytest.mark.benchmark
 def test_b_equal_steps_and_objective_vs_lucent(measured: dict[str, Any]) -> None:
     _require_conclusive(measured, "b", "b_equal_steps_vs_lucent")
     ratio = measured["figures"]["b_equal_steps_vs_lucent"]
-    assert ratio >= TARGET_EQUAL_STEPS, f"at {EQUAL_STEPS} steps, only {ratio:.1f}x faster per icon than lucent (target {TARGET_EQUAL_STEPS}x)"
+    assert ratio >= TARGET_EQUAL_STEPS, (
+        f"at {EQUAL_STEPS} steps, only {ratio:.1f}x faster per icon than lucent (target {TARGET_EQUAL_STEPS}x)"
+    )
 
 
 @pytest.mark.benchmark
 def test_c_default_render_vs_bare_forward_backward(measured: dict[str, Any]) -> None:
     _require_conclusive(measured, "c", "c_default_vs_bare_throughput")
     ratio = measured["figures"]["c_default_vs_bare_throughput"]
-    assert ratio >= TARGET_BARE_FRACTION, f"render reaches {ratio:.2f} of the bare forward+backward throughput (target {TARGET_BARE_FRACTION})"
+    assert ratio >= TARGET_BARE_FRACTION, (
+        f"render reaches {ratio:.2f} of the bare forward+backward throughput (target {TARGET_BARE_FRACTION})"
+    )

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from _bench_util import cores, load_average, write_result
+from PIL import Image
 
 GRID, ICON = 40, 80
 ROUNDS = 3
