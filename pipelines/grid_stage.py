@@ -1,11 +1,11 @@
-"""Grid stage: every grid size's kept cells, their directions and their mean attribution, on the driver."""
+"""Grid stage: every grid size's kept cells, their directions and their mean attribution, streamed from the store on the driver."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from atlas.bundle import attribution_file, cells_file, directions_file
-from atlas.grid import build_grid
+from atlas.grid import build_grids
 from pipelines.context import RunInputs
 from pipelines.stage import Report, Stage, StageCall
 
@@ -17,13 +17,15 @@ def grid_settings(run: RunInputs) -> Any:
 def grid(call: StageCall) -> Report:
     run = call.run
     config, bundle = run.config.grid, run.bundle
-    rows, coords = bundle.rows(), bundle.coords()
+    store = bundle.store()
+    shape = store.layout()
     levels = []
-    for size in config.sizes:
-        level = build_grid(
-            coords, rows.activation, rows.attribution, rows.image_id, rows.y, rows.x,
-            size, config.min_count, run.labels, config.top_classes, config.examples,
-        )  # fmt: skip
+    streamed = build_grids(
+        bundle.coords(), store.chunks, config.sizes, config.min_count, run.labels, shape.channels, shape.n_classes,
+        config.top_classes, config.examples,
+    )  # fmt: skip
+    for level in streamed:
+        size = level.size
         bundle.write_grid_cells(size, level.cells)
         bundle.write_directions(size, level.directions)
         entry: dict[str, Any] = {"grid": size, "cells": cells_file(size), "directions": directions_file(size), "n_cells": len(level.cells)}

@@ -17,6 +17,7 @@ from test_viewer_browser import CHROMIUM, atlas_serve, browser  # noqa: F401 (a 
 import atlas
 from atlas.config import ModelConfig
 from atlas.errors import AtlasError
+from atlas.grid import build_grid
 from atlas.images import load_image
 from atlas.images.preprocess import to_tensor
 from atlas.io import read_json
@@ -141,3 +142,23 @@ def test_the_viewer_says_which_grids_are_empty(browser: Any, served: str) -> Non
     assert option.inner_text() == "40 \u00d7 40 (no cells)" and option.is_disabled()
     assert page.evaluate("window.atlas.errors") == [] and errors == []
     page.close()
+
+
+def test_the_streamed_grid_stage_equals_the_in_memory_grid(run_dir: Path) -> None:
+    """The grid stage read the store in chunks (shards of 8 images); the in-memory grid over rows() gives the same levels."""
+    bundle = atlas.open_bundle(run_dir)
+    rows, coords = bundle.rows(), bundle.coords()
+    labels = bundle.manifest["labels"]
+    config = bundle.manifest["config"]["grid"]
+    for size in (2, 40):
+        reference = build_grid(
+            coords, rows.activation, rows.attribution, rows.image_id, rows.y, rows.x, size, config["min_count"], labels,
+            config["top_classes"], config["examples"],
+        )  # fmt: skip
+        written = bundle.grid_cells(size)
+        assert [(c["i"], c["j"], c["count"]) for c in written] == [(c["i"], c["j"], c["count"]) for c in reference.cells]
+        assert [[t["index"] for t in c["top_classes"]] for c in written] == [[t["index"] for t in c["top_classes"]] for c in reference.cells]
+        assert [c["examples"] for c in written] == [c["examples"] for c in reference.cells]
+        np.testing.assert_allclose(bundle.directions(size), reference.directions.reshape(-1, 112), rtol=1e-5, atol=1e-6)
+        if reference.cells:
+            np.testing.assert_allclose(bundle.attribution(size), reference.mean_attribution, rtol=2e-3, atol=1e-3)  # stored as float16

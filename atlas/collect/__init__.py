@@ -3,11 +3,13 @@
 from atlas.collect.attribution import PositionRows, activations_at, layer_shape
 from atlas.collect.collector import ShardResult, collect_records
 from atlas.collect.sampling import sample_positions
-from atlas.collect.store import ActivationStore, Rows, StoreLayout
+from atlas.collect.store import ROW_FIELDS, ActivationStore, RowChunk, Rows, StoreLayout
 
 __all__ = [
+    "ROW_FIELDS",
     "ActivationStore",
     "PositionRows",
+    "RowChunk",
     "Rows",
     "ShardResult",
     "StoreLayout",

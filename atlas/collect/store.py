@@ -5,11 +5,18 @@ array, always written whole (unused rows zero and ``valid`` false), so workers
 write in parallel without touching each other's chunks and a rewrite after a
 crash produces the same bytes. A shard counts as done only when its marker
 file exists; the marker is written (atomically) after all its chunks.
+
+Readers stream: :meth:`ActivationStore.chunks` yields one shard's valid rows at
+a time and :meth:`ActivationStore.take` reads chosen rows, so no stage needs
+the whole store in memory. Attribution is stored as float16 (half the disk and
+reads; the per-cell means that use it are summed in float64), clipped to
+float16's finite range; stores written before that hold float32.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +26,10 @@ import zarr
 from atlas.io import write_json
 from atlas.markers import read_marker, write_marker
 
-_ARRAYS = ("activation", "attribution", "image_id", "y", "x", "label", "valid")
+ROW_FIELDS = ("activation", "attribution", "image_id", "y", "x", "label")  # what a reader gets per row
+_ARRAYS = (*ROW_FIELDS, "valid")
+ATTRIBUTION_DTYPE = "float16"
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass
@@ -27,7 +37,7 @@ class Rows:
     """Collected rows, valid ones only, in store order."""
 
     activation: np.ndarray  # float32 [N, C]
-    attribution: np.ndarray  # float32 [N, K] (K = 0 without attribution)
+    attribution: np.ndarray  # float16 [N, K] (float32 in stores written before float16; K = 0 without attribution)
     image_id: np.ndarray  # int64 [N]
     y: np.ndarray  # int32 [N]
     x: np.ndarray  # int32 [N]
@@ -35,6 +45,21 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.image_id)
+
+
+@dataclass(frozen=True)
+class RowChunk:
+    """Some of the N valid rows, in store order: rows ``start .. start + len - 1`` of the N."""
+
+    start: int
+    arrays: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.start + len(self))
 
 
 @dataclass(frozen=True)
@@ -79,7 +104,11 @@ class ActivationStore:
         group = zarr.open_group(self._rows, mode="w")
         group.create_array("activation", shape=(rows, layout.channels), chunks=chunk + (layout.channels,), dtype="float32", fill_value=0.0)
         group.create_array(
-            "attribution", shape=(rows, layout.n_classes), chunks=chunk + (max(layout.n_classes, 1),), dtype="float32", fill_value=0.0
+            "attribution",
+            shape=(rows, layout.n_classes),
+            chunks=chunk + (max(layout.n_classes, 1),),
+            dtype=ATTRIBUTION_DTYPE,
+            fill_value=0.0,
         )
         for name, dtype in (("image_id", "int64"), ("y", "int32"), ("x", "int32"), ("label", "int32")):
             group.create_array(name, shape=(rows,), chunks=chunk, dtype=dtype, fill_value=0)
@@ -102,6 +131,8 @@ class ActivationStore:
         for name in _ARRAYS:
             array = _array(group, name)
             data = np.ones(n, dtype=bool) if name == "valid" else getattr(rows, name)
+            if name == "attribution" and array.dtype == np.float16:
+                data = np.clip(data, -_FLOAT16_MAX, _FLOAT16_MAX)  # an outlier saturates instead of becoming inf
             padded = np.zeros((cap,) + array.shape[1:], dtype=array.dtype)
             if n:
                 padded[:n] = data
@@ -112,10 +143,63 @@ class ActivationStore:
         return [json.loads(p.read_text()) for p in sorted(self._done_dir.glob("*.json"))]
 
     def read(self) -> Rows:
+        """Every valid row at once: for notebooks and small stores; stages stream with :meth:`chunks`."""
         group = zarr.open_group(self._rows, mode="r")
         valid = np.asarray(_array(group, "valid")[:])
-        arrays = {name: np.asarray(_array(group, name)[:])[valid] for name in _ARRAYS if name != "valid"}
+        arrays = {name: np.asarray(_array(group, name)[:])[valid] for name in ROW_FIELDS}
         return Rows(**arrays)
+
+    # --- streaming reads --------------------------------------------------------------------------
+
+    def _valid_by_shard(self) -> tuple[np.ndarray, int]:
+        """The ``valid`` mask as [shards, rows_per_shard] (one bool per stored row: small) and rows per shard."""
+        group = zarr.open_group(self._rows, mode="r")
+        valid = np.asarray(_array(group, "valid")[:])
+        cap = self.layout().rows_per_shard
+        return valid.reshape(-1, cap), cap
+
+    def count(self) -> int:
+        """N, the number of valid rows."""
+        return int(self._valid_by_shard()[0].sum())
+
+    def shard_starts(self) -> np.ndarray:
+        """int64 [shards + 1]: shard s holds valid rows ``starts[s] .. starts[s + 1] - 1`` of the N."""
+        valid, _ = self._valid_by_shard()
+        return np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int64)
+
+    def chunks(self, names: Sequence[str] = ROW_FIELDS, shards: Sequence[int] | None = None) -> Iterator[RowChunk]:
+        """The valid rows of each shard in turn (or of ``shards`` only), reading one shard's chunk per array at a time."""
+        unknown = set(names) - set(ROW_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown row fields {sorted(unknown)}; choose from {ROW_FIELDS}")
+        group = zarr.open_group(self._rows, mode="r")
+        arrays = {name: _array(group, name) for name in names}
+        valid, cap = self._valid_by_shard()
+        starts = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
+        for shard in range(len(valid)) if shards is None else shards:
+            mask = valid[shard]
+            if not mask.any():
+                continue
+            lo, hi = shard * cap, (shard + 1) * cap
+            yield RowChunk(int(starts[shard]), {name: np.asarray(a[lo:hi])[mask] for name, a in arrays.items()})
+
+    def take(self, rows: np.ndarray, names: Sequence[str] = ROW_FIELDS) -> dict[str, np.ndarray]:
+        """The given rows (indices among the N, any order, repeats allowed), reading only the shards that hold them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.shard_starts()
+        if len(rows) and (rows.min() < 0 or rows.max() >= starts[-1]):
+            raise IndexError(f"row indices must be in [0, {starts[-1]}), got {rows.min()}..{rows.max()}")
+        shard_of = np.searchsorted(starts, rows, side="right") - 1
+        group = zarr.open_group(self._rows, mode="r")
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            array = _array(group, name)
+            out[name] = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+        for chunk in self.chunks(names, shards=np.unique(shard_of).tolist()):
+            wanted = np.flatnonzero((rows >= chunk.start) & (rows < chunk.start + len(chunk)))
+            for name in names:
+                out[name][wanted] = chunk.arrays[name][rows[wanted] - chunk.start]
+        return out
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array:

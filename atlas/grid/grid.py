@@ -1,4 +1,7 @@
-"""Bin the 2-D layout into a g x g grid and summarise each kept cell.
+"""Bin the 2-D layout into a g x g grid and summarise each kept cell, with every row in memory.
+
+The stage uses :mod:`atlas.grid.streaming`, which reads the store in chunks;
+this version takes arrays (a notebook's, or a test's reference).
 
 Counts come from one ``np.unique``; directions (mean activation) and mean
 attribution from the one chunked per-cell mean (:mod:`atlas.grid.means`);
@@ -53,21 +56,40 @@ def build_grid(
     members_sorted = np.flatnonzero(row_cell >= 0)
     members_sorted = members_sorted[np.argsort(row_cell[members_sorted], kind="stable")]
     starts = np.concatenate([[0], np.cumsum(kept_counts)[:-1]]).astype(np.int64) if len(kept) else np.zeros(0, np.int64)
-    cells: list[dict[str, Any]] = []
-    for n, (flat_cell, start, count) in enumerate(zip(kept, starts, kept_counts)):
-        ci, cj = int(flat_cell % size), int(flat_cell // size)
-        members = members_sorted[start : start + count]
-        cells.append(
-            {
-                "i": ci,
-                "j": cj,
-                "count": int(count),
-                "top_classes": _top_classes(mean_attr[n], labels, top_classes),
-                "icon": icon_file(size, ci, cj),
-                "examples": _examples(members, activation, directions[n], image_id, y, x, n_examples),
-            }
+    cells = [
+        make_cell(
+            size,
+            int(flat_cell),
+            int(count),
+            mean_attr[n],
+            labels,
+            top_classes,
+            _examples(members_sorted[start : start + count], activation, directions[n], image_id, y, x, n_examples),
         )
+        for n, (flat_cell, start, count) in enumerate(zip(kept, starts, kept_counts))
+    ]
     return GridLevel(size, cells, directions, mean_attr)
+
+
+def make_cell(
+    size: int,
+    flat_cell: int,
+    count: int,
+    mean_attribution: np.ndarray,
+    labels: Sequence[str] | None,
+    top_classes: int,
+    examples: list[dict[str, int]],
+) -> dict[str, Any]:
+    """One cells.json entry (before render and examples add theirs): the same for the in-memory and streaming grids."""
+    i, j = flat_cell % size, flat_cell // size
+    return {
+        "i": i,
+        "j": j,
+        "count": count,
+        "top_classes": _top_classes(mean_attribution, labels, top_classes),
+        "icon": icon_file(size, i, j),
+        "examples": examples,
+    }
 
 
 def _top_classes(scores: np.ndarray, labels: Sequence[str] | None, k: int) -> list[dict[str, Any]]:
