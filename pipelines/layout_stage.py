@@ -1,8 +1,9 @@
-"""Layout stage: fit PCA + UMAP on a sample in a worker, place the other rows in parallel chunks."""
+"""Layout stage: fit PCA + UMAP on a sample in a worker, place the other rows in parallel chunks, each task reading its own rows."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from atlas.bundle import COORDS, WHITENING
+from atlas.collect import ActivationStore
 from atlas.config import LayoutConfig
 from atlas.errors import AtlasError
 from atlas.layout import AtlasLayout, Whitening
@@ -19,33 +21,97 @@ from pipelines.stage import Report, Stage, StageCall, file_fingerprint
 from pipelines.worker_state import use_threads
 
 
-def fit_layout_task(sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> AtlasLayout:
+def fit_layout_task(store_path: Path, sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> AtlasLayout:
+    """Runs on a worker, which reads the fit sample from the store itself (the driver never holds the rows)."""
     use_threads(threads)
-    return AtlasLayout.from_config(config, seed).fit(sample)
+    activation = ActivationStore(store_path).take(sample, ("activation",))["activation"]
+    return AtlasLayout.from_config(config, seed).fit(activation)
 
 
-def place_chunk_task(layout: AtlasLayout, chunk: np.ndarray, threads: int) -> np.ndarray:
+@dataclass
+class Placed:
+    """What one placement task returns: coordinates of its rows outside the fit sample, and its share of the moment."""
+
+    rows: np.ndarray  # int64 indices among the N
+    coords: np.ndarray  # float32 [len(rows), 2]
+    moment: np.ndarray  # float64 [C, C]: sum of x x^T over every row of its shards (the whitening's input)
+    count: int
+
+
+def place_shards_task(layout: AtlasLayout | None, store_path: Path, shards: list[int], fitted: np.ndarray, threads: int) -> Placed:
+    """Runs on a worker: reads its shards from the store, places the rows not in ``fitted``, sums their moment."""
     use_threads(threads)
-    return layout.transform(chunk)
+    store = ActivationStore(store_path)
+    rows, coords, moment, count = [], [], None, 0
+    for chunk in store.chunks(("activation",), shards):
+        x = chunk.arrays["activation"]
+        product = x.T.astype(np.float64) @ x.astype(np.float64)
+        moment = product if moment is None else moment + product
+        count += len(x)
+        if layout is not None:
+            index = np.arange(chunk.start, chunk.start + len(x))
+            new = ~np.isin(index, fitted, assume_unique=True)
+            rows.append(index[new])
+            coords.append(layout.transform(x[new]))
+    channels = store.layout().channels
+    return Placed(
+        np.concatenate(rows) if rows else np.zeros(0, np.int64),
+        np.concatenate(coords) if coords else np.zeros((0, 2), np.float32),
+        moment if moment is not None else np.zeros((channels, channels)),
+        count,
+    )
 
 
-def compute_layout(executor: Callable[[], Executor], activation: np.ndarray, config: LayoutConfig, seed: int) -> np.ndarray:
-    """Coordinates in [0, 1] for every row; rows outside the fit sample are placed by ``transform``."""
-    n = len(activation)
+def shard_groups(starts: np.ndarray, rows_per_task: int) -> list[list[int]]:
+    """Consecutive shards holding about ``rows_per_task`` rows each: one placement task apiece."""
+    groups: list[list[int]] = [[]]
+    held = 0
+    for shard in range(len(starts) - 1):
+        n = int(starts[shard + 1] - starts[shard])
+        if not n:
+            continue
+        if groups[-1] and held + n > rows_per_task:
+            groups.append([])
+            held = 0
+        groups[-1].append(shard)
+        held += n
+    return [g for g in groups if g]
+
+
+def compute_layout(
+    executor: Callable[[], Executor], store: ActivationStore, config: LayoutConfig, seed: int, place: bool = True
+) -> tuple[np.ndarray | None, Whitening]:
+    """Coordinates in [0, 1] for every row (``place``: else None) and the whitening, with workers reading the store.
+
+    The fit sample is drawn on the driver (indices only) and read by the worker that fits; every other row is
+    placed by tasks that each read their own shards, and those tasks also sum the second moment for the whitening.
+    """
+    starts = store.shard_starts()
+    n = int(starts[-1])
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=min(n, config.fit_sample), replace=False))
     ex = executor()
-    fitted: AtlasLayout = ex.submit(fit_layout_task, activation[sample], config, seed, ex.threads_per_task).result()
-    coords = np.empty((n, 2), dtype=np.float32)
-    coords[sample] = fitted.fitted_coords_
-    rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
-    if len(rest):
-        fitted_ref = ex.scatter(fitted)
-        pieces = [rest[i : i + config.chunk_size] for i in range(0, len(rest), config.chunk_size)]
-        futures = {ex.submit(place_chunk_task, fitted_ref, activation[p], ex.threads_per_task): p for p in pieces}
-        for future in tqdm(ex.as_completed(list(futures)), total=len(futures), desc="layout", unit="chunk"):
-            coords[futures[future]] = future.result()
-    return coords
+    coords = np.empty((n, 2), dtype=np.float32) if place else None
+    fitted: AtlasLayout | None = None
+    if coords is not None:
+        fitted = ex.submit(fit_layout_task, store.path, sample, config, seed, ex.threads_per_task).result()
+        coords[sample] = fitted.fitted_coords_
+    fitted_ref = ex.scatter(fitted)
+    groups = shard_groups(starts, config.chunk_size)
+    futures = []
+    for shards in groups:
+        lo, hi = starts[shards[0]], starts[shards[-1] + 1]
+        mine = sample[(sample >= lo) & (sample < hi)]
+        futures.append(ex.submit(place_shards_task, fitted_ref, store.path, shards, mine, ex.threads_per_task))
+    moment, count = None, 0
+    for future in tqdm(ex.as_completed(futures), total=len(futures), desc="layout", unit="chunk"):
+        placed: Placed = future.result()
+        if coords is not None:
+            coords[placed.rows] = placed.coords
+        moment = placed.moment if moment is None else moment + placed.moment
+        count += placed.count
+    assert moment is not None and count == n
+    return coords, Whitening.from_config(config).fit_moment(moment, count)
 
 
 # --- the stage ------------------------------------------------------------------------------------
@@ -62,13 +128,13 @@ def layout(call: StageCall) -> Report:
     """Coordinates for every row (UMAP, or ``layout.coords`` made elsewhere) and the renderer's whitening."""
     run = call.run
     config = run.config.layout
-    activation = run.bundle.rows().activation
-    if config.coords is not None:
-        coords = given_coords(config.coords, len(activation))
-    else:
-        coords = compute_layout(run.executor, activation, config, run.config.seed)
+    store = run.bundle.store()
+    given = given_coords(config.coords, store.count()) if config.coords is not None else None
+    placed, whitening = compute_layout(run.executor, store, config, run.config.seed, place=given is None)
+    coords = given if given is not None else placed
+    assert coords is not None
     run.bundle.write_coords(coords)
-    run.bundle.write_whitening(Whitening.from_config(config).fit(activation).matrix_)
+    run.bundle.write_whitening(whitening.matrix_)
     return {"coords": COORDS, "whitening": WHITENING}
 
 

@@ -34,11 +34,18 @@ class Whitening(TransformerMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: None = None) -> Whitening:
         """Learn ``matrix_`` ([C, C] float32) from ``X`` ([N, C] activations, N >= 1)."""
+        x = check_array(X, dtype=np.float64)
+        return self.fit_moment(x.T @ x, len(x))
+
+    def fit_moment(self, moment_sum: np.ndarray, n: int) -> Whitening:
+        """Learn ``matrix_`` from ``sum_i x_i x_i^T`` over ``n`` rows: sums of chunks add up, so no one holds every row."""
         if not isinstance(self.eps, Real) or isinstance(self.eps, bool) or not np.isfinite(self.eps) or self.eps <= 0:
             raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")
-        x = check_array(X, dtype=np.float64)
-        self.n_features_in_ = x.shape[1]
-        second_moment = x.T @ x / len(x)
+        moment_sum = np.asarray(moment_sum, dtype=np.float64)
+        if moment_sum.ndim != 2 or moment_sum.shape[0] != moment_sum.shape[1] or n < 1:
+            raise ValueError(f"expected a square [C, C] moment sum over n >= 1 rows, got shape {moment_sum.shape} and n={n}")
+        self.n_features_in_ = moment_sum.shape[1]
+        second_moment = moment_sum / n
         scale = np.trace(second_moment) / max(len(second_moment), 1)
         regularised = second_moment + self.eps * max(scale, 1e-12) * np.eye(len(second_moment))
         self.matrix_ = np.linalg.inv(regularised).astype(np.float32)
