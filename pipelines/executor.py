@@ -28,6 +28,10 @@ class Executor(Protocol):
 
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]: ...
 
+    def warm(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` once on every worker now, without waiting: later tasks find what it loaded."""
+        ...
+
 
 class _Deferred:
     """A task that runs when its result is first asked for, so progress bars advance in-process too."""
@@ -63,11 +67,20 @@ class InProcessExecutor:
             future.result()
             yield future
 
+    def warm(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Nothing to warm: the first task loads what it needs, in this process."""
+
 
 class DaskExecutor:
     def __init__(self, client: Any, threads_per_task: int) -> None:
         self.client = client
         self.threads_per_task = threads_per_task
+        self._warming: list[Any] = []  # held so Dask does not drop the tasks before they run
+
+    def warm(self, fn: Callable[..., Any], *args: Any) -> None:
+        """One task pinned to each worker, queued ahead of the stage's tasks (a worker runs one task at a time)."""
+        for address in self.client.scheduler_info().get("workers", {}):
+            self._warming.append(self.client.submit(fn, *args, workers=[address], allow_other_workers=False, pure=False))
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.client.submit(fn, *args, pure=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from atlas.bundle import IMAGES, Bundle
+from atlas.bundle import IMAGES, Bundle, stage_marker
 from atlas.collect import layer_shape
 from atlas.config import AtlasConfig
 from atlas.errors import AtlasError
@@ -32,6 +32,7 @@ from pipelines.layout_stage import LAYOUT
 from pipelines.render_stage import RENDER
 from pipelines.stage import Stage, check_order, run_stages
 from pipelines.tiles_stage import TILES_STAGE
+from pipelines.worker_state import warm_worker
 
 STAGES: tuple[Stage, ...] = (COLLECT, LAYOUT, GRID, RENDER, EXAMPLES_STAGE, TILES_STAGE)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
@@ -63,16 +64,19 @@ def run_atlas(
     source = open_source(config.images)
     if hasattr(source, "size_hint"):
         source.size_hint = prep.input_size
-    started = time.perf_counter()
-    shards = source.plan(bundle.path(IMAGES), config.collect.n_images, config.collect.shard_size)
-    if not shards:
-        raise AtlasError(f"images.source {config.images.source!r}: no images found; point it at a folder of images")
-    log(f"[images] {sum(s.count for s in shards)} images in {len(shards)} shards ({time.perf_counter() - started:.1f} s to list)")
-
     with ExitStack() as stack:
+        executor = executor or LazyExecutor(config.scheduler, stack, log)
+        if not bundle.path(stage_marker(COLLECT.name)).exists():
+            # A first run will collect: start the workers loading the model while this process lists the images.
+            started_executor = executor()
+            started_executor.warm(warm_worker, config.model, started_executor.threads_per_task)
+        started = time.perf_counter()
+        shards = source.plan(bundle.path(IMAGES), config.collect.n_images, config.collect.shard_size)
+        if not shards:
+            raise AtlasError(f"images.source {config.images.source!r}: no images found; point it at a folder of images")
+        log(f"[images] {sum(s.count for s in shards)} images in {len(shards)} shards ({time.perf_counter() - started:.1f} s to list)")
         run = RunInputs(
-            config, bundle, model, layer, shape, n_classes, _class_names(model, source, n_classes), source, shards,
-            executor or LazyExecutor(config.scheduler, stack, log), log,
+            config, bundle, model, layer, shape, n_classes, _class_names(model, source, n_classes), source, shards, executor, log
         )  # fmt: skip
         records = run_stages(STAGES, run, until)
     manifest = assemble(run, records)

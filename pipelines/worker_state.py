@@ -29,3 +29,9 @@ def _model(model_json: str, files: str | None) -> tuple[LoadedModel, torch.nn.Mo
 
 def model_and_layer(config: ModelConfig) -> tuple[LoadedModel, torch.nn.Module]:
     return _model(config.model_dump_json(), model_files_identity(config.spec))
+
+
+def warm_worker(config: ModelConfig, threads: int) -> None:
+    """A worker's first task: set its threads and load the model, while the driver is still listing images."""
+    use_threads(threads)
+    model_and_layer(config)
