@@ -56,6 +56,24 @@ def cells_file(grid: int) -> str:
     return f"{level_dir(grid)}/cells.json"
 
 
+CELL_BLOCK = 16  # cells per side of one block of the viewer's per-region cell files
+
+
+def cell_block_file(grid: int, block_i: int, block_j: int) -> str:
+    """assemble: the cells.json entries of cells i in [16 bi, 16 bi + 16), j likewise, for the viewer to load by region."""
+    return f"{level_dir(grid)}/blocks/{block_i}_{block_j}.json"
+
+
+def cell_block_pattern(grid: int) -> str:
+    """The block files' names with ``{bi}`` and ``{bj}`` for the viewer to fill in."""
+    return f"{level_dir(grid)}/blocks/{{bi}}_{{bj}}.json"
+
+
+def cell_index_file(grid: int) -> str:
+    """assemble: int32 [g, g], the position in cells.json of the cell at row j, column i, or -1 where none was kept."""
+    return f"{level_dir(grid)}/cell_index.npy"
+
+
 def grid_cells_file(grid: int) -> str:
     """grid: each kept cell's position, count, top classes, icon path and example rows."""
     return f"{level_dir(grid)}/grid.json"
@@ -239,6 +257,32 @@ class Bundle:
 
     def write_cells(self, grid: int, cells: list[dict[str, Any]]) -> None:
         write_json(self.path(cells_file(grid)), cells)
+
+    def write_viewer_cells(self, grid: int, cells: list[dict[str, Any]]) -> dict[str, Any]:
+        """The viewer's split of one grid's cells: a block file per 16 x 16 region that has cells, and the cell index.
+
+        The page loads only the blocks it shows and reads the index (4 bytes a cell) for the class heatmap, so a
+        320 x 320 grid never has to be parsed whole. Returns the level's manifest entries that point at them.
+        """
+        index = np.full((grid, grid), -1, np.int32)
+        blocks: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for n, cell in enumerate(cells):
+            index[cell["j"], cell["i"]] = n
+            blocks.setdefault((cell["i"] // CELL_BLOCK, cell["j"] // CELL_BLOCK), []).append({**cell, "n": n})
+        folder = self.path(f"{level_dir(grid)}/blocks")
+        stale = {p.name for p in folder.glob("*.json")} if folder.is_dir() else set()
+        for (bi, bj), members in blocks.items():
+            path = self.path(cell_block_file(grid, bi, bj))
+            stale.discard(path.name)
+            if not path.is_file() or read_json(path) != members:
+                write_json(path, members)
+        for name in stale:  # blocks of an earlier run's cells
+            (folder / name).unlink()
+        write_npy(self.path(cell_index_file(grid)), index)
+        return {
+            "cell_index": cell_index_file(grid),
+            "cell_blocks": {"size": CELL_BLOCK, "files": cell_block_pattern(grid), "present": sorted([bi, bj] for bi, bj in blocks)},
+        }
 
     def level(self, grid: int) -> Level:
         if grid not in self.grids:

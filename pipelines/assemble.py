@@ -1,5 +1,9 @@
 """The last step of every run: join the stages' outputs into ``cells.json`` and ``manifest.json``, once.
 
+It also splits each grid's cells for the viewer (a file per 16 x 16 block of
+cells, and an index of where each cell is), so the page never loads a fine
+grid whole.
+
 ``cells.json`` of a grid is the grid stage's cells, with render's fidelity per
 cell and the examples stage's patches linked, for whichever of those stages
 this run reached; the manifest is a base describing the run, merged with what
@@ -24,14 +28,17 @@ VERSIONED = ("activation-atlas", "torch", "torchvision", "timm", "umap-learn", "
 def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
     """Write every grid's ``cells.json``, the viewer (once tiles exist) and ``manifest.json``; returns the manifest."""
     bundle, config = run.bundle, run.config
+    viewer_levels = []
     if "grid" in records:
         patches = bundle.patches() if "examples" in records else None
         for size in config.grid.sizes:
             cells = joined_cells(bundle, size, "render" in records, patches, config.tiles.examples_per_cell)
             _write_if_changed(bundle, size, cells)
+            viewer_levels.append({"grid": size, **bundle.write_viewer_cells(size, cells)})
     if "tiles" in records:
         install_viewer(bundle)
-    manifest = merge_reports(base_manifest(run), *(record.report for record in records.values()))
+    reports = [record.report for record in records.values()]
+    manifest = merge_reports(base_manifest(run), *reports, {"levels": viewer_levels})
     if "render" in manifest:
         manifest["render"]["seconds"] = records["render"].seconds
     if "tiles" in records:

@@ -5,7 +5,7 @@ whose decoded path has a ``..`` or ``.`` segment, an empty segment (``//etc``),
 a backslash or a NUL is refused (403/400); a path that resolves, through
 symlinks, outside the folder is refused (403); folders are never listed (a
 folder named with a trailing slash serves its ``index.html``, anything else is 404); dot-files (stage markers) are
-404. Only GET and HEAD are answered.
+404. Only GET and HEAD are answered; a single byte ``Range`` is honoured (206), as static servers and object stores do.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import contextlib
 import errno
 import mimetypes
 import os
-import shutil
 import socket
 import sys
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from atlas.errors import AtlasError
@@ -109,21 +109,67 @@ def make_handler(root: Path, log: Callable[[str], None] | None = None) -> type[B
                 return
             with handle:
                 size = os.fstat(handle.fileno()).st_size
-                self.send_response(HTTPStatus.OK)
+                span = byte_range(self.headers.get("Range"), size)
+                if span == "unsatisfiable":
+                    self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start, end = span if span is not None else (0, size - 1)
+                self.send_response(HTTPStatus.PARTIAL_CONTENT if span is not None else HTTPStatus.OK)
                 self.send_header("Content-Type", content_type(path))
-                self.send_header("Content-Length", str(size))
+                self.send_header("Content-Length", str(end - start + 1))
+                if span is not None:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Cache-Control", "no-cache")
                 self.send_header("X-Content-Type-Options", "nosniff")
                 self.end_headers()
                 if body:
+                    handle.seek(start)
                     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the browser moved on (a tile left the view)
-                        shutil.copyfileobj(handle, self.wfile, 1 << 16)
+                        _copy(handle, self.wfile, end - start + 1)
 
         def log_message(self, format: str, *args: object) -> None:
             if log is not None:
                 log(f"{self.address_string()} {format % args}")
 
     return BundleHandler
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """One ``bytes=a-b`` / ``a-`` / ``-n`` range as inclusive (start, end), "unsatisfiable", or None (serve it whole).
+
+    The viewer reads one class's column of a grid's attribution this way. Several ranges, or a header that is not
+    a byte range, get the whole file, which RFC 9110 allows.
+    """
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[len("bytes=") :].strip().partition("-")
+    try:
+        if first == "":
+            if not last:
+                return None
+            start, end = max(0, size - int(last)), size - 1  # the last n bytes
+        else:
+            start, end = int(first), (int(last) if last else size - 1)
+    except ValueError:
+        return None
+    if start < 0 or end < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(end, size - 1)
+
+
+def _copy(source: BinaryIO, target: BinaryIO, length: int) -> None:
+    while length > 0:
+        data = source.read(min(length, 1 << 16))
+        if not data:
+            return
+        target.write(data)
+        length -= len(data)
 
 
 def content_type(path: str) -> str:

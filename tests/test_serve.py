@@ -115,3 +115,39 @@ def test_serve_refuses_a_busy_port_and_a_folder_without_a_viewer(tmp_path: Path)
         open_server(empty, port=0)
     with pytest.raises(AtlasError, match="no such folder"):
         open_server(tmp_path / "nowhere", port=0)
+
+
+def ranged_get(port: int, target: str, byte_range: str) -> tuple[int, bytes, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", target, headers={"Range": byte_range})
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response.status, body, dict(response.getheaders())
+
+
+@pytest.mark.parametrize(
+    ("byte_range", "status", "part"),
+    [
+        ("bytes=0-4", 206, slice(0, 5)),
+        ("bytes=9-", 206, slice(9, None)),
+        ("bytes=-6", 206, slice(-6, None)),
+        ("bytes=30-1000", 206, slice(30, None)),  # an end past the file is cut to it
+        ("bytes=5-2", 200, slice(None)),  # not a valid range: the whole file
+        ("bytes=0-1,4-5", 200, slice(None)),  # several ranges: the whole file, which RFC 9110 allows
+        ("items=0-4", 200, slice(None)),
+    ],
+)
+def test_serve_answers_a_byte_range(served: int, byte_range: str, status: int, part: slice) -> None:
+    whole = b'{"format": "activation-atlas/1"}'
+    got_status, body, headers = ranged_get(served, "/manifest.json", byte_range)
+    assert got_status == status and body == whole[part], (got_status, body)
+    assert headers["Accept-Ranges"] == "bytes" and int(headers["Content-Length"]) == len(body)
+    if status == 206:
+        start = len(whole) - len(body) if byte_range.startswith("bytes=-") else int(byte_range[6:].split("-")[0])
+        assert headers["Content-Range"] == f"bytes {start}-{start + len(body) - 1}/{len(whole)}"
+
+
+def test_serve_refuses_a_range_past_the_end(served: int) -> None:
+    status, body, headers = ranged_get(served, "/manifest.json", "bytes=500-600")
+    assert status == 416 and body == b"" and headers["Content-Range"] == "bytes */32"

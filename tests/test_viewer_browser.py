@@ -226,7 +226,7 @@ class Visit:
               const box = document.getElementById('atlas').getBoundingClientRect();
               const cx = box.left + box.width / 2, cy = box.top + box.height / 2;
               let best = null;
-              for (const c of level.cellList) {
+              for (const c of a.keptCells(level.grid)) {
                 const p = a.cellCenter(level.grid, c.i, c.j);
                 const inside = p.x > box.left + 4 && p.x < box.right - 4 && p.y > box.top + 4 && p.y < box.bottom - 4;
                 const d = (p.x - cx) ** 2 + (p.y - cy) ** 2;
@@ -378,3 +378,38 @@ def _refresh_docs_screenshot(screenshot: Path) -> None:
             break
     shutil.move(temp, DOCS_SCREENSHOT)
     assert DOCS_SCREENSHOT.stat().st_size < 300_000
+
+
+def test_the_page_loads_cells_by_block_and_one_class_at_a_time(browser: Any, server_url: str, bundle: Path) -> None:
+    """A fine grid is never fetched whole: the cell index, the blocks in view, and one class's column of attribution."""
+    visit = Visit(browser, server_url, viewport={"width": 1200, "height": 760})
+    page = visit.page
+    page.select_option("#grid-select", "4")
+    page.wait_for_function("window.atlas.currentGrid() === 4")
+    visit.settle()
+    page.wait_for_load_state("networkidle")
+    assert visit.requested("/levels/4/cell_index.npy") and visit.requested("/levels/4/blocks/")
+    assert not visit.requested("/cells.json"), "cells.json is for other tools; the page reads the split files"
+    index = np.load(bundle / "levels" / "4" / "cell_index.npy")
+    kept = page.evaluate("window.atlas.keptCells(4)")
+    rows, columns = np.nonzero(index >= 0)
+    assert sorted((c["i"], c["j"]) for c in kept) == sorted(zip(columns.tolist(), rows.tolist()))
+
+    target = visit.centre_cell()
+    page.mouse.move(target["x"], target["y"])
+    page.locator("#tip").wait_for(state="visible")
+    assert cell_on_disk(bundle, 4, target["i"], target["j"])["top_classes"][0]["label"] in page.inner_text("#tip")
+
+    label = page.inner_text("#tip .tip-title")
+    page.fill("#class-search", label)
+    page.keyboard.press("Enter")
+    page.locator("#legend").wait_for(state="visible")
+    ranges = page.evaluate(
+        "performance.getEntriesByType('resource').filter(e => e.name.includes('attribution.npy')).map(e => e.transferSize)"
+    )
+    attribution = bundle / "levels" / "4" / "attribution.npy"
+    statuses = [status for status, url in visit.responses if url.endswith("/levels/4/attribution.npy")]
+    assert statuses and set(statuses) == {206}, statuses  # the header, then one class's column: Range requests only
+    assert len(ranges) == 2 and max(ranges) < attribution.stat().st_size, (ranges, attribution.stat().st_size)
+    visit.assert_clean()
+    visit.close()

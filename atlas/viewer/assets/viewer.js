@@ -1,11 +1,15 @@
 /* atlas viewer: every grid of the bundle as a Deep Zoom layer; zooming in shows finer grids.
  *
- * Reads manifest.json (levels with their .dzi, cells.json and attribution.npy), opens all
+ * Reads manifest.json (levels with their .dzi, cell index, cell blocks and attribution.npy), opens all
  * pyramids in one OpenSeadragon world (each 1 unit wide) and shows the grid that suits the
  * zoom: the coarsest at the whole-atlas view, then each finer grid once its cells would be
  * drawn at least SWITCH times the coarsest grid's cell size at home. Hidden grids load nothing.
  * Hover: a cell's top classes, count and icon fidelity. Click: side panel with the icon and the
  * dataset example patches. Class search: cells dimmed by their mean attribution to that class.
+ * A grid's cells are never loaded whole: its cell index (int32 per cell position) says which cells
+ * exist, the cells' details come in 16 x 16 blocks as they are shown or hovered, and the heatmap
+ * reads one class's column of attribution.npy with an HTTP Range request. Bundles written before
+ * the split (no cell_index in the manifest) load cells.json whole, as before.
  * The view (grid, centre, zoom, selected cell, class) lives in the URL hash.
  */
 (function () {
@@ -98,7 +102,7 @@
     viewer.addHandler("zoom", function () { if (!locked) chooseGrid(); });
     viewer.addHandler("update-viewport", drawOverlay);
     viewer.addHandler("resize", function () { setZoomLimit(); if (!locked) chooseGrid(); drawOverlay(); });
-    viewer.addHandler("animation-finish", function () { updateStatus(); writeHash(); });
+    viewer.addHandler("animation-finish", function () { updateStatus(); writeHash(); prefetchBlocks(); });
     viewer.addHandler("canvas-click", function (e) {
       if (!e.quick) return;
       e.preventDefaultAction = true;
@@ -110,7 +114,7 @@
       moveHandler: function (e) {
         if (e.pointerType === "touch") return;
         var hit = cellAt(e.position);
-        hovered = hit && hit.cell ? hit : null;
+        hovered = hit && (hit.cell || hit.pending) ? hit : null;
         showTip(hovered, e.originalEvent);
         drawOverlay();
       },
@@ -181,6 +185,7 @@
       viewer.world.getItemAt(n).setOpacity(n === k || n === k - 1 ? 1 : 0);
     }
     loadCells(levels[k]).then(function () {
+      prefetchBlocks();
       updateStatus();
       if (heat) setClass(heat.query);
       drawOverlay();
@@ -191,29 +196,96 @@
     writeHash();
   }
 
+  function fetchOk(url, init) {
+    return fetch(url, init).then(function (r) { if (!r.ok) throw new Error(url + ": HTTP " + r.status); return r; });
+  }
+
+  function indexCells(level, cells) {
+    cells.forEach(function (c, k) { if (c.n === undefined) c.n = k; level.cellMap.set(c.i + "_" + c.j, c); });
+  }
+
+  // What a grid needs before hover and the heatmap work: which cells exist, and where each is in the level's arrays.
   function loadCells(level) {
     if (!level.cellsPromise) {
-      level.cellsPromise = fetch(level.cells)
-        .then(function (r) { if (!r.ok) throw new Error(level.cells + ": HTTP " + r.status); return r.json(); })
-        .then(function (cells) {
-          level.cellList = cells;
-          level.cellMap = new Map();
-          cells.forEach(function (c, n) { c.n = n; level.cellMap.set(c.i + "_" + c.j, c); });
-          level.cellsLoaded = true;
-          return level;
-        })
+      level.cellMap = new Map();
+      level.blocks = new Map();
+      level.cellsPromise = (level.cell_index
+        ? fetchOk(level.cell_index).then(function (r) { return r.arrayBuffer(); }).then(function (buffer) {
+            var npy = parseNpy(buffer, "<i4");
+            level.index = npy.data;
+            level.keptCount = level.n_cells;
+          })
+        : fetchOk(level.cells).then(function (r) { return r.json(); }).then(function (cells) {  // an older bundle
+            var index = new Int32Array(level.grid * level.grid).fill(-1);
+            cells.forEach(function (c, n) { index[c.j * level.grid + c.i] = n; });
+            level.index = index;
+            level.keptCount = cells.length;
+            indexCells(level, cells);
+            level.wholeCells = true;
+          }))
+        .then(function () { level.cellsLoaded = true; prefetchBlocks(); return level; })
         .catch(function (err) { fail(err.message); });
     }
     return level.cellsPromise;
   }
 
+  function cellIndex(level, i, j) {
+    if (!level.index || i < 0 || j < 0 || i >= level.grid || j >= level.grid) return -1;
+    return level.index[j * level.grid + i];
+  }
+
+  // The block of cells holding (i, j): fetched once, then every cell in it is in level.cellMap.
+  function loadBlock(level, i, j) {
+    if (level.wholeCells || !level.cell_blocks) return Promise.resolve(level);
+    var size = level.cell_blocks.size, bi = Math.floor(i / size), bj = Math.floor(j / size), key = bi + "_" + bj;
+    if (!level.blocks.has(key)) {
+      var url = level.cell_blocks.files.replace("{bi}", bi).replace("{bj}", bj);
+      level.blocks.set(key, fetchOk(url).then(function (r) { return r.json(); })
+        .then(function (cells) { indexCells(level, cells); return level; })
+        .catch(function (err) { level.blocks.delete(key); fail(err.message); }));
+    }
+    return level.blocks.get(key);
+  }
+
+  // The blocks of the cells on screen, so hovering them needs no request (at most MAX_PREFETCH per view).
+  var MAX_PREFETCH = 64;
+  function prefetchBlocks() {
+    var level = levels[current];
+    if (!viewer || !level || !level.index || level.wholeCells || !level.cell_blocks) return;
+    var bounds = viewer.viewport.getBounds(true), g = level.grid, size = level.cell_blocks.size;
+    var i0 = Math.max(0, Math.floor(bounds.x * g)), i1 = Math.min(g - 1, Math.floor((bounds.x + bounds.width) * g));
+    var j0 = Math.max(0, Math.floor(bounds.y * g)), j1 = Math.min(g - 1, Math.floor((bounds.y + bounds.height) * g));
+    var present = level.presentBlocks || (level.presentBlocks = new Set(level.cell_blocks.present.map(function (b) { return b[0] + "_" + b[1]; })));
+    var wanted = 0;
+    for (var bj = Math.floor(j0 / size); bj <= Math.floor(j1 / size); bj++) {
+      for (var bi = Math.floor(i0 / size); bi <= Math.floor(i1 / size); bi++) {
+        if (!present.has(bi + "_" + bj) || level.blocks.has(bi + "_" + bj)) continue;
+        if (++wanted > MAX_PREFETCH) return;
+        loadBlock(level, bi * size, bj * size).then(function () { if (hovered) showTip(hovered, null); });
+      }
+    }
+  }
+
   function cellAt(position) {
     var level = levels[current];
-    if (!level || !level.cellMap) return null;
+    if (!level || !level.index) return null;
     var p = viewer.viewport.viewerElementToViewportCoordinates(position);
     if (p.x < 0 || p.y < 0 || p.x >= 1 || p.y >= 1) return null;
     var i = Math.floor(p.x * level.grid), j = Math.floor(p.y * level.grid);
-    return { grid: level.grid, i: i, j: j, cell: level.cellMap.get(i + "_" + j) || null };
+    if (cellIndex(level, i, j) < 0) return { grid: level.grid, i: i, j: j, cell: null };
+    var cell = level.cellMap.get(i + "_" + j) || null;
+    var hit = { grid: level.grid, i: i, j: j, cell: cell };
+    if (!cell) {  // its block is on its way: show the tip when it lands, if the pointer is still there
+      hit.pending = true;
+      loadBlock(level, i, j).then(function () {
+        if (hovered && hovered.grid === hit.grid && hovered.i === i && hovered.j === j) {
+          hovered.cell = level.cellMap.get(i + "_" + j) || null;
+          hovered.pending = false;
+          showTip(hovered, null);
+        }
+      });
+    }
+    return hit;
   }
 
   /* ---- hover and panel ---- */
@@ -226,7 +298,7 @@
 
   function fidelityText(cell, level) {
     if (!cell.fidelity) return "";
-    return "icon fidelity: cosine " + fmt(cell.fidelity.cosine, 2) + ", rank " + (cell.fidelity.rank + 1) + " of " + level.cellList.length;
+    return "icon fidelity: cosine " + fmt(cell.fidelity.cosine, 2) + ", rank " + (cell.fidelity.rank + 1) + " of " + level.keptCount;
   }
 
   function escapeHtml(text) {
@@ -235,9 +307,12 @@
     });
   }
 
+  var lastPointer = null;
   function showTip(hit, event) {
     var tip = $("tip");
+    if (event) lastPointer = { clientX: event.clientX, clientY: event.clientY };
     if (!hit || !hit.cell) { tip.hidden = true; return; }
+    event = event || lastPointer;
     var cell = hit.cell, level = levels[current];
     var classes = (cell.top_classes || []).slice(0, 5).map(function (c) {
       return "<li>" + escapeHtml(c.label) + " <span class=\"muted\">" + fmt(c.score) + "</span></li>";
@@ -248,6 +323,7 @@
       "<div>average of " + cell.count + " activation" + (cell.count === 1 ? "" : "s") + "</div>" +
       "<div class=\"muted\">" + escapeHtml(fidelityText(cell, level)) + "</div>" +
       (heat && heat.values && heat.grid === level.grid ? "<div>" + escapeHtml(heat.label) + ": " + fmt(heat.values[cell.n]) + "</div>" : "");
+    atlas.lastTip = { grid: hit.grid, i: hit.i, j: hit.j, at: performance.now() };
     tip.hidden = false;
     if (event) {
       var x = event.clientX + 16, y = event.clientY + 16;
@@ -266,7 +342,7 @@
   function select_(grid, i, j) {
     var level = levelOf(grid);
     if (!level) return;
-    loadCells(level).then(function () {
+    loadCells(level).then(function () { return loadBlock(level, i, j); }).then(function () {
       var cell = level.cellMap && level.cellMap.get(i + "_" + j);
       if (!cell) { closePanel(); return; }
       selected = { grid: grid, i: i, j: j };
@@ -352,49 +428,95 @@
     return sign * (1 + fraction / 1024) * Math.pow(2, exponent - 15);
   }
 
-  function parseNpy(buffer) {
+  function npyHeader(buffer) {
     var bytes = new Uint8Array(buffer);
-    if (bytes[0] !== 0x93 || String.fromCharCode.apply(null, bytes.slice(1, 6)) !== "NUMPY") throw new Error("not a .npy file");
+    if (bytes.length < 10 || bytes[0] !== 0x93 || String.fromCharCode.apply(null, bytes.slice(1, 6)) !== "NUMPY") throw new Error("not a .npy file");
     var major = bytes[6];
     var view = new DataView(buffer);
     var headerLength = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
     var start = major === 1 ? 10 : 12;
+    if (bytes.length < start + headerLength) return null;  // a longer header than was read
     var header = new TextDecoder().decode(bytes.slice(start, start + headerLength));
-    var descr = /'descr':\s*'([^']+)'/.exec(header)[1];
-    var fortran = /'fortran_order':\s*True/.test(header);
-    var shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").filter(function (s) { return s.trim(); }).map(Number);
-    if (descr !== "<f2") throw new Error("attribution: expected float16, got " + descr);
-    return { shape: shape, fortran: fortran, data: new Uint16Array(buffer, start + headerLength) };
+    return {
+      descr: /'descr':\s*'([^']+)'/.exec(header)[1],
+      fortran: /'fortran_order':\s*True/.test(header),
+      shape: /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").filter(function (s) { return s.trim(); }).map(Number),
+      offset: start + headerLength
+    };
   }
 
+  function parseNpy(buffer, descr) {
+    var head = npyHeader(buffer);
+    if (!head) throw new Error("truncated .npy file");
+    if (head.descr !== descr) throw new Error("expected " + descr + " data, got " + head.descr);
+    var Kind = descr === "<f2" ? Uint16Array : Int32Array;
+    return { shape: head.shape, fortran: head.fortran, data: new Kind(buffer, head.offset) };
+  }
+
+  // The attribution file's header (one small Range request); a server that ignores Range sends it whole, which is kept.
   function loadAttribution(level) {
     if (!level.attribution) return Promise.resolve(null);
     if (!level.attributionPromise) {
-      level.attributionPromise = fetch(level.attribution)
-        .then(function (r) { if (!r.ok) throw new Error(level.attribution + ": HTTP " + r.status); return r.arrayBuffer(); })
-        .then(function (buffer) {
-          var npy = parseNpy(buffer);
-          level.attributionShape = npy.shape;
+      level.attributionPromise = fetchOk(level.attribution, { headers: { Range: "bytes=0-4095" } })
+        .then(function (r) { return Promise.all([r.status, r.arrayBuffer()]); })
+        .then(function (got) {
+          var head = npyHeader(got[1]);
+          if (!head) throw new Error(level.attribution + ": header longer than 4 KiB");
+          if (head.descr !== "<f2") throw new Error("attribution: expected float16, got " + head.descr);
+          level.attributionShape = head.shape;
+          if (got[0] === 200) head.whole = new Uint16Array(got[1], head.offset);
           if (!labels && !$("class-list").options.length) fillClassList();
-          return npy;
+          return head;
         });
     }
     return level.attributionPromise;
   }
 
+  // One class's mean attribution for every cell of the level: a contiguous column of the Fortran-order file.
+  function classColumn(level, head, k) {
+    head.columns = head.columns || new Map();  // the last few classes asked for, so Enter then change reads once
+    if (!head.columns.has(k)) {
+      if (head.columns.size >= 8) head.columns.delete(head.columns.keys().next().value);
+      head.columns.set(k, readColumn(level, head, k));
+    }
+    return head.columns.get(k);
+  }
+
+  function readColumn(level, head, k) {
+    var n = head.shape[0], classes = head.shape[1];
+    function column(data, fortran) {
+      var values = new Float32Array(n);
+      for (var c = 0; c < n; c++) values[c] = halfToFloat(fortran ? data[k * n + c] : data[c * classes + k]);
+      return values;
+    }
+    if (head.whole) return Promise.resolve(column(head.whole, head.fortran));
+    if (!head.fortran) {  // rows of classes: no contiguous column, read it whole once
+      return fetchOk(level.attribution).then(function (r) { return r.arrayBuffer(); })
+        .then(function (buffer) { head.whole = new Uint16Array(buffer, head.offset); return column(head.whole, false); });
+    }
+    var first = head.offset + k * n * 2, last = first + n * 2 - 1;
+    return fetchOk(level.attribution, { headers: { Range: "bytes=" + first + "-" + last } })
+      .then(function (r) { return Promise.all([r.status, r.arrayBuffer()]); })
+      .then(function (got) {
+        if (got[0] === 200) { head.whole = new Uint16Array(got[1], head.offset); return column(head.whole, true); }
+        var values = new Float32Array(n), data = new Uint16Array(got[1]);
+        for (var c = 0; c < n; c++) values[c] = halfToFloat(data[c]);
+        return values;
+      });
+  }
+
   function setClass(text) {
     var level = levels[current];
     if (!text || !text.trim()) { heat = null; $("legend").hidden = true; drawOverlay(); writeHash(); return; }
-    loadAttribution(level).then(function (npy) {
-      if (!npy) { heat = null; showLegend("This atlas has no class attribution (collect.attribution was off)."); return; }
+    loadAttribution(level).then(function (head) {
+      if (!head) { heat = null; showLegend("This atlas has no class attribution (collect.attribution was off)."); return; }
       var k = findClass(text);
-      var n = npy.shape[0], classes = npy.shape[1];
-      if (k < 0 || k >= classes) { heat = null; showLegend("No class matches \u201c" + text + "\u201d."); drawOverlay(); writeHash(); return; }
-      var values = new Float32Array(n), max = 0;
-      for (var c = 0; c < n; c++) {
-        values[c] = halfToFloat(npy.fortran ? npy.data[k * n + c] : npy.data[c * classes + k]);
-        if (values[c] > max) max = values[c];
-      }
+      if (k < 0 || k >= head.shape[1]) { heat = null; showLegend("No class matches \u201c" + text + "\u201d."); drawOverlay(); writeHash(); return; }
+      return classColumn(level, head, k).then(function (values) { return { k: k, values: values }; });
+    }).then(function (found) {
+      if (!found) return;
+      var values = found.values, k = found.k, max = 0;
+      for (var c = 0; c < values.length; c++) if (values[c] > max) max = values[c];
       heat = { query: text, k: k, label: classLabel(k), grid: level.grid, values: values, max: max };
       showLegend("");
       drawOverlay();
@@ -430,13 +552,13 @@
     var origin = viewer.viewport.viewportToViewerElementCoordinates(new OpenSeadragon.Point(0, 0), true);
     var corner = viewer.viewport.viewportToViewerElementCoordinates(new OpenSeadragon.Point(1, 1), true);
     var cw = (corner.x - origin.x) / g, ch = (corner.y - origin.y) / g;
-    if (heat && heat.grid === g && level.cellMap) {
+    if (heat && heat.grid === g && level.index) {
       var i0 = Math.max(0, Math.floor(-origin.x / cw)), i1 = Math.min(g - 1, Math.floor((width - origin.x) / cw));
       var j0 = Math.max(0, Math.floor(-origin.y / ch)), j1 = Math.min(g - 1, Math.floor((height - origin.y) / ch));
       for (var j = j0; j <= j1; j++) {
         for (var i = i0; i <= i1; i++) {
-          var cell = level.cellMap.get(i + "_" + j);
-          var s = cell && heat.max > 0 ? Math.max(0, Math.min(1, heat.values[cell.n] / heat.max)) : 0;
+          var n = level.index[j * g + i];
+          var s = n >= 0 && heat.max > 0 ? Math.max(0, Math.min(1, heat.values[n] / heat.max)) : 0;
           var x = origin.x + i * cw, y = origin.y + j * ch;
           ctx.fillStyle = "rgba(10, 10, 14, " + (0.85 * (1 - Math.sqrt(s))).toFixed(3) + ")";
           ctx.fillRect(x, y, cw + 0.5, ch + 0.5);
@@ -468,7 +590,7 @@
     if (!viewer) return;
     var level = levels[current];
     var parts = ["grid " + level.grid + " \u00d7 " + level.grid + (locked ? " (locked)" : "")];
-    if (level.cellList) parts.push(level.cellList.length + " cells");
+    if (level.cellsLoaded) parts.push(level.keptCount + " cells");
     parts.push("zoom " + relativeZoom().toFixed(1) + "\u00d7");
     if (manifest.n_activations) parts.push(manifest.n_activations.toLocaleString() + " activations from " + (manifest.n_images || 0).toLocaleString() + " images");
     parts.push("drag or arrow keys to pan \u00b7 wheel, pinch or +/\u2212 to zoom \u00b7 click a cell for examples");
@@ -516,5 +638,12 @@
     return { x: box.left + point.x, y: box.top + point.y };
   };
   atlas.currentGrid = function () { return levels[current] ? levels[current].grid : null; };
+  // The kept cells of a loaded grid, as {i, j} (from its cell index: no cell details are needed).
+  atlas.keptCells = function (grid) {
+    var level = levelOf(grid), kept = [];
+    if (!level || !level.index) return kept;
+    for (var p = 0; p < level.index.length; p++) if (level.index[p] >= 0) kept.push({ i: p % grid, j: Math.floor(p / grid) });
+    return kept;
+  };
   atlas.selected = function () { return selected; };
 })();
