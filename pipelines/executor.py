@@ -22,7 +22,9 @@ from atlas.runtime import MALLOC_ENVIRON
 class Executor(Protocol):
     threads_per_task: int
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` as a task; an argument that is another task's future is its result, computed where it runs."""
+        ...
 
     def scatter(self, value: Any) -> Any: ...
 
@@ -44,7 +46,9 @@ class _Deferred:
         if self._future is None:
             self._future = Future()
             try:
-                self._future.set_result(self._fn(*self._args))
+                # A task's argument may be another task, as with Dask futures: it runs first.
+                args = [arg.result() if isinstance(arg, _Deferred) else arg for arg in self._args]
+                self._future.set_result(self._fn(*args))
             except BaseException as err:  # re-raised below, like a Dask future
                 self._future.set_exception(err)
         return self._future.result()

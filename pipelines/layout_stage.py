@@ -28,6 +28,11 @@ def fit_layout_task(store_path: Path, sample: np.ndarray, config: LayoutConfig, 
     return AtlasLayout.from_config(config, seed).fit(activation)
 
 
+def fitted_coords_task(layout: AtlasLayout) -> np.ndarray:
+    """The fit sample's own coordinates: all the driver needs of the fitted layout."""
+    return layout.fitted_coords_
+
+
 @dataclass
 class Placed:
     """What one placement task returns: coordinates of its rows outside the fit sample, and its share of the moment."""
@@ -92,17 +97,16 @@ def compute_layout(
     sample = np.sort(rng.choice(n, size=min(n, config.fit_sample), replace=False))
     ex = executor()
     coords = np.empty((n, 2), dtype=np.float32) if place else None
-    fitted: AtlasLayout | None = None
+    fitted: Any = None  # a future: the fitted layout (and umap with it) stays on the workers, never in this process
     if coords is not None:
-        fitted = ex.submit(fit_layout_task, store.path, sample, config, seed, ex.threads_per_task).result()
-        coords[sample] = fitted.fitted_coords_
-    fitted_ref = ex.scatter(fitted)
+        fitted = ex.submit(fit_layout_task, store.path, sample, config, seed, ex.threads_per_task)
+        coords[sample] = ex.submit(fitted_coords_task, fitted).result()
     groups = shard_groups(starts, config.chunk_size)
     futures = []
     for shards in groups:
         lo, hi = starts[shards[0]], starts[shards[-1] + 1]
         mine = sample[(sample >= lo) & (sample < hi)]
-        futures.append(ex.submit(place_shards_task, fitted_ref, store.path, shards, mine, ex.threads_per_task))
+        futures.append(ex.submit(place_shards_task, fitted, store.path, shards, mine, ex.threads_per_task))
     moment, count = None, 0
     for future in tqdm(ex.as_completed(futures), total=len(futures), desc="layout", unit="chunk"):
         placed: Placed = future.result()

@@ -128,13 +128,27 @@ def render_icons(call: StageCall) -> Report:
     return {"render": {k: settings[k] for k in ("steps", "icon_size", "tries", "learning_rate", "whiten")}, "levels": levels}
 
 
+FIDELITY_BATCH = 256  # icons read and fed back at a time
+
+
 def measure_fidelity(bundle: Bundle, size: int, model: LoadedModel, layer: torch.nn.Module, icon_size: int) -> Fidelity:
     """Feed the saved PNGs back through the model; each cell's cosine and rank go to the level's fidelity file."""
     cells: list[dict[str, Any]] = bundle.grid_cells(size)
     prep = model.preprocessing
-    icons = load_icons(bundle, [c["icon"] for c in cells], prep.channels, icon_size)
     if len(cells):
-        activations = centre_activations(model.module, layer, icons, prep.mean, prep.std)
+        # A batch of icons at a time: a 320 grid of 80 px RGB icons would be 4 GB as one float tensor.
+        activations = np.concatenate(
+            [
+                centre_activations(
+                    model.module,
+                    layer,
+                    load_icons(bundle, [c["icon"] for c in cells[start : start + FIDELITY_BATCH]], prep.channels, icon_size),
+                    prep.mean,
+                    prep.std,
+                )
+                for start in range(0, len(cells), FIDELITY_BATCH)
+            ]
+        )
         fidelity = direction_fidelity(activations, bundle.directions(size))
     else:
         fidelity = Fidelity(np.zeros(0, np.float32), np.zeros(0, np.int64))

@@ -157,7 +157,9 @@ def test_the_streamed_grid_stage_equals_the_in_memory_grid(run_dir: Path) -> Non
         )  # fmt: skip
         written = bundle.grid_cells(size)
         assert [(c["i"], c["j"], c["count"]) for c in written] == [(c["i"], c["j"], c["count"]) for c in reference.cells]
-        assert [[t["index"] for t in c["top_classes"]] for c in written] == [[t["index"] for t in c["top_classes"]] for c in reference.cells]
+        assert [[t["index"] for t in c["top_classes"]] for c in written] == [
+            [t["index"] for t in c["top_classes"]] for c in reference.cells
+        ]
         assert [c["examples"] for c in written] == [c["examples"] for c in reference.cells]
         np.testing.assert_allclose(bundle.directions(size), reference.directions.reshape(-1, 112), rtol=1e-5, atol=1e-6)
         if reference.cells:

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Iterator
 from functools import partial
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -31,6 +32,7 @@ from atlas.featurevis import (
     score_images,
     try_seeds,
 )
+from atlas.featurevis.fidelity import direction_fidelity
 
 HALF = (0.5, 0.5, 0.5)
 
@@ -235,3 +237,20 @@ def test_render_channel_in_three_lines(lite0: tuple[nn.Module, nn.Module]) -> No
     model, layer = lite0
     result = render_channel(model, layer, 7, size=32, steps=6)
     assert result.images.shape == (1, 3, 32, 32) and result.scores.shape == (1,)
+
+
+def test_direction_fidelity_ranks_the_same_in_blocks() -> None:
+    """Ranks computed a block of icons at a time (bounded memory at a 320 grid) equal the whole comparison."""
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(300, 16)).astype(np.float32)
+    activations = (directions + rng.normal(scale=1.5, size=directions.shape)).astype(np.float32)
+    whole = direction_fidelity(activations, directions, block=10_000)
+    a = activations / np.linalg.norm(activations, axis=1, keepdims=True)
+    d = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    similarity = a @ d.T
+    np.testing.assert_array_equal(whole.rank, (similarity > np.diag(similarity)[:, None]).sum(axis=1))
+    for block in (1, 7, 64):
+        blocked = direction_fidelity(activations, directions, block=block)
+        np.testing.assert_array_equal(blocked.rank, whole.rank)
+        np.testing.assert_allclose(blocked.cosine, np.diag(similarity), rtol=1e-5, atol=1e-6)
+    assert 0 < whole.top1 < 1

@@ -51,11 +51,18 @@ def centre_activations(
     return torch.cat(parts).numpy()
 
 
-def direction_fidelity(activations: np.ndarray, directions: np.ndarray) -> Fidelity:
-    """Cosine of row i of ``activations`` with direction i, and direction i's rank among all directions."""
+def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: int = 512) -> Fidelity:
+    """Cosine of row i of ``activations`` with direction i, and direction i's rank among all directions.
+
+    Compared a block of icons at a time, so memory is ``block x cells`` rather than ``cells x cells`` (which at a
+    320 grid of ~50k cells would be 10 GB).
+    """
     a = activations / np.maximum(np.linalg.norm(activations, axis=1, keepdims=True), 1e-12)
     d = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
-    similarity = a @ d.T  # [N icons, N directions]
-    own = np.diag(similarity)
-    rank = (similarity > own[:, None]).sum(axis=1)
-    return Fidelity(own.astype(np.float32), rank.astype(np.int64))
+    own = np.einsum("ij,ij->i", a, d)
+    rank = np.zeros(len(a), np.int64)
+    for start in range(0, len(a), block):
+        similarity = a[start : start + block] @ d.T  # [block icons, every direction]
+        diagonal = similarity[np.arange(len(similarity)), np.arange(start, start + len(similarity))]
+        rank[start : start + block] = (similarity > diagonal[:, None]).sum(axis=1)
+    return Fidelity(own.astype(np.float32), rank)

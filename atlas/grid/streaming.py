@@ -98,12 +98,13 @@ def _means(group: list[_Plan], read_chunks: ReadChunks, channels: int, n_classes
         activation = chunk.arrays["activation"].astype(np.float64)
         attribution = chunk.arrays["attribution"].astype(np.float64) if n_classes else None
         for plan, act_sum, attr_sum in zip(group, act_sums, attr_sums):
-            members = _membership(plan.row_cell[chunk.rows], len(plan.kept))
-            if members is None:
+            touched = _membership(plan.row_cell[chunk.rows])
+            if touched is None:
                 continue
-            act_sum += members @ activation
+            cells, members = touched
+            act_sum[cells] += members @ activation
             if attribution is not None:
-                attr_sum += members @ attribution
+                attr_sum[cells] += members @ attribution
     divide = [np.maximum(p.counts, 1)[:, None] for p in group]
     return (
         [(s / d).astype(np.float32) for s, d in zip(act_sums, divide)],
@@ -111,12 +112,18 @@ def _means(group: list[_Plan], read_chunks: ReadChunks, channels: int, n_classes
     )
 
 
-def _membership(cell: np.ndarray, n_cells: int) -> sparse.csr_matrix | None:
-    """The chunk's cell-by-row 0/1 matrix, so a segment sum is one sparse product; None when no row is kept."""
+def _membership(cell: np.ndarray) -> tuple[np.ndarray, sparse.csr_matrix] | None:
+    """The cells a chunk touches and its touched-cell-by-row 0/1 matrix, so a segment sum is one small sparse product.
+
+    Only the touched cells get a row of the product: at a 320 grid a chunk of a few thousand rows touches a few
+    thousand of the ~50k cells, and a product over every cell would allocate a dense [cells, classes] block per chunk.
+    None when no row of the chunk is in a kept cell.
+    """
     kept = np.flatnonzero(cell >= 0)
     if not len(kept):
         return None
-    return sparse.csr_matrix((np.ones(len(kept)), (cell[kept], kept)), shape=(n_cells, len(cell)))
+    cells, local = np.unique(cell[kept], return_inverse=True)
+    return cells, sparse.csr_matrix((np.ones(len(kept)), (local, kept)), shape=(len(cells), len(cell)))
 
 
 def _examples(group: list[_Plan], read_chunks: ReadChunks, directions: list[np.ndarray], k: int) -> list[dict[int, list[dict[str, int]]]]:

@@ -123,6 +123,23 @@ def fashion_run(rows: int, model: Path) -> dict[str, Any]:
     return {"rows": manifest["n_activations"], "stages": stages, **measured, "bundle": str(out / name)}
 
 
+def layout_quality(bundle: Path, plain_coords: Path, sample: int = 5000) -> dict[str, float]:
+    """Trustworthiness (k = 10, cosine) on 5,000 of the first 100k rows: our layout of every row vs plain UMAP of those 100k."""
+    import numpy as np
+    from sklearn.manifold import trustworthiness
+
+    from atlas.collect import ActivationStore
+
+    plain = np.load(plain_coords)
+    rows = np.sort(np.random.default_rng(0).choice(len(plain), size=sample, replace=False))
+    x = ActivationStore(bundle / "activations").take(rows, ("activation",))["activation"]
+    ours = np.load(bundle / "layout" / "coords.npy")[rows]
+    return {
+        "ours": float(trustworthiness(x, ours, n_neighbors=10, metric="cosine")),
+        "plain_umap_100k": float(trustworthiness(x, plain[rows], n_neighbors=10, metric="cosine")),
+    }
+
+
 def record(section: str, key: str, value: Any) -> None:
     data = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     data.setdefault(section, {})[key] = value
@@ -148,7 +165,13 @@ def test_fashion_scaling() -> None:
         record("fashion_plain_umap_100k", "seconds", plain["seconds"])
         ratio = sum(largest["stages"].values()) / plain["seconds"]
         record("fashion_whole_run_ratio", str(largest["rows"]), ratio)
-        print(f"plain UMAP on 100k rows: {plain['seconds']:.1f} s; whole {largest['rows']}-row run / that = {ratio:.2f}")
+        layout_ratio = largest["stages"]["layout"] / plain["seconds"]
+        record("fashion_layout_ratio", str(largest["rows"]), layout_ratio)
+        trust = layout_quality(Path(largest["bundle"]), WORK / "plain_100k.npy")
+        record("fashion_trustworthiness", str(largest["rows"]), trust)
+        print(f"plain UMAP on 100k rows: {plain['seconds']:.1f} s; whole {largest['rows']}-row run / that = {ratio:.2f}; "
+              f"layout stage / that = {layout_ratio:.2f}; trustworthiness {trust}")  # fmt: skip
+        assert trust["ours"] >= trust["plain_umap_100k"] - 0.02, trust
         if largest["rows"] >= 900_000:
             assert ratio <= WHOLE_RUN_RATIO, ratio
     for result in results.values():
