@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
-from atlas.collect import activations_at, sample_positions
+from atlas.collect import activations_at, collect_records, sample_positions
+from atlas.images.source import ImageRecord
+from atlas.models.record import Preprocessing
 
 
 def small_cnn() -> nn.Module:
@@ -87,3 +90,22 @@ def test_layer_inside_a_residual_branch_still_matches_autograd() -> None:
     out = activations_at(model, model.inner, images, rows, positions, with_attribution=True)
     expected = np.stack([autograd_attribution(model, model.inner, images[r], y, x) for r, (y, x) in zip(rows, positions)])
     np.testing.assert_allclose(out.attribution, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_an_image_with_more_positions_than_a_batch_is_split_into_passes() -> None:
+    """More positions per image than batch_size rows: several passes of at most batch_size rows, the same rows."""
+    model = small_cnn()
+    layer = model[3]
+    rng = np.random.default_rng(0)
+    records = [ImageRecord(k, f"{k}.png", Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8))) for k in range(3)]
+    prep = Preprocessing(12, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    widths: list[int] = []
+    handle = model[-1].register_forward_hook(lambda _m, _i, out: widths.append(len(out)))  # the logits: one row a position
+    small = collect_records(model, layer, prep, (12, 12), records, 9, 4, 0, True, 7)
+    handle.remove()
+    whole = collect_records(model, layer, prep, (12, 12), records, 9, 64, 0, True, 7)
+    assert max(widths) == 4 and len(small.rows) == len(whole.rows) == 27
+    for field in ("image_id", "y", "x", "label"):
+        np.testing.assert_array_equal(getattr(small.rows, field), getattr(whole.rows, field))
+    np.testing.assert_allclose(small.rows.activation, whole.rows.activation, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small.rows.attribution, whole.rows.attribution, rtol=1e-4, atol=1e-6)

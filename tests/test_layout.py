@@ -9,6 +9,7 @@ copied or inspected without knowing the constructor.
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +17,13 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from atlas.collect import ActivationStore, Rows, StoreLayout
 from atlas.compare.align import aligned_layouts, independent_layouts
 from atlas.config import LayoutConfig
 from atlas.errors import AtlasError
 from atlas.layout import AtlasLayout, Whitening
+from pipelines.executor import InProcessExecutor
+from pipelines.layout_stage import compute_layout, shard_groups
 
 # LayoutConfig fields that are not the estimator's: how the stage samples and chunks, the whitening, given coords.
 NOT_LAYOUT_PARAMS = {"fit_sample", "chunk_size", "whitening_eps", "coords"}
@@ -175,3 +179,42 @@ def test_whitening_transform_applies_the_matrix() -> None:
     assert np.allclose(whitening.fit_transform(x), x.astype(np.float32) @ whitening.matrix_.T, atol=1e-5)
     with pytest.raises(ValueError, match="5 features"):
         whitening.transform(np.ones(4))
+
+
+# --- the layout stage reads the store itself ----------------------------------------------------------
+
+
+def test_whitening_from_summed_moments_equals_whitening_of_all_rows() -> None:
+    x = np.random.default_rng(4).normal(size=(500, 7))
+    halves = [x[:180], x[180:]]
+    moment = sum(h.T @ h for h in halves)
+    np.testing.assert_allclose(Whitening(eps=0.05).fit_moment(moment, 500).matrix_, Whitening(eps=0.05).fit(x).matrix_, rtol=1e-5)
+    with pytest.raises(ValueError, match="square"):
+        Whitening().fit_moment(np.ones((3, 4)), 10)
+
+
+def test_compute_layout_reads_the_store_in_shards(tmp_path: Path, fitted: tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Every row gets coordinates, the fit sample its fitted ones, and the whitening sees every row, as from memory."""
+    _, x, _, _ = fitted
+    store = ActivationStore(tmp_path / "store")
+    store.create(StoreLayout(4, 64, x.shape[1], 0), key="test")
+    fill = [64, 30, 0, 64]  # shard 2 empty (every image unreadable), shard 1 part full
+    start = 0
+    for shard, n in enumerate(fill):
+        part = x[start : start + n]
+        zeros = np.zeros(n, np.int32)
+        store.write_shard(shard, Rows(part, np.zeros((n, 0), np.float32), np.arange(start, start + n), zeros, zeros, zeros - 1), {})
+        start += n
+    rows = store.read().activation
+    config = LayoutConfig(n_neighbors=10, metric="euclidean", pca_components=8, fit_sample=60, chunk_size=50)
+    coords, whitening = compute_layout(lambda: InProcessExecutor(1), store, config, seed=0)
+    assert coords is not None and coords.shape == (len(rows), 2) and np.isfinite(coords).all()
+    assert coords.min() >= 0.0 and coords.max() <= 1.0
+    np.testing.assert_allclose(whitening.matrix_, Whitening.from_config(config).fit(rows).matrix_, rtol=1e-4, atol=1e-6)
+    sample = np.sort(np.random.default_rng(0).choice(len(rows), size=60, replace=False))  # as the stage draws it
+    refit = AtlasLayout.from_config(config, 0).fit(rows[sample])
+    np.testing.assert_array_equal(coords[sample], refit.fitted_coords_)
+    assert shard_groups(store.shard_starts(), 50) == [[0], [1], [3]]  # the empty shard gets no task
+    # The stage with layout.coords given: whitening only, no UMAP.
+    none, again = compute_layout(lambda: InProcessExecutor(1), store, config, seed=0, place=False)
+    assert none is None and np.array_equal(again.matrix_, whitening.matrix_)

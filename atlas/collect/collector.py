@@ -76,11 +76,18 @@ def collect_records(
         rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(positions)])
         where = np.concatenate(positions)
         images = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-        out = activations_at(module, layer, images, rows, where, with_attribution)
-        attribution = out.attribution if out.attribution is not None else np.zeros((len(rows), n_classes), np.float32)
-        ids = np.array([r.image_id for r in good], dtype=np.int64)[rows]
-        labels = np.array([-1 if r.label is None else r.label for r in good], dtype=np.int32)[rows]
-        parts.append(Rows(out.activation, attribution, ids, where[:, 0].copy(), where[:, 1].copy(), labels))
+        ids_of = np.array([r.image_id for r in good], dtype=np.int64)
+        labels_of = np.array([-1 if r.label is None else r.label for r in good], dtype=np.int32)
+        # At most batch_size rows a pass: attribution widens the batch to one row per position at the layer, so
+        # an image with more positions than batch_size would otherwise run them all at once (1.5 GB at 144 rows
+        # of EfficientNet-Lite0 at 224 px).
+        for lo in range(0, len(rows), batch_size):
+            part, at = rows[lo : lo + batch_size], where[lo : lo + batch_size]
+            used, local = np.unique(part, return_inverse=True)
+            subset = images if len(used) == len(good) else images[torch.as_tensor(used)]
+            out = activations_at(module, layer, subset, local, at, with_attribution)
+            attribution = out.attribution if out.attribution is not None else np.zeros((len(part), n_classes), np.float32)
+            parts.append(Rows(out.activation, attribution, ids_of[part], at[:, 0].copy(), at[:, 1].copy(), labels_of[part]))
     if not parts:
         return ShardResult(Rows(*_empty(layer_channels=0, n_classes=n_classes)), 0, skipped)
     merged = Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("activation", "attribution", "image_id", "y", "x", "label")))

@@ -13,7 +13,9 @@ import numpy as np
 
 
 def sample_positions(image_id: int, height: int, width: int, k: int | Literal["all"], seed: int) -> np.ndarray:
-    """Return int32 [n, 2] (y, x) positions; border rows and columns are excluded, as in the article."""
+    """Return int32 [n, 2] (y, x) positions: ``k`` seeded interior ones (border rows and columns excluded, as in the
+    article), or with ``"all"`` every position of the map, border included. ``k`` equal to the number of interior
+    positions gives each interior position once."""
     if k == "all":
         ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
         return np.stack([ys.ravel(), xs.ravel()], axis=1).astype(np.int32)

@@ -160,7 +160,8 @@ def _warm_worker(model_json: str, source) -> dict:
     t1 = time.perf_counter()
     model_and_layer(ModelConfig.model_validate_json(model_json))
     t2 = time.perf_counter()
-    source.crops()  # loads and downscales the photos, cached per process
+    if hasattr(source, "crops"):
+        source.crops()  # built-in photos: loads and downscales the photos, cached per process
     t3 = time.perf_counter()
     env = {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "OMP_NUM_THREADS")}
     return {"import_s": t1 - t0, "model_s": t2 - t1, "photos_s": t3 - t2, "torch_threads": torch.get_num_threads(), "env": env}
@@ -203,7 +204,7 @@ def profile(args: dict) -> dict:
     from atlas.collect import ActivationStore, StoreLayout, layer_shape
     from atlas.images import open_source
     from atlas.models import load_model, resolve_layer
-    from pipelines.collect_stage import run_collect
+    from pipelines.collect_stage import collect_shard_task
     from pipelines.executor import open_executor
 
     config = _config(args)
@@ -229,9 +230,18 @@ def profile(args: dict) -> dict:
         out["worker_warmup_wall_s"] = time.perf_counter() - t1
         # Steady state: the real stage function on workers that already hold the model and photos.
         store = ActivationStore(run_dir / "steady")
+        store.create(layout, "steady")
         t2 = time.perf_counter()
-        with get_task_stream(client=client) as stream:
-            run_collect(lambda: ex, shards, source, config.model, config.collect, config.seed, store, layout, "steady", shape[1:])
+        with get_task_stream(client=client) as stream:  # what the collect stage submits: one task per shard
+            futures = [
+                ex.submit(
+                    collect_shard_task, s, source, config.model, config.collect, config.seed, store.path, shape[1:], n_classes,
+                    ex.threads_per_task,
+                )
+                for s in shards
+            ]  # fmt: skip
+            for future in ex.as_completed(futures):
+                future.result()
         out["steady_s"] = time.perf_counter() - t2
         computes = []
         for task in stream.data:
@@ -247,7 +257,7 @@ def profile(args: dict) -> dict:
             ex.submit(
                 _timed_shard, s, source, config.model, config.collect, config.seed, store2.path, shape[1:], n_classes, ex.threads_per_task
             )
-            for s in shards
+            for s in shards[:4]  # a few shards tell where a task's time goes
         ]
         out["task_split"] = [f.result() for f in futures]
     return out

@@ -7,7 +7,7 @@
   ``n_rows`` x 112 channels x 1,000 classes filled by this helper (clustered,
   non-negative activations like a post-ReLU layer; float16 attribution), then
   the layout and grid stages at 20..320 on a local cluster, as ``atlas run``
-  runs them. Timed per step.
+  runs them, then the viewer's data (cell blocks and index). Timed per step.
 
 Each prints one JSON object as the last line of stdout.
 """
@@ -96,6 +96,10 @@ def imagenet(args: dict[str, Any]) -> dict[str, Any]:
         bundle.write_attribution(level.size, level.mean_attribution)
         levels.append({"grid": level.size, "n_cells": len(level.cells)})
     marks["grid_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for entry in levels:  # the viewer's data: each grid's cell blocks and cell index, as assemble writes them
+        bundle.write_viewer_cells(entry["grid"], bundle.grid_cells(entry["grid"]))
+    marks["viewer_data_s"] = time.perf_counter() - t0
     return {**marks, "rows": args["n_rows"], "levels": levels}
 
 

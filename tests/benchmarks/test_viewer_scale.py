@@ -1,7 +1,7 @@
 """The viewer on a bundle with a 320 x 320 grid: first tile, hover latency at every grid, JavaScript heap.
 
 The bundle is the 1M-row Fashion-MNIST run of test_scaling.py re-run with grids
-20..320 (``grid.min_count=3``, so about 50,000 cells at 320) and one render step,
+20..320 (``grid.min_count=1``: every occupied cell, as many at 320 as the layout gives) and one render step,
 which reuses its collection and layout; or any bundle named by
 ``ATLAS_BENCH_VIEWER_BUNDLE``. Headless Chromium (Debian's) through Playwright,
 the bundle served by ``atlas serve`` in its own process on loopback.
@@ -54,7 +54,7 @@ def viewer_bundle() -> Path:
             "--images", config["images"]["source"], "--name", SOURCE.name, "--out", str(SOURCE.parent),
             "--set", f"collect.n_images={config['collect']['n_images']}", "--set", "collect.positions_per_image=16",
             "--set", "collect.batch_size=256", "--set", "collect.shard_size=500",
-            "--set", "grid.sizes=[20,40,80,160,320]", "--set", "grid.min_count=3",
+            "--set", "grid.sizes=[20,40,80,160,320]", "--set", "grid.min_count=1",
             "--set", "render.icon_size=28", "--set", "render.steps=1", "--set", "render.whiten=false",
         ]  # fmt: skip
         subprocess.run(command, cwd=REPO, env=child_env(), check=True, timeout=7200)
