@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,28 @@ from pipelines.stage import Report, Stage, StageCall, file_fingerprint
 from pipelines.worker_state import use_threads
 
 
-def fit_layout_task(store_path: Path, sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> AtlasLayout:
-    """Runs on a worker, which reads the fit sample from the store itself (the driver never holds the rows)."""
+def fit_layout_task(store_path: Path, sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> bytes:
+    """Runs on a worker, which reads the fit sample from the store itself (the driver never holds the rows).
+
+    Returns the fitted layout already pickled, before any ``transform`` has touched it: Dask pickles a task's
+    result when another worker asks for it, and pynndescent's index, once searched, can fail to pickle; Dask
+    then leaves the dependent task waiting for ever (seen on the built-in photos at every position).
+    """
     use_threads(threads)
     activation = ActivationStore(store_path).take(sample, ("activation",))["activation"]
-    return AtlasLayout.from_config(config, seed).fit(activation)
+    return pickle.dumps(AtlasLayout.from_config(config, seed).fit(activation), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def fitted_coords_task(layout: AtlasLayout) -> np.ndarray:
+@lru_cache(maxsize=1)
+def fitted_layout(blob: bytes) -> AtlasLayout:
+    """The fitted layout, unpickled once per worker process (every placement task there gets the same bytes)."""
+    layout: AtlasLayout = pickle.loads(blob)
+    return layout
+
+
+def fitted_coords_task(blob: bytes) -> np.ndarray:
     """The fit sample's own coordinates: all the driver needs of the fitted layout."""
-    return layout.fitted_coords_
+    return fitted_layout(blob).fitted_coords_
 
 
 @dataclass
@@ -43,9 +57,10 @@ class Placed:
     count: int
 
 
-def place_shards_task(layout: AtlasLayout | None, store_path: Path, shards: list[int], fitted: np.ndarray, threads: int) -> Placed:
+def place_shards_task(blob: bytes | None, store_path: Path, shards: list[int], fitted: np.ndarray, threads: int) -> Placed:
     """Runs on a worker: reads its shards from the store, places the rows not in ``fitted``, sums their moment."""
     use_threads(threads)
+    layout = fitted_layout(blob) if blob is not None else None
     store = ActivationStore(store_path)
     rows, coords, moment, count = [], [], None, 0
     for chunk in store.chunks(("activation",), shards):
@@ -97,7 +112,7 @@ def compute_layout(
     sample = np.sort(rng.choice(n, size=min(n, config.fit_sample), replace=False))
     ex = executor()
     coords = np.empty((n, 2), dtype=np.float32) if place else None
-    fitted: Any = None  # a future: the fitted layout (and umap with it) stays on the workers, never in this process
+    fitted: Any = None  # a future of the pickled fitted layout: umap stays on the workers, never in this process
     if coords is not None:
         fitted = ex.submit(fit_layout_task, store.path, sample, config, seed, ex.threads_per_task)
         coords[sample] = ex.submit(fitted_coords_task, fitted).result()
