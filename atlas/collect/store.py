@@ -151,31 +151,35 @@ class ActivationStore:
 
     # --- streaming reads --------------------------------------------------------------------------
 
-    def _valid_by_shard(self) -> tuple[np.ndarray, int]:
-        """The ``valid`` mask as [shards, rows_per_shard] (one bool per stored row: small) and rows per shard."""
+    def _valid_by_shard(self) -> tuple[np.ndarray, int, np.ndarray]:
+        """The ``valid`` mask as [shards, rows_per_shard] (one bool per stored row: small), rows per shard, and starts."""
         group = zarr.open_group(self._rows, mode="r")
         valid = np.asarray(_array(group, "valid")[:])
         cap = self.layout().rows_per_shard
-        return valid.reshape(-1, cap), cap
+        valid = valid.reshape(-1, cap)
+        return valid, cap, np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int64)
 
     def count(self) -> int:
         """N, the number of valid rows."""
-        return int(self._valid_by_shard()[0].sum())
+        return int(self._valid_by_shard()[2][-1])
 
     def shard_starts(self) -> np.ndarray:
         """int64 [shards + 1]: shard s holds valid rows ``starts[s] .. starts[s + 1] - 1`` of the N."""
-        valid, _ = self._valid_by_shard()
-        return np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int64)
+        return self._valid_by_shard()[2]
 
     def chunks(self, names: Sequence[str] = ROW_FIELDS, shards: Sequence[int] | None = None) -> Iterator[RowChunk]:
         """The valid rows of each shard in turn (or of ``shards`` only), reading one shard's chunk per array at a time."""
         unknown = set(names) - set(ROW_FIELDS)
         if unknown:
             raise ValueError(f"unknown row fields {sorted(unknown)}; choose from {ROW_FIELDS}")
+        yield from self._chunks(names, shards, self._valid_by_shard())
+
+    def _chunks(
+        self, names: Sequence[str], shards: Sequence[int] | None, by_shard: tuple[np.ndarray, int, np.ndarray]
+    ) -> Iterator[RowChunk]:
         group = zarr.open_group(self._rows, mode="r")
         arrays = {name: _array(group, name) for name in names}
-        valid, cap = self._valid_by_shard()
-        starts = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
+        valid, cap, starts = by_shard
         for shard in range(len(valid)) if shards is None else shards:
             mask = valid[shard]
             if not mask.any():
@@ -186,7 +190,8 @@ class ActivationStore:
     def take(self, rows: np.ndarray, names: Sequence[str] = ROW_FIELDS) -> dict[str, np.ndarray]:
         """The given rows (indices among the N, any order, repeats allowed), reading only the shards that hold them."""
         rows = np.asarray(rows, dtype=np.int64)
-        starts = self.shard_starts()
+        by_shard = self._valid_by_shard()  # the valid mask, read once for the lookup and the reads
+        starts = by_shard[2]
         if len(rows) and (rows.min() < 0 or rows.max() >= starts[-1]):
             raise IndexError(f"row indices must be in [0, {starts[-1]}), got {rows.min()}..{rows.max()}")
         shard_of = np.searchsorted(starts, rows, side="right") - 1
@@ -195,7 +200,7 @@ class ActivationStore:
         for name in names:
             array = _array(group, name)
             out[name] = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-        for chunk in self.chunks(names, shards=np.unique(shard_of).tolist()):
+        for chunk in self._chunks(names, np.unique(shard_of).tolist(), by_shard):
             wanted = np.flatnonzero((rows >= chunk.start) & (rows < chunk.start + len(chunk)))
             for name in names:
                 out[name][wanted] = chunk.arrays[name][rows[wanted] - chunk.start]
