@@ -6,6 +6,7 @@ config file or a ``--set`` fails with one line naming the key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -75,14 +76,32 @@ class GridConfig(Section):
         return tuple(sorted(set(sizes)))
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_setting(value: str) -> str:
+    """The ``device`` key's values (resolved against this torch by :func:`atlas.devices.resolve_device`)."""
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+    return value
+
+
+RENDER_BATCH = {"cpu": 64, "cuda": 256}  # render.batch_size 'auto': cells per render task on each device type
+
+
 class RenderConfig(Section):
     steps: PositiveInt = 128
     icon_size: PositiveInt = 80
     tries: PositiveInt = 1
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt | Literal["auto"] = Field(default="auto", description="cells per render task; auto: 64 on CPU, 256 on a GPU")
     learning_rate: float = Field(default=0.05, gt=0.0)
     cossim_power: float = Field(default=4.0, ge=0.0)
     whiten: bool = True
+    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: the model's forward under torch.autocast")
+
+    def batch_size_on(self, device_type: str) -> int:
+        """Cells per task: the setting, or for 'auto' what keeps the device busy (a GPU wants far larger batches)."""
+        return self.batch_size if self.batch_size != "auto" else RENDER_BATCH.get(device_type, RENDER_BATCH["cpu"])
 
 
 class TilesConfig(Section):
@@ -113,7 +132,13 @@ class AtlasConfig(Section):
     tiles: TilesConfig = TilesConfig()
     output: OutputConfig = OutputConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    device: str = Field(default="auto", description="auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N")
     seed: int = 0
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device_setting(value)
 
     @property
     def name(self) -> str:

@@ -51,12 +51,13 @@ def _experiment(args: argparse.Namespace) -> ExperimentConfig:
 def _train(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
+    from atlas.devices import resolve_device
     from pipelines.executor import LazyExecutor
     from pipelines.train_run import experiment_dir, run_training
 
     config = _experiment(args)
     with ExitStack() as stack:
-        run_training(config, LazyExecutor(config.scheduler, stack, print))
+        run_training(config, LazyExecutor(config.scheduler, stack, print, resolve_device(config.device)))
     print(
         f"atlas: trained variants in {experiment_dir(config) / 'train'}; compare them with: atlas compare {shlex.quote(str(args.config))}"
     )

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from atlas.bundle import IMAGE_INDEX, LISTING_SKIPS, ROWS
 from atlas.collect import ActivationStore, StoreLayout, collect_records
 from atlas.config import CollectConfig, ModelConfig
+from atlas.devices import key_part
 from atlas.errors import AtlasError
 from atlas.images.source import ImageSource, Shard
 from atlas.models import model_files_identity
@@ -30,10 +31,11 @@ def collect_shard_task(
     layer_hw: tuple[int, int],
     n_classes: int,
     threads: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Runs on a worker: the model comes from the worker's cache, loaded once per process."""
+    """Runs on a worker: the model comes from the worker's cache, loaded once per process onto ``device``."""
     use_threads(threads)
-    model, layer = model_and_layer(model_config)
+    model, layer = model_and_layer(model_config, device)
     result = collect_records(
         model.module,
         layer,
@@ -70,6 +72,7 @@ def collect_settings(run: RunInputs) -> Any:
         file_fingerprint(index) if index.exists() else None,
         config.collect.model_dump(mode="json", exclude={"batch_size"}),  # batching changes speed, not rows
         config.seed,
+        *key_part(run.device),  # GPU rows differ from CPU rows in the last bits; on CPU the key is what it always was
     ]
 
 
@@ -87,7 +90,7 @@ def collect(call: StageCall) -> Report:
         futures = [
             ex.submit(
                 collect_shard_task, shard, source_ref, config.model, config.collect, config.seed, store.path, run.layer_hw,
-                layout.n_classes, ex.threads_per_task,
+                layout.n_classes, ex.threads_per_task, str(run.device),
             )
             for shard in todo
         ]  # fmt: skip

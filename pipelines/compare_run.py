@@ -26,6 +26,7 @@ from atlas.compare.measures import activation_histogram, class_purity, layer_sta
 from atlas.compare.page import write_page
 from atlas.compare.plots import plot_functions, plot_gradients, plot_histograms, plot_training
 from atlas.config import AtlasConfig, ExperimentConfig
+from atlas.devices import resolve_device
 from atlas.errors import AtlasError
 from atlas.io import write_json, write_npy
 from atlas.markers import clear_marker, is_fresh, read_marker, write_marker
@@ -49,7 +50,7 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) ->
     if config.compare.layers and (config.compare.layers_of or names[0]) not in names:
         raise AtlasError(f"compare.layers_of {config.compare.layers_of!r} is not a trained variant; choose one of {', '.join(names)}")
     with ExitStack() as stack:
-        executor = LazyExecutor(config.scheduler, stack, log)
+        executor = LazyExecutor(config.scheduler, stack, log, resolve_device(config.device))
         metrics, data = run_training(config, executor, log)
         groups = [
             _build_group(

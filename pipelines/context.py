@@ -13,6 +13,7 @@ import torch
 
 from atlas.bundle import Bundle
 from atlas.config import AtlasConfig
+from atlas.devices import CPU
 from atlas.images.source import ImageSource, Shard
 from atlas.models import LoadedModel
 from pipelines.executor import Executor
@@ -31,6 +32,7 @@ class RunInputs:
     shards: list[Shard]
     executor: Callable[[], Executor]  # starts the cluster on first use
     log: Callable[[str], None]
+    device: torch.device = CPU  # resolved from config.device; workers move their model there
 
     @property
     def layer_hw(self) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Where tasks run: a local Dask cluster (default), an existing one, or in-process.
 
 Stage code sees only ``submit``, ``scatter`` and ``as_completed``; choosing the
-scheduler is this module's job alone.
+scheduler is this module's job alone. With the model on a GPU, the local cluster
+is one worker per GPU instead of one per core (``gpu_worker_envs``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from atlas.config import SchedulerConfig
 from atlas.errors import AtlasError
 from atlas.runtime import MALLOC_ENVIRON
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Executor(Protocol):
@@ -102,8 +106,49 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def gpu_worker_envs(count: int, index: int | None, visible: str | None) -> list[dict[str, str]]:
+    """One local worker per GPU: the environment each worker adds, as a pure function of what torch sees.
+
+    ``index`` None (``device: cuda`` or ``auto``): a worker per visible GPU, each seeing only its own GPU (as
+    ``cuda:0``), so ``cuda`` on every worker means that worker's GPU. ``visible``: the ``CUDA_VISIBLE_DEVICES``
+    this process already has; torch's numbering is within it, so the workers get its entries, not torch indices.
+    ``index`` N (``device: cuda:N``): one worker, left seeing every GPU, which uses ``cuda:N`` as asked.
+    """
+    if index is not None:
+        return [{}]
+    ids = [part.strip() for part in visible.split(",") if part.strip()] if visible else [str(i) for i in range(count)]
+    return [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in ids[:count]]
+
+
+def gpu_worker_specs(envs: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """SpecCluster worker specs: a Nanny per GPU, one task at a time, with that GPU's environment."""
+    from distributed import Nanny
+
+    return {f"gpu-{n}": {"cls": Nanny, "options": {"nthreads": 1, "env": env}} for n, env in enumerate(envs)}
+
+
+def start_gpu_cluster(envs: list[dict[str, str]], threads: int) -> Any:
+    """dask-cuda's LocalCUDACluster when it is installed (one worker per GPU, its own GPU first), else a SpecCluster
+    of the same shape. ``threads``: torch/OpenMP threads per worker (the CPU parts: decoding, UMAP, tiles)."""
+    import dask
+    from distributed import Scheduler, SpecCluster
+
+    environ = {**MALLOC_ENVIRON, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        if importlib.util.find_spec("dask_cuda") is not None and all("CUDA_VISIBLE_DEVICES" in env for env in envs):
+            from dask_cuda import LocalCUDACluster
+
+            return LocalCUDACluster(
+                CUDA_VISIBLE_DEVICES=[env["CUDA_VISIBLE_DEVICES"] for env in envs], threads_per_worker=1,
+                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+            )  # fmt: skip
+        scheduler = {"cls": Scheduler, "options": {"dashboard_address": "127.0.0.1:0"}}
+        return SpecCluster(workers=gpu_worker_specs(envs), scheduler=scheduler, silence_logs=logging.ERROR)
+
+
 @contextmanager
-def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -> Iterator[Executor]:
+def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print, device: torch.device | None = None) -> Iterator[Executor]:
+    """``device``: the run's resolved device; a CUDA one makes the local cluster one worker per GPU."""
     address = config.address
     if address == "sync":
         yield InProcessExecutor(cores())
@@ -112,22 +157,29 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print) -
     from distributed import Client, LocalCluster
 
     if address == "local":
-        threads = config.threads_per_worker or 1
-        workers = config.workers or max(1, cores() // threads)
-        # One task at a time per worker process, each using `threads` PyTorch threads, workers x threads
-        # = cores. One single-threaded worker per core held up far better than one worker with every
-        # core when anything else shares the machine (OpenMP threads spin when a core is taken).
-        # Dask's nanny would set MALLOC_TRIM_THRESHOLD_=65536, which slows PyTorch on CPU 1.5-3x.
-        environ = {
-            **MALLOC_ENVIRON,
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "OPENBLAS_NUM_THREADS": threads,
-        }
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
-            )
+        if device is not None and device.type == "cuda":
+            import torch
+
+            envs = gpu_worker_envs(torch.cuda.device_count(), device.index, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            workers, threads = len(envs), config.threads_per_worker or max(1, cores() // len(envs))
+            cluster = start_gpu_cluster(envs, threads)  # one worker per GPU, each with cores / GPUs threads
+        else:
+            threads = config.threads_per_worker or 1
+            workers = config.workers or max(1, cores() // threads)
+            # One task at a time per worker process, each using `threads` PyTorch threads, workers x threads
+            # = cores. One single-threaded worker per core held up far better than one worker with every
+            # core when anything else shares the machine (OpenMP threads spin when a core is taken).
+            # Dask's nanny would set MALLOC_TRIM_THRESHOLD_=65536, which slows PyTorch on CPU 1.5-3x.
+            environ = {
+                **MALLOC_ENVIRON,
+                "OMP_NUM_THREADS": threads,
+                "MKL_NUM_THREADS": threads,
+                "OPENBLAS_NUM_THREADS": threads,
+            }
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
+                )
         client = Client(cluster)
         log(f"dask: local cluster, {workers} worker(s) x {threads} thread(s); {_dashboard(client)}")
         try:
@@ -161,11 +213,11 @@ def _dashboard(client: Any) -> str:
 class LazyExecutor:
     """Starts the cluster the first time a stage needs it, so a fully cached re-run starts none."""
 
-    def __init__(self, config: SchedulerConfig, stack: ExitStack, log: Callable[[str], None]) -> None:
-        self._config, self._stack, self._log = config, stack, log
+    def __init__(self, config: SchedulerConfig, stack: ExitStack, log: Callable[[str], None], device: torch.device | None = None) -> None:
+        self._config, self._stack, self._log, self._device = config, stack, log, device
         self._executor: Executor | None = None
 
     def __call__(self) -> Executor:
         if self._executor is None:
-            self._executor = self._stack.enter_context(open_executor(self._config, self._log))
+            self._executor = self._stack.enter_context(open_executor(self._config, self._log, self._device))
         return self._executor

@@ -16,10 +16,12 @@ from tqdm import tqdm
 
 from atlas.bundle import Bundle, icon_batch_marker
 from atlas.config import ModelConfig, RenderConfig
+from atlas.devices import key_part
 from atlas.featurevis import Direction, derive_seed, fourier, render
 from atlas.featurevis.fidelity import Fidelity, centre_activations, direction_fidelity
 from atlas.markers import is_fresh, write_marker
 from atlas.models import LoadedModel
+from pipelines.context import RunInputs
 from pipelines.stage import Report, Stage, StageCall
 from pipelines.worker_state import model_and_layer, use_threads
 
@@ -56,10 +58,11 @@ def render_batch_task(
     config: RenderConfig,
     key: str,
     threads: int,
+    device: str = "cpu",
 ) -> int:
-    """Runs on a worker: render one batch of cells and save their icons, then the batch marker."""
+    """Runs on a worker: render one batch of cells on ``device`` and save their icons, then the batch marker."""
     use_threads(threads)
-    model, layer = model_and_layer(model_config)
+    model, layer = model_and_layer(model_config, device)
     prep = model.preprocessing
     targets = directions[list(batch.rows)]
     objective = (
@@ -70,9 +73,9 @@ def render_batch_task(
     result = render(
         model.module, layer, objective, fourier(prep.channels, config.icon_size),
         seeds=list(batch.seeds), mean=prep.mean, std=prep.std,
-        steps=config.steps, lr=config.learning_rate, tries=config.tries,
+        steps=config.steps, lr=config.learning_rate, tries=config.tries, precision=config.precision,
     )  # fmt: skip
-    for name, image in zip(batch.icons, result.images.numpy()):
+    for name, image in zip(batch.icons, result.images.cpu().numpy()):
         bundle.write_icon(name, image)
     write_marker(bundle.path(batch.marker), key)
     return len(batch.icons)
@@ -98,7 +101,7 @@ def plan_batches(bundle: Bundle, sizes: tuple[int, ...], batch_size: int, seed: 
 def render_icons(call: StageCall) -> Report:
     run, key = call.run, call.key
     config, bundle, sizes = run.config.render, run.bundle, run.config.grid.sizes
-    batches = plan_batches(bundle, sizes, config.batch_size, run.config.seed)
+    batches = plan_batches(bundle, sizes, config.batch_size_on(run.device.type), run.config.seed)
     todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
     if todo:
         ex = run.executor()
@@ -106,10 +109,11 @@ def render_icons(call: StageCall) -> Report:
         direction_refs = {size: ex.scatter(bundle.directions(size)) for size in {b.grid for b in todo}}
         futures = [
             ex.submit(
-                render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, key, ex.threads_per_task
+                render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, key, ex.threads_per_task,
+                str(run.device),
             )
             for b in todo
-        ]
+        ]  # fmt: skip
         total = sum(len(b.icons) for b in batches)
         with tqdm(total=total, initial=total - sum(len(b.icons) for b in todo), desc="render", unit="icon") as bar:
             for future in ex.as_completed(futures):
@@ -156,6 +160,15 @@ def measure_fidelity(bundle: Bundle, size: int, model: LoadedModel, layer: torch
     return fidelity
 
 
-RENDER = Stage(
-    "render", reads=("grid",), settings=lambda run: [run.config.render.model_dump(mode="json"), run.config.seed], work=render_icons
-)
+def render_settings(run: RunInputs) -> list[Any]:
+    """The render section as it keys the stage, so that a CPU run keeps the key it had before devices existed:
+    ``batch_size`` as resolved ('auto' is 64 on CPU, the old default), ``precision`` only when not fp32, and the
+    device only off the CPU (GPU icons differ from CPU icons in the last bits; bf16 ones more)."""
+    config = run.config.render
+    section = {**config.model_dump(mode="json"), "batch_size": config.batch_size_on(run.device.type)}
+    if config.precision == "fp32":
+        del section["precision"]
+    return [section, run.config.seed, *key_part(run.device)]
+
+
+RENDER = Stage("render", reads=("grid",), settings=render_settings, work=render_icons)

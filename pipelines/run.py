@@ -17,6 +17,7 @@ import torch
 from atlas.bundle import IMAGES, Bundle, stage_marker
 from atlas.collect import layer_shape
 from atlas.config import AtlasConfig
+from atlas.devices import resolve_device
 from atlas.errors import AtlasError
 from atlas.images import open_source
 from atlas.images.source import ImageSource
@@ -49,13 +50,15 @@ def run_atlas(
     if until is not None and until not in STAGE_NAMES:
         raise AtlasError(f"--until {until!r}: expected one of {', '.join(STAGE_NAMES)}")
     tune_allocator()  # before the first Dask thread allocates (atlas.runtime)
+    device = resolve_device(config.device)  # a GPU asked for where there is none fails here, before any work
     bundle = Bundle(Path(config.output.dir) / config.name)
     bundle.root.mkdir(parents=True, exist_ok=True)
 
     model = load_model(config.model)
+    model.module.to(device)  # this process's copy: layer shapes, and the render stage's fidelity check
     layer = resolve_layer(model, config.model.layer)  # a wrong layer fails here, before any work
     prep = model.preprocessing
-    example = torch.zeros(1, prep.channels, prep.input_size, prep.input_size)
+    example = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, device=device)
     shape = layer_shape(model.module, layer, example)
     n_classes = 0
     if config.collect.attribution:
@@ -65,18 +68,19 @@ def run_atlas(
     if hasattr(source, "size_hint"):
         source.size_hint = prep.input_size
     with ExitStack() as stack:
-        executor = executor or LazyExecutor(config.scheduler, stack, log)
+        executor = executor or LazyExecutor(config.scheduler, stack, log, device)
         if not bundle.path(stage_marker(COLLECT.name)).exists():
             # A first run will collect: start the workers loading the model while this process lists the images.
             started_executor = executor()
-            started_executor.warm(warm_worker, config.model, started_executor.threads_per_task)
+            started_executor.warm(warm_worker, config.model, started_executor.threads_per_task, str(device))
         started = time.perf_counter()
         shards = source.plan(bundle.path(IMAGES), config.collect.n_images, config.collect.shard_size)
         if not shards:
             raise AtlasError(f"images.source {config.images.source!r}: no images found; point it at a folder of images")
         log(f"[images] {sum(s.count for s in shards)} images in {len(shards)} shards ({time.perf_counter() - started:.1f} s to list)")
         run = RunInputs(
-            config, bundle, model, layer, shape, n_classes, _class_names(model, source, n_classes), source, shards, executor, log
+            config, bundle, model, layer, shape, n_classes, _class_names(model, source, n_classes), source, shards, executor, log,
+            device,
         )  # fmt: skip
         records = run_stages(STAGES, run, until)
     manifest = assemble(run, records)

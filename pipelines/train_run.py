@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from atlas.config import ExperimentConfig, TrainConfig
+from atlas.devices import CPU, key_part, resolve_device
 from atlas.io import read_json
 from atlas.markers import is_fresh, read_marker, write_marker
 from atlas.train.data import TrainingData, load_training_data
@@ -37,15 +39,18 @@ def variant_dir(config: ExperimentConfig, activation: str) -> Path:
     return experiment_dir(config) / "train" / activation
 
 
-def train_task(variant: Variant, data: TrainingData, config: TrainConfig, out_dir: Path, threads: int) -> dict[str, Any]:
-    """Runs on a worker: one variant, start to finish (or from its last checkpoint)."""
+def train_task(variant: Variant, data: TrainingData, config: TrainConfig, out_dir: Path, threads: int, device: str) -> dict[str, Any]:
+    """Runs on a worker: one variant, start to finish (or from its last checkpoint), on ``device``."""
     use_threads(threads)
-    return train_variant(variant, data, config, out_dir)
+    return train_variant(variant, data, config, out_dir, device=torch.device(device))
 
 
-def variant_key(config: TrainConfig, activation: str, data: TrainingData) -> str:
+def variant_key(config: TrainConfig, activation: str, data: TrainingData, device: torch.device = CPU) -> str:
+    """The settings a variant was trained with; the device counts only off the CPU (CPU-trained variants stay valid)."""
     settings = config.model_dump(mode="json", exclude={"activations", "root"})  # where the dataset lives is not what it is
-    return fingerprint(TRAINER_VERSION, settings, activation, data.images_source, len(data.train.labels), len(data.test.labels))
+    return fingerprint(
+        TRAINER_VERSION, settings, activation, data.images_source, len(data.train.labels), len(data.test.labels), *key_part(device)
+    )
 
 
 def run_training(
@@ -53,6 +58,7 @@ def run_training(
 ) -> tuple[dict[str, dict[str, Any]], TrainingData]:
     """Train every variant not yet trained with these settings; returns ``{activation: metrics}`` and the data."""
     train = config.train
+    device = resolve_device(config.device)  # a GPU asked for where there is none fails before the data loads
     data = load_training_data(train, log)
     log(f"[train] {train.dataset}: {len(data.train.labels)} training, {len(data.test.labels)} test images at "
         f"{data.preprocessing.input_size} px; {train.architecture}, {len(train.activations)} activation(s)")  # fmt: skip
@@ -60,7 +66,7 @@ def run_training(
     metrics: dict[str, dict[str, Any]] = {}
     todo: dict[str, tuple[Path, str]] = {}
     for name in variants:
-        folder, key = variant_dir(config, name), variant_key(train, name, data)
+        folder, key = variant_dir(config, name), variant_key(train, name, data, device)
         if _done(folder, key):
             metrics[name] = read_json(folder / METRICS)
             continue
@@ -76,7 +82,8 @@ def run_training(
         ex = executor()
         data_ref = ex.scatter(data)
         futures = {
-            ex.submit(train_task, variants[name], data_ref, train, folder, ex.threads_per_task): name for name, (folder, _k) in todo.items()
+            ex.submit(train_task, variants[name], data_ref, train, folder, ex.threads_per_task, str(device)): name
+            for name, (folder, _k) in todo.items()
         }
         folders = [folder for folder, _k in todo.values()]
         total = len(variants) * train.epochs

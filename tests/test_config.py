@@ -59,6 +59,9 @@ DOCUMENTED_KEYS: dict[str, tuple[str, Any]] = {
     "render.steps": ("8", 8),
     "render.icon_size": ("32", 32),
     "render.tries": ("2", 2),
+    "render.batch_size": ("128", 128),
+    "render.precision": ("bf16", "bf16"),
+    "device": ("cuda:1", "cuda:1"),
     "output.dir": ("elsewhere", Path("elsewhere")),
     "seed": ("3", 3),
 }

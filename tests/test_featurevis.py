@@ -126,6 +126,28 @@ def test_batched_and_one_at_a_time_agree(lite0: tuple[nn.Module, nn.Module]) -> 
             torch.testing.assert_close(alone.scores[0], batched.scores[b], atol=tolerance, rtol=1e-4)
 
 
+def test_bf16_renders_what_fp32_renders(lite0: tuple[nn.Module, nn.Module]) -> None:
+    """render.precision=bf16 (autocast on the model's forward) works on CPU too: finite icons in [0, 1] that reach
+    what fp32 reaches, and their forward really ran in bfloat16 (the scores differ from fp32's by bf16 rounding)."""
+    model, layer = lite0
+    seeds = [0, 1, 2, 3]
+    torch.manual_seed(5)
+    targets = centre_activations(model, layer, FourierParam([100, 101, 102, 103], 3, 48, sd=0.5)())
+    run = partial(render, model, layer, Direction(targets), fourier(3, 48), seeds=seeds, mean=HALF, std=HALF, steps=30)
+    full, half = run(), run(precision="bf16")
+    before = score_images(model, layer, Direction(targets), FourierParam(seeds, 3, 48)(), mean=HALF, std=HALF)
+    assert half.images.dtype == torch.float32 and bool(torch.isfinite(half.images).all())
+    assert float(half.images.min()) >= 0.0 and float(half.images.max()) <= 1.0
+    assert not torch.equal(half.images, full.images), "bf16 must actually change the arithmetic"
+    # scored in fp32 on the plain images: bf16's icons reach what fp32's reach, far above the start
+    after_half = score_images(model, layer, Direction(targets), half.images, mean=HALF, std=HALF)
+    assert float((after_half - before).mean()) > 0.8 * float((full.scores - before).mean()), (before, full.scores, after_half)
+    cosine = F.cosine_similarity(centre_activations(model, layer, half.images), targets)
+    assert float(cosine.mean()) > 0.8, cosine
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        run(precision="fp16")
+
+
 def test_best_of_n_keeps_the_best_try() -> None:
     model = small_cnn()
     layer = model[5]

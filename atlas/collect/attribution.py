@@ -54,15 +54,16 @@ def activations_at(
     is one forward-mode pass whose tangent is its own activation vector placed
     at its own position and zero elsewhere.
     """
-    index = torch.as_tensor(rows, dtype=torch.long)
-    ys = torch.as_tensor(positions[:, 0], dtype=torch.long)
-    xs = torch.as_tensor(positions[:, 1], dtype=torch.long)
+    device = images.device  # the caller puts images where the model is; indices follow, results come back to the CPU
+    index = torch.as_tensor(rows, dtype=torch.long, device=device)
+    ys = torch.as_tensor(positions[:, 0], dtype=torch.long, device=device)
+    xs = torch.as_tensor(positions[:, 1], dtype=torch.long, device=device)
     if not with_attribution:
         with torch.no_grad():
             output = run_to_layer(module, layer, images)
-        return PositionRows(_gather(output, index, ys, xs).float().numpy(), None)
+        return PositionRows(_gather(output, index, ys, xs).float().cpu().numpy(), None)
 
-    if len(index) == len(images) and bool((index == torch.arange(len(images))).all()):
+    if len(index) == len(images) and np.array_equal(rows, np.arange(len(images))):
         return _attribute(module, layer, images, None, ys, xs)
     if _EXPAND_AT_LAYER.get(layer, True):
         try:
@@ -97,7 +98,7 @@ def _attribute(
     def make_dual(output: torch.Tensor) -> torch.Tensor:
         if expand is not None:
             output = output[expand]
-        own = torch.arange(len(output))
+        own = torch.arange(len(output), device=output.device)
         h = _gather(output, own, ys, xs)
         captured["h"] = h.detach().clone()  # later in-place ops must not change the stored rows
         if output.dim() == 4:
@@ -112,4 +113,4 @@ def _attribute(
         tangent_out = fwAD.unpack_dual(logits).tangent
     if tangent_out is None:
         raise RuntimeError("the model's output does not depend on the hooked layer; pick a layer on the path to the logits")
-    return PositionRows(captured["h"].float().numpy(), tangent_out.float().numpy())
+    return PositionRows(captured["h"].float().cpu().numpy(), tangent_out.float().cpu().numpy())

@@ -12,6 +12,7 @@ import torch
 from atlas.collect.attribution import activations_at
 from atlas.collect.sampling import sample_positions
 from atlas.collect.store import Rows
+from atlas.devices import device_of
 from atlas.images.preprocess import to_tensor
 from atlas.images.source import ImageRecord
 from atlas.models.record import Preprocessing
@@ -55,6 +56,7 @@ def collect_records(
     skipped: list[dict[str, str]] = []
     n_images = 0
     height, width = layer_hw
+    device = device_of(module)  # decoding and preprocessing stay on the CPU; the batch goes where the model is
     images_per_batch = max(1, batch_size // (height * width if positions_per_image == "all" else positions_per_image))
     for batch in _batches(records, images_per_batch):
         good: list[ImageRecord] = []
@@ -75,7 +77,7 @@ def collect_records(
         positions = [sample_positions(r.image_id, height, width, positions_per_image, seed) for r in good]
         rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(positions)])
         where = np.concatenate(positions)
-        images = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
+        images = torch.stack(tensors).contiguous(memory_format=torch.channels_last).to(device)
         ids_of = np.array([r.image_id for r in good], dtype=np.int64)
         labels_of = np.array([-1 if r.label is None else r.label for r in good], dtype=np.int32)
         # At most batch_size rows a pass: attribution widens the batch to one row per position at the layer, so
@@ -84,7 +86,7 @@ def collect_records(
         for lo in range(0, len(rows), batch_size):
             part, at = rows[lo : lo + batch_size], where[lo : lo + batch_size]
             used, local = np.unique(part, return_inverse=True)
-            subset = images if len(used) == len(good) else images[torch.as_tensor(used)]
+            subset = images if len(used) == len(good) else images[torch.as_tensor(used, device=device)]
             out = activations_at(module, layer, subset, local, at, with_attribution)
             attribution = out.attribution if out.attribution is not None else np.zeros((len(part), n_classes), np.float32)
             parts.append(Rows(out.activation, attribution, ids_of[part], at[:, 0].copy(), at[:, 1].copy(), labels_of[part]))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from atlas.devices import device_of
 from atlas.featurevis.objectives import centre
 from atlas.models.layers import run_to_layer
 
@@ -40,14 +41,16 @@ def centre_activations(
     std: Sequence[float],
     batch_size: int = 64,
 ) -> np.ndarray:
-    """[N, C] activation at the layer's centre for images in [0, 1], fed at their own size."""
-    mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    """[N, C] activation at the layer's centre for images in [0, 1], fed at their own size, on the model's device."""
+    device = device_of(model)
+    mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     parts = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = ((images[start : start + batch_size].float() - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
-            parts.append(centre(run_to_layer(model, layer, batch)).float())
+            batch = images[start : start + batch_size].to(device).float()
+            batch = ((batch - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+            parts.append(centre(run_to_layer(model, layer, batch)).float().cpu())
     return torch.cat(parts).numpy()
 
 

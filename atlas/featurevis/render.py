@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -99,6 +100,29 @@ def _work_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
+Precision = Literal["fp32", "bf16"]
+
+
+class _Forward:
+    """``capture(inputs)``, with ``precision="bf16"`` under ``torch.autocast`` and cast back to float32 for the objective.
+
+    bf16 runs the model's convolutions (forward and backward) on a GPU's tensor cores; pixels, the objective and
+    Adam stay float32. fp32 calls the capture as it is, so the default loop is exactly the one measured before.
+    """
+
+    def __init__(self, capture: LayerCapture, precision: Precision, device: torch.device) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {precision!r}: expected 'fp32' or 'bf16'")
+        self.capture = capture
+        self.autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else None
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.autocast is None:
+            return self.capture(inputs)
+        with self.autocast:
+            return self.capture(inputs).float()
+
+
 def _check_scores(scores: torch.Tensor, batch: int) -> torch.Tensor:
     if scores.shape != (batch,):
         raise ValueError(f"an objective must return one score per image, shape ({batch},); got {tuple(scores.shape)}")
@@ -141,13 +165,15 @@ def render(
     tries: int = 1,
     stop_at_layer: bool = True,
     channels_last: bool = True,
+    precision: Precision = "fp32",
 ) -> RenderResult:
     """Maximise ``objective`` at ``layer`` for ``len(seeds)`` images; image b depends only on ``seeds[b]``.
 
     ``param_factory(seeds)`` builds the parameterisation (e.g. ``fourier(3, 80)``);
     ``input_size`` is the model's input size (views are resized to it; ``None``
     feeds them at the image size); ``mean``/``std`` normalise like the model's
-    training data; ``transforms`` defaults to ``Transforms()``.
+    training data; ``transforms`` defaults to ``Transforms()``. ``precision="bf16"`` runs the model's forward
+    (and so its backward) in bfloat16 under autocast, on any device; pixels, the objective and Adam stay float32.
     """
     transforms = Transforms() if transforms is None else transforms
     if steps < 0 or tries < 1:
@@ -159,6 +185,7 @@ def render(
     history = torch.zeros(steps, device=device)  # summed on device: no host sync per step
     try_scores: list[torch.Tensor] = []
     with _eval_mode(model), LayerCapture(model, layer, stop_at_layer) as capture:
+        forward = _Forward(capture, precision, device)
         for attempt in range(tries):
             attempt_seeds = try_seeds(seeds, attempt)
             param: ImageParam = param_factory(attempt_seeds).to(device=device, dtype=_work_dtype(model_dtype))
@@ -170,13 +197,13 @@ def render(
             for step in range(steps):
                 optimizer.zero_grad(set_to_none=True)
                 pixels = param()
-                scores = objective(capture(normalise(views(pixels, step), resized=True)), pixels)
+                scores = objective(forward(normalise(views(pixels, step), resized=True)), pixels)
                 (-_check_scores(scores, len(seeds)).sum()).backward(inputs=tensors)
                 optimizer.step()
                 history[step] += scores.detach().mean()
             with torch.no_grad():
                 images = param().detach()
-                final = _check_scores(objective(capture(normalise(images)), images), len(seeds)).float()
+                final = _check_scores(objective(forward(normalise(images)), images), len(seeds)).float()
                 images = images.float()
             if attempt == 0:
                 best_images, best_scores = images, final

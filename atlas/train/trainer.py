@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from atlas.config import TrainConfig
+from atlas.devices import CPU
 from atlas.io import write_bytes, write_json
 from atlas.models.card import MODEL_CARD, ModelCard, new_card, write_card  # noqa: F401  MODEL_CARD: the folder's file names live together
 from atlas.models.zoo import build_classifier, make_activation
@@ -84,10 +85,15 @@ def train_variant(
     config: TrainConfig,
     out_dir: Path,
     log: Callable[[str], None] = lambda _m: None,
+    device: torch.device = CPU,
 ) -> dict[str, Any]:
-    """Train (or finish training) one variant into ``out_dir``; returns its metrics."""
+    """Train (or finish training) one variant into ``out_dir`` on ``device``; returns its metrics.
+
+    The initialisation, the data order and the files written do not depend on the device: the model is built on
+    the CPU, each batch is moved to the device, and checkpoints and weights are saved as CPU tensors.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = variant.build(config.seed)
+    model = variant.build(config.seed).to(device)
     steps_per_epoch = math.ceil(len(data.train.labels) / config.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = steps_per_epoch * config.epochs
@@ -98,7 +104,7 @@ def train_variant(
     start_epoch = 0
     checkpoint_path = out_dir / CHECKPOINT
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -112,20 +118,20 @@ def train_variant(
     for epoch in range(start_epoch, config.epochs):
         model.train()
         order = epoch_order(len(data.train.labels), config.seed, epoch)
-        grad_sums = torch.zeros(len(weights), dtype=torch.float64)
+        grad_sums = torch.zeros(len(weights), dtype=torch.float64, device=device)
         loss_sum = correct = seen = 0.0
         started = time.perf_counter()
         for step in range(steps_per_epoch):
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = normalise_batch(data.train.images[index.numpy()], data.preprocessing)
-            y = torch.from_numpy(data.train.labels[index.numpy()])
+            x = normalise_batch(data.train.images[index.numpy()], data.preprocessing).to(device)
+            y = torch.from_numpy(data.train.labels[index.numpy()]).to(device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
             loss.backward()
             grad_sums += torch.stack([cast(torch.Tensor, p.grad).detach().norm() for _n, p in weights]).double()
             if step + 1 == min(START_STEPS, steps_per_epoch):
-                start_norms = (grad_sums / (step + 1)).tolist()
+                start_norms = (grad_sums / (step + 1)).cpu().tolist()
             optimizer.step()
             schedule.step()
             loss_sum += float(loss.detach()) * len(y)
@@ -141,7 +147,7 @@ def train_variant(
             "test_accuracy": test_accuracy,
             "seconds": seconds,
             "images_per_second": seen / seconds,
-            "grad_norms": (grad_sums / steps_per_epoch).tolist(),
+            "grad_norms": (grad_sums / steps_per_epoch).cpu().tolist(),
             "grad_norms_first_steps": start_norms,
         })  # fmt: skip
         _save_checkpoint(checkpoint_path, model, optimizer, schedule, history)
@@ -149,7 +155,7 @@ def train_variant(
         log(f"[train] {variant.activation} epoch {epoch + 1}/{config.epochs}: test accuracy {test_accuracy:.3f} ({seconds:.1f} s)")
 
     units = unit_statistics(
-        model, activation_layers(model, type(make_activation(variant.activation))), _test_batches(data), config.dead_threshold
+        model, activation_layers(model, type(make_activation(variant.activation))), _test_batches(data, device), config.dead_threshold
     )
     metrics = {
         "variant": variant.kwargs(),
@@ -164,7 +170,7 @@ def train_variant(
         "n_test": int(len(data.test.labels)),
     }
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save(_on_cpu(model.state_dict()), buffer)
     write_bytes(out_dir / WEIGHTS, buffer.getvalue())
     write_card(out_dir, model_card(variant, data))
     write_json(out_dir / METRICS, metrics)
@@ -186,10 +192,11 @@ def model_card(variant: Variant, data: TrainingData) -> ModelCard:
 def evaluate(model: nn.Module, split: Split, data: TrainingData) -> tuple[float, float]:
     """Mean cross-entropy and accuracy on a split, in eval mode."""
     model.eval()
+    device = next(model.parameters()).device
     loss_sum = correct = 0.0
     for start in range(0, len(split.labels), EVAL_BATCH):
-        x = normalise_batch(split.images[start : start + EVAL_BATCH], data.preprocessing)
-        y = torch.from_numpy(split.labels[start : start + EVAL_BATCH])
+        x = normalise_batch(split.images[start : start + EVAL_BATCH], data.preprocessing).to(device)
+        y = torch.from_numpy(split.labels[start : start + EVAL_BATCH]).to(device)
         logits = model(x)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += float((logits.argmax(1) == y).sum())
@@ -197,14 +204,32 @@ def evaluate(model: nn.Module, split: Split, data: TrainingData) -> tuple[float,
     return loss_sum / n, correct / n
 
 
-def _test_batches(data: TrainingData):  # type: ignore[no-untyped-def]
+def _test_batches(data: TrainingData, device: torch.device):  # type: ignore[no-untyped-def]
     for start in range(0, len(data.test.labels), EVAL_BATCH):
-        yield normalise_batch(data.test.images[start : start + EVAL_BATCH], data.preprocessing)
+        yield normalise_batch(data.test.images[start : start + EVAL_BATCH], data.preprocessing).to(device)
+
+
+def _on_cpu(state: Any) -> Any:
+    """A state dict (nested for the optimiser) with every tensor on the CPU: files load anywhere, and are the same
+    bytes whichever device trained them (``.cpu()`` of a CPU tensor is the tensor itself)."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _on_cpu(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_on_cpu(v) for v in state]
+    return state
 
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: Any, schedule: Any, history: list[dict[str, Any]]) -> None:
     buffer = io.BytesIO()
     torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history}, buffer
+        {
+            "model": _on_cpu(model.state_dict()),
+            "optimizer": _on_cpu(optimizer.state_dict()),
+            "schedule": schedule.state_dict(),
+            "history": history,
+        },
+        buffer,
     )
     write_bytes(path, buffer.getvalue())

@@ -51,8 +51,9 @@ def unit_statistics(
             channels = x.shape[1]
             state = running.get(name)
             if state is None:
-                zeros = torch.zeros(channels, dtype=torch.float64)
-                state = running[name] = _Running(torch.full((channels,), -np.inf), torch.full((channels,), -np.inf), zeros, zeros.clone())
+                zeros = torch.zeros(channels, dtype=torch.float64, device=x.device)
+                lowest = torch.full((channels,), -np.inf, device=x.device)
+                state = running[name] = _Running(lowest, lowest.clone(), zeros, zeros.clone())
             state.max_grad = torch.maximum(state.max_grad, grad.abs().amax(dim=dims))
             state.max_input = torch.maximum(state.max_input, x.amax(dim=dims))
             out = output.detach().double()

@@ -1,0 +1,108 @@
+"""The ``device`` key: validated, resolved against this torch, kept out of CPU cache keys, one GPU worker per GPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from atlas.config import AtlasConfig, RenderConfig, load_config
+from atlas.devices import CPU, key_part, resolve_device
+from atlas.errors import AtlasError
+from pipelines.cli import main
+from pipelines.executor import gpu_worker_envs, gpu_worker_specs, start_gpu_cluster
+from pipelines.render_stage import render_settings
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("value", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_values_validate(value: str) -> None:
+    assert load_config(None, [f"device={value}"]).device == value
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:", "cuda:x", "CPU", "mps", "0"])
+def test_a_bad_device_is_one_line_naming_the_key_and_the_choices(value: str) -> None:
+    with pytest.raises(AtlasError) as info:
+        load_config(None, [f"device={value}"])
+    message = str(info.value)
+    assert "'device'" in message and "\n" not in message
+    assert "auto, cpu, cuda or cuda:N" in message or "valid string" in message, message  # device=0 reads as a number
+
+
+def test_auto_picks_cuda_only_where_torch_sees_a_gpu() -> None:
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == CPU
+    assert AtlasConfig().device == "auto"
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA; the no-GPU error cannot happen here")
+def test_asking_for_cuda_without_one_fails_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for setting in ("cuda", "cuda:1"):
+        with pytest.raises(AtlasError, match=f"device='{setting}'.*sees no CUDA GPU.*--set device=cpu"):
+            resolve_device(setting)
+    # from the command line: exit 2, one line, and nothing written
+    assert main(["run", "--set", "device=cuda", "--out", str(tmp_path), "--name", "gpu", "--scheduler", "sync"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "device='cuda'" in err and "--set device=cpu" in err, err
+    assert not (tmp_path / "gpu").exists()
+
+
+@pytest.mark.skipif(NO_CUDA, reason="needs CUDA: the out-of-range index check")
+def test_a_gpu_index_past_the_last_fails_with_the_fix() -> None:
+    count = torch.cuda.device_count()
+    with pytest.raises(AtlasError, match=f"only {count} CUDA GPU"):
+        resolve_device(f"cuda:{count}")
+
+
+def _run(device: torch.device, **render: object) -> SimpleNamespace:
+    """What render_settings reads of a run: its config and resolved device."""
+    return SimpleNamespace(config=AtlasConfig(render=RenderConfig(**render)), device=device)  # type: ignore[arg-type]
+
+
+def test_cpu_render_key_is_the_one_from_before_devices() -> None:
+    """The settings behind the render stage's key, for a default CPU run, exactly as they were when render.batch_size
+    was the number 64 and neither precision nor device existed: every CPU bundle made before stays cached."""
+    before = [{"steps": 128, "icon_size": 80, "tries": 1, "batch_size": 64, "learning_rate": 0.05, "cossim_power": 4.0, "whiten": True}, 0]
+    assert render_settings(_run(CPU)) == before  # type: ignore[arg-type]
+    assert render_settings(_run(CPU, batch_size=64)) == before  # type: ignore[arg-type]
+    assert key_part(CPU) == []
+
+
+def test_gpu_and_bf16_change_the_render_key() -> None:
+    cuda = torch.device("cuda")
+    on_gpu = render_settings(_run(cuda))  # type: ignore[arg-type]
+    assert on_gpu[0]["batch_size"] == RenderConfig().batch_size_on("cuda") > RenderConfig().batch_size_on("cpu")
+    assert on_gpu[-1] == {"device": "cuda"} and "precision" not in on_gpu[0]
+    assert render_settings(_run(torch.device("cuda", 1))) == on_gpu, "which GPU of one kind does not change icons"
+    assert render_settings(_run(cuda, precision="bf16"))[0]["precision"] == "bf16"
+    assert render_settings(_run(CPU, batch_size=32))[0]["batch_size"] == 32  # a set batch size holds everywhere
+    assert render_settings(_run(cuda, batch_size=32))[0]["batch_size"] == 32
+
+
+def test_one_worker_per_gpu_each_seeing_its_own() -> None:
+    assert gpu_worker_envs(4, None, None) == [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(4)]
+    # torch numbers GPUs within an existing CUDA_VISIBLE_DEVICES: the workers get its entries
+    assert gpu_worker_envs(2, None, "3, 5") == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    assert gpu_worker_envs(1, None, "GPU-8f2a,GPU-11bc") == [{"CUDA_VISIBLE_DEVICES": "GPU-8f2a"}]
+    assert gpu_worker_envs(4, 2, None) == [{}], "cuda:N: one worker that sees every GPU and uses the one asked for"
+    specs = gpu_worker_specs(gpu_worker_envs(3, None, None))
+    assert [spec["options"]["env"]["CUDA_VISIBLE_DEVICES"] for spec in specs.values()] == ["0", "1", "2"]
+    assert all(spec["options"]["nthreads"] == 1 for spec in specs.values()), "one task at a time per GPU"
+
+
+def test_the_gpu_cluster_gives_each_worker_its_own_gpu_variable() -> None:
+    """The cluster open_executor starts for device=cuda on a local machine, started here without a GPU: every worker
+    process really has its own CUDA_VISIBLE_DEVICES (set before torch can initialise CUDA) and the thread count."""
+    from distributed import Client
+
+    cluster = start_gpu_cluster(gpu_worker_envs(2, None, None), threads=1)
+    try:
+        with Client(cluster) as client:
+            seen = client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("OMP_NUM_THREADS")))
+    finally:
+        cluster.close()
+    assert sorted(seen.values()) == [("0", "1"), ("1", "1")], seen
