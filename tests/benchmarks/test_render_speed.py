@@ -238,7 +238,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     default_config = load_config(REPO / "configs" / "default.yaml")
     render_cfg = default_config.render.model_dump(mode="json")
     work = tmp_path_factory.mktemp("render_speed")
-    cells = prepare_cells(find_bundle(), render_cfg["batch_size"], work)
+    cells = prepare_cells(find_bundle(), default_config.render.batch_size_on("cpu"), work)  # 'auto' is 64 on CPU
     model = load_model(default_config.model)
     layer = resolve_layer(model, default_config.model.layer)
     assert default_config.model.layer == "blocks.4" and model.spec == "efficientnet-lite0", default_config.model
