@@ -26,7 +26,8 @@ from PIL import Image
 from atlas.collect.store import ActivationStore, Rows
 from atlas.errors import AtlasError
 from atlas.images.folder import INDEX_NAME, SKIPPED_NAME
-from atlas.io import read_json, write_bytes, write_json, write_npy
+from atlas.io import read_json, read_npy, write_bytes, write_json, write_npy
+from atlas.storage import Location, location
 
 FORMAT = "activation-atlas/1"
 
@@ -167,10 +168,10 @@ class Level:
 class Bundle:
     """A bundle folder: typed readers and writers for each of its files."""
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Location | str) -> None:
+        self.root = location(root)  # a local folder, or a URL every worker can reach (atlas.storage)
 
-    def path(self, relative: str) -> Path:
+    def path(self, relative: str) -> Location:
         return self.root / relative
 
     # --- manifest -------------------------------------------------------------------------------
@@ -199,13 +200,13 @@ class Bundle:
         return self.store().read()
 
     def coords(self) -> np.ndarray:
-        return np.load(self.path(COORDS))
+        return read_npy(self.path(COORDS))
 
     def write_coords(self, coords: np.ndarray) -> None:
         write_npy(self.path(COORDS), coords)
 
     def whitening(self) -> np.ndarray:
-        return np.load(self.path(WHITENING))
+        return read_npy(self.path(WHITENING))
 
     def write_whitening(self, matrix: np.ndarray) -> None:
         write_npy(self.path(WHITENING), matrix)
@@ -219,13 +220,13 @@ class Bundle:
         write_json(self.path(grid_cells_file(grid)), cells)
 
     def directions(self, grid: int) -> np.ndarray:
-        return np.load(self.path(directions_file(grid)))
+        return read_npy(self.path(directions_file(grid)))
 
     def write_directions(self, grid: int, directions: np.ndarray) -> None:
         write_npy(self.path(directions_file(grid)), directions.astype(np.float32))
 
     def attribution(self, grid: int) -> np.ndarray:
-        return np.load(self.path(attribution_file(grid)))
+        return read_npy(self.path(attribution_file(grid)))
 
     def write_attribution(self, grid: int, means: np.ndarray) -> None:
         """float16, Fortran order: each class's column is contiguous, so the viewer reads one class as one slice."""
@@ -241,6 +242,10 @@ class Bundle:
 
     def write_fidelity(self, grid: int, records: list[dict[str, Any]]) -> None:
         write_json(self.path(fidelity_file(grid)), records)
+
+    def image(self, relative: str) -> Image.Image:
+        """An icon or patch of this bundle, loaded (wherever the bundle lives)."""
+        return _open_image(self.path(relative))
 
     def write_icon(self, relative: str, image: np.ndarray) -> None:
         """[C, H, W] in [0, 1] -> 8-bit PNG (RGB, or L for one-channel models)."""
@@ -288,7 +293,7 @@ class Bundle:
         if grid not in self.grids:
             raise AtlasError(f"{self.root}: no grid {grid}; this bundle has grids {', '.join(map(str, self.grids)) or 'none'}")
         entry = self._level_entry(grid)
-        return Level(self, grid, self.cells(grid), np.load(self.path(entry.get("directions") or directions_file(grid))))
+        return Level(self, grid, self.cells(grid), read_npy(self.path(entry.get("directions") or directions_file(grid))))
 
     def _level_entry(self, grid: int) -> dict[str, Any]:
         if not self.path(MANIFEST).is_file():
@@ -321,7 +326,35 @@ class Bundle:
         return found
 
 
-def open_bundle(path: Path | str) -> Bundle:
+def copy_for_viewing(bundle: Bundle, target: Path) -> int:
+    """Mirror what the viewer reads of a bundle on a store into the local folder ``target``; returns files fetched.
+
+    Leaves out the activation store (the bulk of a bundle; the page never reads it) and dot-files (markers).
+    A file already there with the same size is not fetched again, so a second call fetches only what changed.
+    """
+    if isinstance(bundle.root, Path):
+        raise TypeError("copy_for_viewing copies a bundle on a store; a local bundle is served where it is")
+    fs, base = bundle.root.fs, bundle.root.path.rstrip("/")
+    if not fs.exists(f"{base}/{MANIFEST}"):
+        raise AtlasError(f"{bundle.root}: no {MANIFEST}; is this a bundle written by `atlas run`?")
+    sources, targets = [], []
+    for key, info in sorted(fs.find(base, detail=True).items()):
+        relative = key[len(base) + 1 :]
+        parts = relative.split("/")
+        if parts[0] == ACTIVATIONS or any(part.startswith(".") for part in parts):
+            continue
+        local = target.joinpath(*parts)
+        if local.is_file() and local.stat().st_size == info.get("size"):
+            continue
+        local.parent.mkdir(parents=True, exist_ok=True)
+        sources.append(key)
+        targets.append(str(local))
+    if sources:
+        fs.get(sources, targets)
+    return len(sources)
+
+
+def open_bundle(path: Location | str) -> Bundle:
     """Open a finished bundle for reading (any bundle of format activation-atlas/1, old or new)."""
     bundle = Bundle(path)
     found = bundle.manifest.get("format")
@@ -330,7 +363,7 @@ def open_bundle(path: Path | str) -> Bundle:
     return bundle
 
 
-def _open_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
+def _open_image(path: Location) -> Image.Image:
+    with path.open("rb") as handle, Image.open(handle) as image:
         image.load()
         return image

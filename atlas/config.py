@@ -6,6 +6,7 @@ config file or a ``--set`` fails with one line naming the key.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from importlib import resources
@@ -112,14 +113,25 @@ class TilesConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: Path = Path("outputs")
+    dir: str = Field(
+        default="outputs", description="a folder, or an fsspec URL every worker can reach (s3://bucket/prefix, gs://, abfs://)"
+    )
     name: str | None = None
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        """A str, not a Path: Path("s3://b/x") would fold the URL's // into one slash."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 class SchedulerConfig(Section):
     address: str = Field(default="local", description="'local' (a LocalCluster), 'tcp://HOST:PORT', or 'sync'")
     workers: PositiveInt | None = Field(default=None, description="local cluster worker processes (default cores / threads)")
     threads_per_worker: PositiveInt | None = Field(default=None, description="PyTorch threads per worker (default 1)")
+    upload: tuple[Path, ...] = Field(
+        default=(), description="Python files (.py, .zip, .egg) Dask copies to every worker: a model module the workers lack"
+    )
 
 
 class AtlasConfig(Section):

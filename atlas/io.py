@@ -1,17 +1,28 @@
-"""Atomic writes: every output appears whole or not at all, so a killed run resumes cleanly."""
+"""Atomic writes: every output appears whole or not at all, so a killed run resumes cleanly.
+
+Locally: a temporary sibling, then a rename. On an object store (S3, GCS, Azure)
+a single object's write is already atomic, so it is written in place; on other
+remote file systems, under a temporary name and then moved. Work made of many
+files (a shard, a batch of icons, a pyramid) is marked done by a marker written
+last (atlas.markers), which is what makes it atomic on a store without renames.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+
+from atlas.storage import ATOMIC_PUT, Location, protocol
 
 
 def _current_umask() -> int:
@@ -32,7 +43,10 @@ def temp_sibling(path: Path, suffix: str = "") -> Path:
     return Path(name)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Location, data: bytes) -> None:
+    if not isinstance(path, Path):
+        _put(path, data)
+        return
     temp = temp_sibling(path)
     try:
         temp.write_bytes(data)
@@ -41,11 +55,28 @@ def write_bytes(path: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, value: Any) -> None:
+def _put(path: Location, data: bytes) -> None:
+    if protocol(path) in ATOMIC_PUT:
+        path.write_bytes(data)
+        return
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temp.write_bytes(data)
+        temp.rename(str(path))  # same store: a move by key
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_json(path: Location, value: Any) -> None:
     write_bytes(path, (json.dumps(value, indent=1, sort_keys=False, default=_json_default) + "\n").encode())
 
 
-def write_npy(path: Path, array: np.ndarray) -> None:
+def write_npy(path: Location, array: np.ndarray) -> None:
+    if not isinstance(path, Path):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        _put(path, buffer.getvalue())
+        return
     temp = temp_sibling(path)
     try:
         with open(temp, "wb") as handle:  # a file object: np.save would append ".npy" to a name
@@ -53,6 +84,21 @@ def write_npy(path: Path, array: np.ndarray) -> None:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def partial_file(path: Location) -> Iterator[BinaryIO]:
+    """A file to stream into that replaces ``path`` only if the block finishes (a listing too big to hold in memory)."""
+    local = temp_sibling(path) if isinstance(path, Path) else Path(tempfile.mkstemp(suffix=".partial")[1])
+    try:
+        with open(local, "wb") as handle:
+            yield handle
+        if isinstance(path, Path):
+            os.replace(local, path)
+        else:
+            path.fs.put_file(str(local), path.path)  # one object, whole or absent
+    finally:
+        local.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -71,8 +117,38 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: Location) -> Any:
+    return json.loads(path.read_bytes())
+
+
+def read_npy(path: Location) -> np.ndarray:
+    if isinstance(path, Path):
+        return np.load(path)
+    with path.open("rb") as handle:
+        return np.load(io.BytesIO(handle.read()))
+
+
+def upload_tree(local: Path, remote: Location) -> None:
+    """Copy a finished local folder's files under ``remote`` (in parallel where the store allows), then nothing else.
+
+    Not atomic as a whole on an object store: the caller writes its marker after this returns.
+    """
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    if not files:
+        return
+    if isinstance(remote, Path):
+        raise TypeError("upload_tree is for remote locations; use atomic_dir for local ones")
+    fs = remote.fs
+    targets = [f"{remote.path.rstrip('/')}/{p.relative_to(local).as_posix()}" for p in files]
+    fs.put([str(p) for p in files], targets)
+
+
+def remove_tree(path: Location) -> None:
+    """Delete a folder (or prefix) and everything under it; nothing there is fine."""
+    if isinstance(path, Path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.fs.rm(path.path, recursive=True)
 
 
 def _json_default(value: Any) -> Any:

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from atlas.io import write_json
+from atlas.storage import Location
 
 
-def read_marker(path: Path) -> dict[str, Any] | None:
+def read_marker(path: Location) -> dict[str, Any] | None:
     """The marker's contents, or None when it is missing or unreadable (a torn write counts as missing)."""
     try:
-        text = Path(path).read_text()
-    except OSError:
+        text = path.read_text()
+    except OSError:  # FileNotFoundError included, on every store
         return None
     try:
         value = json.loads(text)
@@ -30,17 +30,17 @@ def read_marker(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def is_fresh(path: Path, key: str, outputs: Iterable[Path] = ()) -> bool:
+def is_fresh(path: Location, key: str, outputs: Iterable[Location] = ()) -> bool:
     """Whether the work behind ``path`` was done for ``key`` and its ``outputs`` are all still there."""
     marker = read_marker(path)
-    return marker is not None and marker.get("key") == key and all(Path(p).exists() for p in outputs)
+    return marker is not None and marker.get("key") == key and all(p.exists() for p in outputs)
 
 
-def write_marker(path: Path, key: str, **extra: Any) -> None:
+def write_marker(path: Location, key: str, **extra: Any) -> None:
     """Mark work done for ``key``; call it only after every output is in place."""
     write_json(path, {"key": key, **extra})
 
 
-def clear_marker(path: Path) -> None:
+def clear_marker(path: Location) -> None:
     """From here until the next ``write_marker`` the outputs on disk are not one finished piece of work."""
-    Path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)

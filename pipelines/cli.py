@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pipelines.serve import serve
 
     try:
-        serve(args.run_dir, args.host, args.port, args.verbose)
+        serve(args.run_dir, args.host, args.port, args.verbose, args.cache)
     except KeyboardInterrupt:
         print("atlas: server stopped", file=sys.stderr)
     return 0
@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler=_compare)
 
     serve = sub.add_parser("serve", help="serve a run folder's atlas viewer on a local address")
-    serve.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bundle folder, e.g. outputs/default")
+    serve.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a bundle folder, e.g. outputs/default, or a bundle URL (s3://..., copied down first)"
+    )
+    serve.add_argument("--cache", type=Path, help="where a bundle URL is copied to (default: ~/.cache/atlas/bundles/...)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, help="port (default: 8000 or the next free one; 0 for any free port)")
     serve.add_argument("--verbose", action="store_true", help="log every request")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -14,6 +13,7 @@ from atlas.devices import key_part
 from atlas.errors import AtlasError
 from atlas.images.source import ImageSource, Shard
 from atlas.models import model_files_identity
+from atlas.storage import Location
 from pipelines.context import RunInputs
 from pipelines.stage import Report, Stage, StageCall, file_fingerprint, file_identity
 from pipelines.worker_state import model_and_layer, use_threads
@@ -27,7 +27,7 @@ def collect_shard_task(
     model_config: ModelConfig,
     collect: CollectConfig,
     seed: int,
-    store_path: Path,
+    store_path: Location,
     layer_hw: tuple[int, int],
     n_classes: int,
     threads: int,
@@ -116,12 +116,12 @@ def collect(call: StageCall) -> Report:
     }
 
 
-def _listing_skips(path: Path) -> list[dict[str, str]]:
+def _listing_skips(path: Location) -> list[dict[str, str]]:
     """Files the folder listing passed over without opening (``reason<TAB>path`` lines)."""
     if not path.exists():
         return []
     skips = []
-    with open(path, encoding="utf-8") as handle:
+    with path.open(encoding="utf-8") as handle:
         for line in handle:
             reason, _, name = line.rstrip("\n").partition("\t")
             skips.append({"name": name, "error": reason})

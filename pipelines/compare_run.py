@@ -31,6 +31,7 @@ from atlas.errors import AtlasError
 from atlas.io import write_json, write_npy
 from atlas.markers import clear_marker, is_fresh, read_marker, write_marker
 from atlas.models.zoo import DEFAULT_LAYERS
+from atlas.storage import require_local
 from atlas.train.data import TrainingData
 from pipelines.executor import Executor, LazyExecutor
 from pipelines.run import run_atlas
@@ -123,7 +124,7 @@ def _build_group(
         panels.append({
             "name": name,
             "layer": bundle.model.layer,
-            "bundle": str(run_dir.relative_to(experiment_dir(config))),
+            "bundle": str(require_local(run_dir, "output.dir").relative_to(experiment_dir(config))),
             "levels": manifest["levels"],
             "channels": int(r.activation.shape[1]),
             "statistics": layer_statistics(r.activation),

@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from atlas.config import SchedulerConfig
@@ -181,6 +182,7 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print, d
                     n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
                 )
         client = Client(cluster)
+        upload(client, config.upload)
         log(f"dask: local cluster, {workers} worker(s) x {threads} thread(s); {_dashboard(client)}")
         try:
             yield DaskExecutor(client, threads)
@@ -194,6 +196,7 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print, d
         client = Client(address, timeout="10s")
     except OSError as err:
         raise AtlasError(f"scheduler {address!r}: cannot connect ({err}); is `dask scheduler` running there?") from None
+    upload(client, config.upload)
     info = client.scheduler_info()
     threads = max((w.get("nthreads", 1) for w in info.get("workers", {}).values()), default=1)
     log(f"dask: connected to {address}; {_dashboard(client)}")
@@ -201,6 +204,14 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print, d
         yield DaskExecutor(client, threads)
     finally:
         client.close()
+
+
+def upload(client: Any, files: Sequence[Path]) -> None:
+    """Copy ``scheduler.upload`` files to every worker, and to workers that join later (Dask's upload_file plugin)."""
+    for path in files:
+        if not path.is_file():
+            raise AtlasError(f"scheduler.upload: {path} is not a file; list .py, .zip or .egg files the workers should import")
+        client.upload_file(str(path), load=True)
 
 
 def _dashboard(client: Any) -> str:

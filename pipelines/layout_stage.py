@@ -17,13 +17,14 @@ from atlas.collect import ActivationStore
 from atlas.config import LayoutConfig
 from atlas.errors import AtlasError
 from atlas.layout import AtlasLayout, Whitening
+from atlas.storage import Location
 from pipelines.context import RunInputs
 from pipelines.executor import Executor
 from pipelines.stage import Report, Stage, StageCall, file_fingerprint
 from pipelines.worker_state import use_threads
 
 
-def fit_layout_task(store_path: Path, sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> bytes:
+def fit_layout_task(store_path: Location, sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> bytes:
     """Runs on a worker, which reads the fit sample from the store itself (the driver never holds the rows).
 
     Returns the fitted layout already pickled, before any ``transform`` has touched it: Dask pickles a task's
@@ -57,7 +58,7 @@ class Placed:
     count: int
 
 
-def place_shards_task(blob: bytes | None, store_path: Path, shards: list[int], fitted: np.ndarray, threads: int) -> Placed:
+def place_shards_task(blob: bytes | None, store_path: Location, shards: list[int], fitted: np.ndarray, threads: int) -> Placed:
     """Runs on a worker: reads its shards from the store, places the rows not in ``fitted``, sums their moment."""
     use_threads(threads)
     layout = fitted_layout(blob) if blob is not None else None

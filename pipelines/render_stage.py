@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from atlas.bundle import Bundle, icon_batch_marker
@@ -42,7 +41,7 @@ class IconBatch:
 def load_icons(bundle: Bundle, icons: list[str], channels: int, size: int) -> torch.Tensor:
     """Saved icons as [N, C, H, W] in [0, 1], exactly the pixels the PNGs hold."""
     mode = "L" if channels == 1 else "RGB"
-    arrays = [np.asarray(Image.open(bundle.path(name)).convert(mode), dtype=np.float32) / 255.0 for name in icons]
+    arrays = [np.asarray(bundle.image(name).convert(mode), dtype=np.float32) / 255.0 for name in icons]
     if not arrays:
         return torch.zeros(0, channels, size, size)
     stacked = np.stack(arrays)

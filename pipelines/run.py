@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 
 import torch
 
@@ -23,6 +22,7 @@ from atlas.images import open_source
 from atlas.images.source import ImageSource
 from atlas.models import LoadedModel, load_model, resolve_layer
 from atlas.runtime import tune_allocator
+from atlas.storage import Location, location
 from pipelines.assemble import assemble
 from pipelines.collect_stage import COLLECT
 from pipelines.context import RunInputs
@@ -42,7 +42,7 @@ check_order(STAGES)
 
 def run_atlas(
     config: AtlasConfig, until: str | None = None, log: Callable[[str], None] = print, executor: Callable[[], Executor] | None = None
-) -> Path:
+) -> Location:
     """Run every stage (or up to ``until``), then assemble cells and manifest; returns the bundle folder.
 
     ``executor``: a cluster already open (``atlas compare`` runs many bundles on one); default, one started on demand.
@@ -51,7 +51,7 @@ def run_atlas(
         raise AtlasError(f"--until {until!r}: expected one of {', '.join(STAGE_NAMES)}")
     tune_allocator()  # before the first Dask thread allocates (atlas.runtime)
     device = resolve_device(config.device)  # a GPU asked for where there is none fails here, before any work
-    bundle = Bundle(Path(config.output.dir) / config.name)
+    bundle = Bundle(location(config.output.dir) / config.name)
     bundle.root.mkdir(parents=True, exist_ok=True)
 
     model = load_model(config.model)

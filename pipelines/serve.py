@@ -1,5 +1,9 @@
 """`atlas serve RUN_DIR`: a small static file server for one bundle, for viewing it in a browser.
 
+A bundle on an object store (``atlas serve s3://bucket/outputs/name``) is first
+copied down, minus its activation store, to ``~/.cache/atlas/bundles/`` (or
+``--cache DIR``), and served from there; a browser cannot read s3:// itself.
+
 It serves regular files inside the run folder and nothing else: a request
 whose decoded path has a ``..`` or ``.`` segment, an empty segment (``//etc``),
 a backslash or a NUL is refused (403/400); a path that resolves, through
@@ -23,8 +27,11 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from atlas.bundle import Bundle, copy_for_viewing
 from atlas.errors import AtlasError
+from atlas.storage import location, protocol, url
 
+DEFAULT_CACHE = Path("~/.cache/atlas/bundles").expanduser()  # where a bundle on a store is copied to be served
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 PORT_TRIES = 50  # without --port: 8000, or the next free one up to 8049
@@ -213,8 +220,21 @@ def url_of(server: BundleServer) -> str:
     return f"http://{shown}:{port}/"
 
 
-def serve(run_dir: Path, host: str = DEFAULT_HOST, port: int | None = None, verbose: bool = False) -> None:
-    """Serve ``run_dir`` until interrupted, printing the address first (and every request, if ``verbose``)."""
+def local_copy(bundle_url: str, cache: Path | None = None) -> Path:
+    """A bundle on a store (s3://...), mirrored into a local folder the server can read; a local path is returned as is."""
+    root = location(bundle_url)
+    if isinstance(root, Path):
+        return root
+    folder = cache or DEFAULT_CACHE / protocol(root) / root.path.strip("/")
+    print(f"atlas: copying the viewer's files of {url(root)} to {folder} ...", flush=True)
+    fetched = copy_for_viewing(Bundle(root), folder)
+    print(f"atlas: {fetched} file(s) fetched (files already there and unchanged are kept)", flush=True)
+    return folder
+
+
+def serve(run_dir: Path | str, host: str = DEFAULT_HOST, port: int | None = None, verbose: bool = False, cache: Path | None = None) -> None:
+    """Serve ``run_dir`` (a folder, or a bundle URL copied down first) until interrupted, printing the address first."""
+    run_dir = local_copy(str(run_dir), cache)
     server = open_server(run_dir, host, port, (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else None)
     print(f"atlas: serving {run_dir} at {url_of(server)} (Ctrl-C to stop)", flush=True)
     try:

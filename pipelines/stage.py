@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from atlas.bundle import stage_marker
 from atlas.errors import AtlasError
 from atlas.markers import is_fresh, read_marker, write_marker
+from atlas.storage import Location
 
 if TYPE_CHECKING:
     from pipelines.context import RunInputs
@@ -34,10 +35,10 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def file_fingerprint(path: Any) -> str:
-    """Content hash of a file, streamed so a large index never sits in memory."""
+def file_fingerprint(path: Location) -> str:
+    """Content hash of a file (local or on the bundle's store), streamed so a large index never sits in memory."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]

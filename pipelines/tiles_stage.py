@@ -10,15 +10,18 @@ a kill). A grid without cells has no pyramid; its level says so.
 
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from atlas.bundle import TILES, Bundle, canvas_file, dzi_file, poster_file, tiles_marker
+from atlas.bundle import TILES, Bundle, canvas_file, dzi_file, poster_file, tiles_folder, tiles_marker
 from atlas.config import TilesConfig
+from atlas.io import remove_tree, upload_tree
 from atlas.markers import is_fresh, write_marker
+from atlas.storage import Location, is_remote
 from atlas.tiles import (
     BACKGROUND,
     OVERLAP,
@@ -49,13 +52,15 @@ def tiles(call: StageCall) -> Report:
     cells = {size: bundle.grid_cells(size) for size in config.grid.sizes}
     sized = [size for size in config.grid.sizes if cells[size]]
     todo = [size for size in sized if not _grid_done(bundle, size, key)]
-    canvases = {size: create_canvas(bundle.path(canvas_file(size)), size * cell_px, size * cell_px, bands) for size in todo}
-    try:
-        if todo:
+    if todo and is_remote(bundle.root):
+        _tile_on_scratch(run, key, todo, cells, icon_px, scale, bands)
+    elif todo:
+        canvases = {size: create_canvas(_local(bundle.path(canvas_file(size))), size * cell_px, size * cell_px, bands) for size in todo}
+        try:
             _tile(run, key, canvases, cells, icon_px, scale)
-    finally:
-        for canvas in canvases.values():
-            canvas.path.unlink(missing_ok=True)
+        finally:
+            for canvas in canvases.values():
+                canvas.path.unlink(missing_ok=True)
     levels: list[dict[str, Any]] = []
     for size in config.grid.sizes:
         entry: dict[str, Any] = {"grid": size, "cell_px": cell_px, "canvas_px": size * cell_px}
@@ -109,15 +114,62 @@ def _tile(run: RunInputs, key: str, canvases: dict[int, Canvas], cells: dict[int
                 write_marker(bundle.path(tiles_marker(size)), key)
 
 
+def _tile_on_scratch(
+    run: RunInputs, key: str, todo: list[int], cells: dict[int, list[dict[str, Any]]], icon_px: int, scale: int, bands: int
+) -> None:
+    """A bundle on an object store: each grid is tiled whole by one task, on that worker's own disk, then uploaded.
+
+    The canvas is one file written in place by many band tasks, which needs a disk they all share; a bundle on
+    a store offers none, so grids run in parallel instead of bands. The marker goes last, after the upload.
+    """
+    bundle, config = run.bundle, run.config.tiles
+    ex = run.executor()
+    futures = {
+        ex.submit(
+            tile_grid_task, bundle, size, cells[size], icon_px, scale, bands, config.format, config.quality, ex.threads_per_task
+        ): size
+        for size in todo
+    }
+    for future in tqdm(ex.as_completed(list(futures)), total=len(futures), desc="tiles", unit="grid"):
+        future.result()
+        write_marker(bundle.path(tiles_marker(futures[future])), key)
+
+
+def tile_grid_task(
+    bundle: Bundle, size: int, cells: list[dict[str, Any]], icon_px: int, scale: int, bands: int, fmt: str, quality: int, threads: int
+) -> str:
+    """Runs on a worker: canvas, pyramid and poster of one grid in a scratch folder, then copied to the bundle's store."""
+    _vips_threads(threads)
+    cell_px = icon_px * scale
+    with tempfile.TemporaryDirectory(prefix="atlas-tiles-") as scratch:
+        canvas = create_canvas(Path(scratch) / "canvas.tif", size * cell_px, size * cell_px, bands)
+        for first, count, icons in _bands(bundle, cells, size, canvas, cell_px):
+            write_band(canvas, first, count, icons, icon_px, scale)
+        out = Path(scratch) / TILES
+        save_pyramid(canvas.path, out, str(size), fmt, quality)  # type: ignore[arg-type]
+        save_poster(canvas.path, out / Path(poster_file(size)).name)
+        canvas.path.unlink()
+        bundle.path(dzi_file(size)).unlink(missing_ok=True)  # no .dzi may point at a half-replaced folder
+        remove_tree(bundle.path(tiles_folder(size)))
+        upload_tree(out, bundle.path(TILES))
+    return dzi_file(size)
+
+
+def _local(path: Location) -> Path:
+    if not isinstance(path, Path):
+        raise TypeError(f"{path}: expected a local path")
+    return path
+
+
 def _grid_done(bundle: Bundle, size: int, key: str) -> bool:
     return is_fresh(bundle.path(tiles_marker(size)), key, [bundle.path(dzi_file(size)), bundle.path(poster_file(size))])
 
 
 def _bands(
     bundle: Bundle, cells: list[dict[str, Any]], size: int, canvas: Canvas, cell_px: int
-) -> list[tuple[int, int, list[tuple[int, int, Path]]]]:
+) -> list[tuple[int, int, list[tuple[int, int, Location]]]]:
     per_band = rows_per_band(canvas, cell_px)
-    by_row: dict[int, list[tuple[int, int, Path]]] = defaultdict(list)
+    by_row: dict[int, list[tuple[int, int, Location]]] = defaultdict(list)
     for cell in cells:
         by_row[cell["j"]].append((cell["i"], cell["j"], bundle.path(cell["icon"])))
     return [

@@ -21,6 +21,7 @@ from atlas.config import ExperimentConfig, TrainConfig
 from atlas.devices import CPU, key_part, resolve_device
 from atlas.io import read_json
 from atlas.markers import is_fresh, read_marker, write_marker
+from atlas.storage import location, require_local
 from atlas.train.data import TrainingData, load_training_data
 from atlas.train.trainer import CHECKPOINT, METRICS, PROGRESS, Variant, train_variant, variant_of
 from atlas.train.trainer import VERSION as TRAINER_VERSION
@@ -32,7 +33,8 @@ KEY_FILE = ".key"
 
 
 def experiment_dir(config: ExperimentConfig) -> Path:
-    return Path(config.output.dir) / config.name
+    """atlas train and atlas compare write to this machine's disk (their models and pages are small)."""
+    return require_local(location(config.output.dir), "output.dir") / config.name
 
 
 def variant_dir(config: ExperimentConfig, activation: str) -> Path:

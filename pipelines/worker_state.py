@@ -8,6 +8,7 @@ from functools import lru_cache
 import torch
 
 from atlas.config import ModelConfig
+from atlas.errors import AtlasError
 from atlas.models import LoadedModel, load_model, model_files_identity, resolve_layer
 from atlas.runtime import tune_allocator
 
@@ -26,7 +27,13 @@ def _model(model_json: str, files: str | None, device: str) -> tuple[LoadedModel
     The model moves to ``device`` once, here; collection, rendering and fidelity follow its weights. channels_last:
     1.3-1.6x faster convolutions on CPU, and cuDNN's NHWC kernels (tensor cores) on a GPU.
     """
-    model = load_model(ModelConfig.model_validate(json.loads(model_json)))
+    try:
+        model = load_model(ModelConfig.model_validate(json.loads(model_json)))
+    except AtlasError as err:  # raised on a worker, read on the driver: say which machine could not load it
+        worker = _worker_address()
+        if worker is None:
+            raise
+        raise AtlasError(f"on worker {worker}: {err}") from None
     model.module.to(device=torch.device(device), memory_format=torch.channels_last)
     return model, resolve_layer(model, json.loads(model_json)["layer"])
 
@@ -40,3 +47,13 @@ def warm_worker(config: ModelConfig, threads: int, device: str = "cpu") -> None:
     """A worker's first task: set its threads and load the model, while the driver is still listing images."""
     use_threads(threads)
     model_and_layer(config, device)
+
+
+def _worker_address() -> str | None:
+    """This Dask worker's address, or None in the driver's own process."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return None

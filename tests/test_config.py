@@ -62,7 +62,8 @@ DOCUMENTED_KEYS: dict[str, tuple[str, Any]] = {
     "render.batch_size": ("128", 128),
     "render.precision": ("bf16", "bf16"),
     "device": ("cuda:1", "cuda:1"),
-    "output.dir": ("elsewhere", Path("elsewhere")),
+    "output.dir": ("s3://bucket/atlases", "s3://bucket/atlases"),
+    "scheduler.upload": ("[factory.py]", (Path("factory.py"),)),
     "seed": ("3", 3),
 }
 # The training and comparison keys of `atlas train` / `atlas compare` (ExperimentConfig only).

@@ -19,12 +19,14 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import zarr
 
 from atlas.io import write_json
 from atlas.markers import read_marker, write_marker
+from atlas.storage import Location, location
 
 ROW_FIELDS = ("activation", "attribution", "image_id", "y", "x", "label")  # what a reader gets per row
 _ARRAYS = (*ROW_FIELDS, "valid")
@@ -77,19 +79,22 @@ class ActivationStore:
     LAYOUT = "layout.json"  # the StoreLayout and the collect key it was created for
     DONE = "done"  # one report per finished shard
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Location | str) -> None:
+        self.path = location(path)
 
     @property
-    def _done_dir(self) -> Path:
+    def _done_dir(self) -> Location:
         return self.path / self.DONE
 
-    @property
-    def _rows(self) -> Path:
-        return self.path / self.ROWS
+    def _group(self, mode: Literal["r", "r+", "w"]) -> zarr.Group:
+        """The Zarr group, on this machine's disk or on the store the bundle lives in (fsspec)."""
+        rows = self.path / self.ROWS
+        if isinstance(rows, Path):
+            return zarr.open_group(rows, mode=mode)
+        return zarr.open_group(str(rows), mode=mode, storage_options=dict(rows.storage_options))
 
     def layout(self) -> StoreLayout:
-        stored = json.loads((self.path / self.LAYOUT).read_text())
+        stored = json.loads((self.path / self.LAYOUT).read_bytes())
         stored.pop("key", None)
         return StoreLayout(**stored)
 
@@ -101,7 +106,7 @@ class ActivationStore:
         """Lay out empty arrays (wiping anything older): chunks align with shards."""
         rows = layout.n_shards * layout.rows_per_shard
         chunk = (layout.rows_per_shard,)
-        group = zarr.open_group(self._rows, mode="w")
+        group = self._group("w")
         group.create_array("activation", shape=(rows, layout.channels), chunks=chunk + (layout.channels,), dtype="float32", fill_value=0.0)
         group.create_array(
             "attribution",
@@ -127,7 +132,7 @@ class ActivationStore:
         if n > cap:
             raise ValueError(f"shard {shard_index} has {n} rows; the store holds {cap} per shard")
         start = shard_index * cap
-        group = zarr.open_group(self._rows, mode="r+")
+        group = self._group("r+")
         for name in _ARRAYS:
             array = _array(group, name)
             data = np.ones(n, dtype=bool) if name == "valid" else getattr(rows, name)
@@ -140,11 +145,12 @@ class ActivationStore:
         write_json(self._done_dir / f"{shard_index:06d}.json", report)
 
     def reports(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted(self._done_dir.glob("*.json"))]
+        markers: list[Location] = sorted(self._done_dir.glob("*.json"), key=lambda p: p.name)
+        return [json.loads(p.read_bytes()) for p in markers]
 
     def read(self) -> Rows:
         """Every valid row at once: for notebooks and small stores; stages stream with :meth:`chunks`."""
-        group = zarr.open_group(self._rows, mode="r")
+        group = self._group("r")
         valid = np.asarray(_array(group, "valid")[:])
         arrays = {name: np.asarray(_array(group, name)[:])[valid] for name in ROW_FIELDS}
         return Rows(**arrays)
@@ -153,7 +159,7 @@ class ActivationStore:
 
     def _valid_by_shard(self) -> tuple[np.ndarray, int, np.ndarray]:
         """The ``valid`` mask as [shards, rows_per_shard] (one bool per stored row: small), rows per shard, and starts."""
-        group = zarr.open_group(self._rows, mode="r")
+        group = self._group("r")
         valid = np.asarray(_array(group, "valid")[:])
         cap = self.layout().rows_per_shard
         valid = valid.reshape(-1, cap)
@@ -177,7 +183,7 @@ class ActivationStore:
     def _chunks(
         self, names: Sequence[str], shards: Sequence[int] | None, by_shard: tuple[np.ndarray, int, np.ndarray]
     ) -> Iterator[RowChunk]:
-        group = zarr.open_group(self._rows, mode="r")
+        group = self._group("r")
         arrays = {name: _array(group, name) for name in names}
         valid, cap, starts = by_shard
         for shard in range(len(valid)) if shards is None else shards:
@@ -195,7 +201,7 @@ class ActivationStore:
         if len(rows) and (rows.min() < 0 or rows.max() >= starts[-1]):
             raise IndexError(f"row indices must be in [0, {starts[-1]}), got {rows.min()}..{rows.max()}")
         shard_of = np.searchsorted(starts, rows, side="right") - 1
-        group = zarr.open_group(self._rows, mode="r")
+        group = self._group("r")
         out: dict[str, np.ndarray] = {}
         for name in names:
             array = _array(group, name)

@@ -20,6 +20,7 @@ from atlas.images.modes import to_8bit
 from atlas.images.preprocess import batch_to_tensor, to_tensor
 from atlas.images.source import ImageRecord, ImageSource, Shard, index_shards
 from atlas.images.torchvision_source import TorchvisionSource
+from atlas.storage import location
 
 __all__ = [
     "BuiltinPhotos",
@@ -51,7 +52,7 @@ def open_source(config: ImagesConfig) -> ImageSource:
         return BuiltinPhotos()
     if text.startswith(_TORCHVISION):
         return _torchvision_source(text, config.root)
-    folder = Path(text).expanduser()
+    folder = location(text)
     if not folder.is_dir():
         raise AtlasError(f"images.source '{text}': no such folder; {_EXPECTED}")
     return FolderSource(folder, config.max_pixels)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from atlas.images.decode import load_image
 from atlas.images.source import ImageRecord, Shard, index_shards
+from atlas.storage import Location
 
 _log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class BuiltinPhotos:
         described = repr((settings, _available(self.backgrounds_dir)))  # the photos that loaded, and their sizes
         return f"builtin:photos/{len(self.photos())}/{hashlib.sha256(described.encode()).hexdigest()[:16]}"
 
-    def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]:
+    def plan(self, workdir: Location, limit: int | None, shard_size: int) -> list[Shard]:
         n_images = len(self.crops())
         return index_shards(n_images if limit is None else min(limit, n_images), shard_size)
 

@@ -7,6 +7,7 @@ not end a run. So :func:`load_image` never raises for a bad file: it returns
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
@@ -18,6 +19,7 @@ from typing import Literal
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from atlas.images.modes import to_8bit
+from atlas.storage import Location
 
 # ``warnings.catch_warnings`` swaps a process-wide filter list; the lock keeps
 # our own concurrent decodes from restoring each other's filters. It is held
@@ -25,7 +27,7 @@ from atlas.images.modes import to_8bit
 _HEADER_LOCK = threading.Lock()
 
 
-def load_image(path: Path, max_pixels: int, size_hint: int | None = None) -> tuple[Image.Image | None, str | None]:
+def load_image(path: Location, max_pixels: int, size_hint: int | None = None) -> tuple[Image.Image | None, str | None]:
     """Return ``(image, None)`` with an 8-bit "RGB"/"L" image, or ``(None, reason)``.
 
     ``max_pixels`` plays the part of ``PIL.Image.MAX_IMAGE_PIXELS`` for this
@@ -34,9 +36,17 @@ def load_image(path: Path, max_pixels: int, size_hint: int | None = None) -> tup
     that still leaves the short side at least that long.
     """
     try:
-        if os.stat(path).st_size == 0:
-            return None, "empty file"
-        with _open_checked(path, max_pixels) as image:
+        source: Path | io.BytesIO
+        if isinstance(path, Path):
+            if os.stat(path).st_size == 0:
+                return None, "empty file"
+            source = path
+        else:  # one read of the whole object from the store: fewer round trips than Pillow's small reads
+            data = path.read_bytes()
+            if not data:
+                return None, "empty file"
+            source = io.BytesIO(data)
+        with _open_checked(source, max_pixels) as image:
             width, height = image.size
             if width * height > max_pixels:
                 return None, f"too large: {width}x{height} pixels is over max_pixels={max_pixels}"
@@ -60,7 +70,7 @@ def load_image(path: Path, max_pixels: int, size_hint: int | None = None) -> tup
 
 
 @contextmanager
-def _open_checked(path: Path, max_pixels: int) -> Iterator[ImageFile.ImageFile]:
+def _open_checked(path: Path | io.BytesIO, max_pixels: int) -> Iterator[ImageFile.ImageFile]:
     """``Image.open`` with Pillow's bomb warning raised as an error when it is within our limit.
 
     Pillow warns above its global ``MAX_IMAGE_PIXELS`` and refuses above twice

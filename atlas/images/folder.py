@@ -21,10 +21,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from PIL import Image
+from upath import UPath
 
 from atlas.errors import AtlasError
 from atlas.images.decode import load_image
 from atlas.images.source import ImageRecord, Shard
+from atlas.io import partial_file
+from atlas.storage import Location, location
 
 INDEX_NAME = "images.txt"
 SKIPPED_NAME = "skipped_listing.txt"
@@ -37,12 +40,13 @@ class FolderSource:
 
     labels: list[str] | None = None
 
-    def __init__(self, root: Path, max_pixels: int, size_hint: int | None = None) -> None:
-        self.root = Path(root).expanduser().resolve()
+    def __init__(self, root: Location | str, max_pixels: int, size_hint: int | None = None) -> None:
+        root = location(root)  # a local folder, or a URL on a store that every worker can read (atlas.storage)
+        self.root: Location = root.resolve() if isinstance(root, Path) else root
         self.max_pixels = max_pixels
         self.size_hint = size_hint  # the model's input side: lets large JPEGs decode at a reduced scale
         self.extensions = frozenset(ext.lower() for ext in Image.registered_extensions())
-        self.index_path: Path | None = None
+        self.index_path: Location | None = None
         self.n_images: int | None = None
         self.skipped: dict[str, int] = {}
         self.listing_digest: str | None = None
@@ -55,7 +59,7 @@ class FolderSource:
     def identity(self) -> str:
         return f"folder:{self.root}?max_pixels={self.max_pixels}"
 
-    def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]:
+    def plan(self, workdir: Location, limit: int | None, shard_size: int) -> list[Shard]:
         """List the tree into ``workdir/images.txt`` and return shards pointing into it.
 
         Skipped entries go to ``workdir/skipped_listing.txt`` as ``reason<TAB>path``
@@ -66,15 +70,15 @@ class FolderSource:
             raise ValueError(f"shard_size must be positive, got {shard_size}")
         if not self.root.is_dir():
             raise AtlasError(f"images.source '{self.root}': no such folder")
-        workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         index_path, skipped_path = workdir / INDEX_NAME, workdir / SKIPPED_NAME
         shards: list[Shard] = []
         skipped: Counter[str] = Counter()
         digest = hashlib.sha256()
         n_images = offset = shard_offset = in_shard = 0
-        with open(_partial(index_path), "wb") as index, open(_partial(skipped_path), "wb") as skipped_file:
-            for relative, reason in _walk(self.root, self.extensions) if limit != 0 else ():
+        with partial_file(index_path) as index, partial_file(skipped_path) as skipped_file:
+            walk = _walk(self.root, self.extensions) if isinstance(self.root, Path) else _walk_store(self.root, self.extensions)
+            for relative, reason in walk if limit != 0 else ():
                 if reason is not None:
                     skipped[reason] += 1
                     shown = relative.replace("\n", "\\n")  # one line per entry, even for odd names
@@ -93,8 +97,6 @@ class FolderSource:
                     break
         if in_shard:
             shards.append(Shard(len(shards), n_images - in_shard, in_shard, shard_offset))
-        os.replace(_partial(index_path), index_path)
-        os.replace(_partial(skipped_path), skipped_path)
         self.index_path, self.n_images = index_path, n_images
         self.skipped, self.listing_digest = dict(skipped), digest.hexdigest()
         if n_images == 0 and limit != 0:
@@ -105,7 +107,7 @@ class FolderSource:
         """Decode the shard's files in listing order; unreadable ones come back with ``image=None``."""
         if self.index_path is None:
             raise RuntimeError("FolderSource.read() before plan(): plan writes the index that shards point into")
-        with open(self.index_path, "rb") as index:
+        with self.index_path.open("rb") as index:
             index.seek(shard.offset)
             for position in range(shard.count):
                 line = index.readline()
@@ -125,7 +127,7 @@ class FolderSource:
         wanted = sorted(set(ids))
         if not wanted:
             return
-        with open(self.index_path, "rb") as index:
+        with self.index_path.open("rb") as index:
             position, line = 0, b""
             for image_id in wanted:
                 while position <= image_id:
@@ -183,6 +185,24 @@ def _walk(root: Path, extensions: frozenset[str]) -> Iterator[tuple[str, str | N
             yield relative, None
 
 
+def _walk_store(root: UPath, extensions: frozenset[str]) -> Iterator[tuple[str, str | None]]:
+    """:func:`_walk` for a folder on an object store: the same entries in the same order (depth first, by name).
+
+    Sorting every key by its path segments gives a depth-first walk with each folder's entries by name; a
+    store has no links, so there are no loops. The keys are listed in one go (a few hundred bytes each).
+    """
+    base = root.path.rstrip("/")
+    keys = root.fs.find(base, withdirs=False)
+    relatives = sorted((key[len(base) + 1 :] for key in keys if key.startswith(base + "/")), key=lambda name: name.split("/"))
+    for relative in relatives:
+        if "\n" in relative:
+            yield relative, "newline in name"
+        elif os.path.splitext(relative)[1].lower() not in extensions:
+            yield relative, NOT_AN_IMAGE
+        else:
+            yield relative, None
+
+
 def _sorted_entries(folder: Path) -> list[os.DirEntry[str]]:
     with os.scandir(folder) as entries:
         return sorted(entries, key=lambda entry: entry.name)
@@ -191,8 +211,3 @@ def _sorted_entries(folder: Path) -> list[os.DirEntry[str]]:
 def _folder_key(folder: Path) -> tuple[int, int]:
     info = os.stat(folder)
     return info.st_dev, info.st_ino
-
-
-def _partial(path: Path) -> Path:
-    """Where ``path`` is written before an atomic rename, so a crash never leaves half a listing."""
-    return path.with_name(path.name + ".partial")

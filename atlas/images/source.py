@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
+
+from atlas.storage import Location
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class ImageSource(Protocol):
         """A string that changes whenever the images would (used in cache keys)."""
         ...
 
-    def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]: ...
+    def plan(self, workdir: Location, limit: int | None, shard_size: int) -> list[Shard]: ...
 
     def read(self, shard: Shard) -> Iterator[ImageRecord]: ...
 

@@ -23,6 +23,7 @@ from PIL import Image
 from atlas.errors import AtlasError
 from atlas.images.modes import to_8bit
 from atlas.images.source import ImageRecord, Shard, index_shards
+from atlas.storage import Location
 
 # torchvision class name -> folder holding its .gz files, as Debian's dataset packages install them.
 DEBIAN_DATASETS: dict[str, Path] = {"FashionMNIST": Path("/usr/share/datasets/fashion-mnist")}
@@ -57,7 +58,7 @@ class TorchvisionSource:
             self._dataset = open_dataset(self.name, self.split, self.root)
         return self._dataset
 
-    def plan(self, workdir: Path, limit: int | None, shard_size: int) -> list[Shard]:
+    def plan(self, workdir: Location, limit: int | None, shard_size: int) -> list[Shard]:
         n_images = len(self.dataset())
         return index_shards(n_images if limit is None else min(limit, n_images), shard_size)
 

@@ -193,7 +193,10 @@ def _call_factory(spec: str, module_name: str, attribute: str) -> nn.Module:
     except ModuleNotFoundError as err:
         missing = err.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
-            raise AtlasError(f"model.spec {spec!r}: no module named {missing!r}; install it or add its folder to PYTHONPATH") from None
+            raise AtlasError(
+                f"model.spec {spec!r}: no module named {missing!r}; install it, add its folder to PYTHONPATH,"
+                " or on a cluster list its file in scheduler.upload"
+            ) from None
         raise AtlasError(f"model.spec {spec!r}: importing {module_name} failed: {err}") from None
     where = module_name
     for part in attribute.split("."):

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from atlas.storage import Location
+
 ROWS_PER_STRIP = 16
 BACKGROUND = 245  # empty cells: a light grey, in every band
 BAND_BYTES = 32 << 20  # the most one band task composes in memory (at least one row of cells)
@@ -102,10 +104,10 @@ def rows_per_band(canvas: Canvas, cell_px: int, max_bytes: int = BAND_BYTES) -> 
     return max(1, max_bytes // (cell_px * canvas.row_bytes))
 
 
-def load_icon(path: Path, bands: int, icon_px: int, scale: int) -> np.ndarray:
+def load_icon(path: Location, bands: int, icon_px: int, scale: int) -> np.ndarray:
     """An icon PNG as ``[cell, cell, bands]`` uint8: resized to ``icon_px`` if it is not, then scaled up by
     an integer factor with nearest-neighbour sampling (so small icons stay crisp)."""
-    with Image.open(path) as image:
+    with path.open("rb") as handle, Image.open(handle) as image:  # a local file, or an object on the bundle's store
         picture = image.convert("RGB" if bands == 3 else "L")
     if picture.size != (icon_px, icon_px):
         picture = picture.resize((icon_px, icon_px), Image.Resampling.LANCZOS)
@@ -119,7 +121,7 @@ def write_band(
     canvas: Canvas,
     first_row: int,
     n_rows: int,
-    icons: Sequence[tuple[int, int, Path]],
+    icons: Sequence[tuple[int, int, Location]],
     icon_px: int,
     scale: int,
     background: int = BACKGROUND,

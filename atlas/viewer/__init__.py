@@ -11,10 +11,10 @@ removed), switches to finer grids as one zooms in, and fetches a grid's
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import Path
 
 from atlas.bundle import VIEWER, VIEWER_ASSETS, Bundle
 from atlas.io import write_bytes
+from atlas.storage import Location
 
 ASSETS = ("index.html", "viewer.js", "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt")
 
@@ -23,7 +23,7 @@ def asset_bytes(name: str) -> bytes:
     return resources.files(__package__).joinpath("assets", name).read_bytes()
 
 
-def install_viewer(bundle: Bundle) -> list[Path]:
+def install_viewer(bundle: Bundle) -> list[Location]:
     """Copy the page into the bundle (``index.html`` + ``viewer/``); files already identical are left alone."""
     written = []
     for name in ASSETS:
