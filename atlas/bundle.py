@@ -46,6 +46,10 @@ EXAMPLES = "examples"  # examples: one patch per (image, position)
 PATCH_LIST = "examples/patches.json"  # examples: the patches it wrote
 TILES = "tiles"  # tiles
 STAGES = ".stages"  # the stage loop: one marker per stage
+CLASSES = "classes"  # atlas classes: classes/<class>/, one sub-bundle of this contract per class atlas
+PAIRS = "pairs"  # atlas classes: pairs/<A>__<B>/, one sub-bundle per two-class comparison
+CLASS_INDEX = f"{CLASSES}/index.json"  # atlas classes: every class with its row count, and what has been built
+PATCH_RESULTS = "patch.json"  # atlas classes, in a pair's sub-bundle: the patch experiment
 
 
 def level_dir(grid: int) -> str:

@@ -134,6 +134,48 @@ class SchedulerConfig(Section):
     )
 
 
+ClassName = str | int  # a class label, or its index among the model's outputs
+
+
+class PatchConfig(Section):
+    """The patch experiment of a two-class comparison (A, B): B-favouring icons pasted onto images classified as A."""
+
+    run: bool = True
+    n_images: PositiveInt = Field(default=500, description="at most this many held-out images classified as A")
+    sizes: tuple[float, ...] = Field(default=(0.2, 0.3, 0.4), description="patch sides as fractions of the input side")
+    icons: PositiveInt = Field(default=4, description="pasted icons: the cells of the comparison that favour B most")
+    corner: Literal["top_left", "top_right", "bottom_left", "bottom_right"] = "top_left"
+    images: str | None = Field(default=None, description="held-out image source (default: the run's, past the images it collected)")
+    batch_size: PositiveInt = 64
+
+    @field_validator("sizes")
+    @classmethod
+    def _fractions(cls, sizes: tuple[float, ...]) -> tuple[float, ...]:
+        if not sizes or any(not 0 < size <= 1 for size in sizes):
+            raise ValueError("give fractions of the input side in (0, 1]")
+        return tuple(sorted(set(sizes)))
+
+
+class ClassesConfig(Section):
+    """Class atlases and two-class comparisons built on a finished atlas (``atlas classes``, or ``atlas run``)."""
+
+    classes: tuple[ClassName, ...] | Literal["all"] = Field(
+        default=(), description="class names or indices; 'all': every class with enough rows"
+    )
+    pairs: tuple[tuple[ClassName, ClassName], ...] = Field(default=(), description="two-class comparisons, [[A, B], ...]")
+    select: Literal["top", "top_k"] = Field(default="top", description="top: rows whose top attribution is the class; top_k: its k best")
+    top_k: PositiveInt = 2000
+    min_rows: PositiveInt = Field(default=50, description="fewer rows than this and a class atlas fails (a pair too)")
+    grid: PositiveInt = 8
+    pair_grid: PositiveInt = 10
+    min_count: PositiveInt = 2
+    n_neighbors: int = Field(default=20, ge=2)
+    min_dist: float = Field(default=0.02, ge=0.0)
+    metric: str = "cosine"
+    pair_layout: Literal["umap", "tsne"] = Field(default="umap", description="the 1-D layout of a comparison's y axis")
+    patch: PatchConfig = PatchConfig()
+
+
 class AtlasConfig(Section):
     model: ModelConfig = ModelConfig()
     images: ImagesConfig = ImagesConfig()
@@ -144,6 +186,7 @@ class AtlasConfig(Section):
     tiles: TilesConfig = TilesConfig()
     output: OutputConfig = OutputConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    classes: ClassesConfig = ClassesConfig()
     device: str = Field(default="auto", description="auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N")
     seed: int = 0
 

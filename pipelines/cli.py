@@ -38,6 +38,10 @@ def _run(args: argparse.Namespace) -> int:
     flags = [(key, getattr(args, flag)) for flag, key in RUN_FLAGS.items() if getattr(args, flag) is not None]
     config: AtlasConfig = load_config(path, list(args.set or []), values=flags)
     run_dir = run_atlas(config, until=args.until)
+    if args.until is None and (config.classes.classes or config.classes.pairs):
+        from pipelines.classes_run import build_classes
+
+        build_classes(run_dir)
     if (run_dir / "index.html").exists():
         print(f"atlas: bundle in {run_dir}; view it with: atlas serve {shlex.quote(str(run_dir))}")
     return 0
@@ -68,6 +72,22 @@ def _compare(args: argparse.Namespace) -> int:
     from pipelines.compare_run import run_compare
 
     run_compare(_experiment(args))
+    return 0
+
+
+def _classes(args: argparse.Namespace) -> int:
+    from atlas.config import parse_assignment
+    from pipelines.classes_run import build_classes
+
+    assignments = [parse_assignment(text) for text in args.set or []]
+    if args.classes or args.compare:  # classes named on the command line replace the config's lists
+        assignments.append(("classes.classes", "all" if args.classes == ["all"] else list(args.classes or [])))
+        assignments.append(("classes.pairs", [list(pair) for pair in args.compare or []]))
+    index = build_classes(args.run_dir, assignments)
+    built = sum(1 for c in index["classes"] if c["folder"]) + len(index["pairs"])
+    print(
+        f"atlas: {built} class atlas(es) and comparison(s) in {args.run_dir}; view them with: atlas serve {shlex.quote(str(args.run_dir))}"
+    )
     return 0
 
 
@@ -127,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("config", type=Path, help="experiment YAML, e.g. configs/compare_activations.yaml")
     compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. grid.sizes=[8]")
     compare.set_defaults(handler=_compare)
+
+    classes = sub.add_parser("classes", help="class atlases and two-class comparisons (with the patch experiment) of a finished bundle")
+    classes.add_argument("run_dir", metavar="RUN_DIR", help="a bundle folder written by atlas run, e.g. outputs/default")
+    classes.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="NAME_OR_INDEX",
+        help="a class atlas (repeatable; 'all': every class with enough rows)",
+    )
+    classes.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), help="a two-class comparison (repeatable)")
+    classes.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. classes.select=top_k, classes.grid=6")
+    classes.set_defaults(handler=_classes)
 
     serve = sub.add_parser("serve", help="serve a run folder's atlas viewer on a local address")
     serve.add_argument(

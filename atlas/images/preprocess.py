@@ -18,11 +18,16 @@ from atlas.models.record import Preprocessing
 
 def to_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     """``[C, H, W]`` float32: short side resized to ``input_size``, centre square, normalised."""
+    return normalise(to_pixels(image, prep), prep)
+
+
+def to_pixels(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """``[C, H, W]`` float32 in [0, 1]: the model's input frame before normalisation (where patches are pasted)."""
     square = fit_square(image, prep.input_size)
     square = square.convert("L") if prep.channels == 1 else square.convert("RGB")  # RGB->L is ITU-R 601 luma
     pixels = np.asarray(square, dtype=np.float32) / 255.0
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return normalise(torch.from_numpy(np.ascontiguousarray(pixels)), prep)
+    return torch.from_numpy(np.ascontiguousarray(pixels))
 
 
 def batch_to_tensor(images: Sequence[Image.Image], prep: Preprocessing) -> torch.Tensor:

@@ -67,6 +67,7 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         clip_percentile: float = 1.0,
         margin: float = 0.05,
         random_state: int | None = 0,
+        n_components: int = 2,
     ) -> None:
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
@@ -75,6 +76,7 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         self.clip_percentile = clip_percentile
         self.margin = margin
         self.random_state = random_state
+        self.n_components = n_components  # 1 for the y axis of a two-class comparison
 
     @classmethod
     def from_config(cls, config: LayoutConfig, seed: int | None) -> AtlasLayout:
@@ -103,6 +105,8 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
             raise ValueError(f"clip_percentile must be in [0, 50), got {self.clip_percentile!r}")
         if not _is_real(self.margin) or not 0 <= self.margin < 0.5:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin!r}")
+        if not _is_int(self.n_components) or self.n_components not in (1, 2):
+            raise ValueError(f"n_components must be 1 or 2, got {self.n_components!r}")
         if self.random_state is not None and not _is_int(self.random_state):
             raise ValueError(f"random_state must be None or an integer seed, got {self.random_state!r}")
 
@@ -126,6 +130,7 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         reduced = self._reduce(x)
         self.umap_ = umap.UMAP(
             n_neighbors=min(self.n_neighbors, len(x) - 1),
+            n_components=self.n_components,
             min_dist=self.min_dist,
             metric=self.metric,
             random_state=self.random_state,
@@ -158,5 +163,5 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"expected {self.n_features_in_} features per row (as in fit), got {x.shape[1]}")
         if len(x) == 0:
-            return np.empty((0, 2), dtype=np.float32)
+            return np.empty((0, self.n_components), dtype=np.float32)
         return self.normalise(self.umap_.transform(self._reduce(x)))

@@ -1,0 +1,442 @@
+"""`atlas classes`: class atlases, two-class comparisons and the patch experiment, on top of a finished bundle.
+
+Each class atlas (``classes/<class>/``) and each comparison (``pairs/<A>__<B>/``)
+is an ordinary bundle of the same contract, made by the same stage loop with
+two stages of its own in front: ``collect`` copies the chosen rows out of the
+parent's store, and ``layout`` places them (UMAP with the article's class-atlas
+settings, or for a pair: attribution difference across, a 1-D layout down) and
+takes the parent's whitening, which describes the whole layer. Grid, render,
+examples and tiles are the ordinary stages. A pair adds a ``patch`` stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atlas.bundle import (
+    CLASS_INDEX,
+    CLASSES,
+    COORDS,
+    IMAGE_INDEX,
+    PAIRS,
+    PATCH_RESULTS,
+    ROWS,
+    WHITENING,
+    Bundle,
+    stage_marker,
+)
+from atlas.classes import ClassRef, class_counts, difference_axis, line_layout, pair_rows, resolve_class, select_rows
+from atlas.classes.patches import run_patch_experiment
+from atlas.collect import StoreLayout
+from atlas.collect.store import Rows
+from atlas.config import AtlasConfig, ClassesConfig, validate_tree
+from atlas.devices import resolve_device
+from atlas.errors import AtlasError
+from atlas.images import open_source
+from atlas.images.folder import FolderSource
+from atlas.images.preprocess import normalise, to_pixels
+from atlas.images.source import ImageSource
+from atlas.io import read_json, write_json, write_npy
+from atlas.markers import read_marker
+from atlas.models import load_model, resolve_layer
+from atlas.storage import Location
+from pipelines.assemble import assemble
+from pipelines.context import RunInputs
+from pipelines.examples_stage import EXAMPLES_STAGE
+from pipelines.executor import Executor, LazyExecutor
+from pipelines.grid_stage import GRID
+from pipelines.layout_stage import compute_layout
+from pipelines.render_stage import RENDER, load_icons
+from pipelines.stage import Report, Stage, StageCall, run_stages
+from pipelines.tiles_stage import TILES_STAGE
+
+PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
+ROWS_PER_SHARD = 4096  # rows per chunk of a sub-bundle's store
+HELD_OUT_SHARD = 256  # images per read when scanning for the patch experiment's images
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One class atlas (one class) or one comparison (classes a, b: x > 0 favours a)."""
+
+    kind: Literal["class", "pair"]
+    classes: tuple[ClassRef, ...]
+
+    @property
+    def folder(self) -> str:
+        if self.kind == "class":
+            return f"{CLASSES}/{self.classes[0].folder}"
+        return f"{PAIRS}/{self.classes[0].folder}__{self.classes[1].folder}"
+
+    @property
+    def title(self) -> str:
+        return self.classes[0].name if self.kind == "class" else f"{self.classes[0].name} vs {self.classes[1].name}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "classes": [{"index": c.index, "name": c.name} for c in self.classes], "parent": "../.."}
+
+
+@dataclass(frozen=True)
+class SubsetInputs(RunInputs):
+    """A sub-bundle's run: the ordinary inputs, plus the parent bundle and which of its rows."""
+
+    parent: Bundle | None = None
+    subset: Subset | None = None
+
+    @property
+    def parts(self) -> tuple[Bundle, Subset]:
+        assert self.parent is not None and self.subset is not None
+        return self.parent, self.subset
+
+
+def _inputs(call: StageCall) -> SubsetInputs:
+    assert isinstance(call.run, SubsetInputs)
+    return call.run
+
+
+def parent_key(parent: Bundle, stage: str) -> str | None:
+    """The key the parent's stage ran with: a sub-bundle is stale when the parent's rows or whitening change."""
+    marker = read_marker(parent.path(stage_marker(stage)))
+    return None if marker is None else marker.get("key")
+
+
+# --- collect: the chosen rows, copied out of the parent's store ----------------------------------------
+
+
+def chosen_rows(parent: Bundle, subset: Subset, config: ClassesConfig) -> np.ndarray:
+    store = parent.store()
+    if subset.kind == "pair":
+        rows = pair_rows(store, *subset.classes)
+    else:
+        rows = select_rows(store, subset.classes[0], config.select, config.top_k)
+    if len(rows) < config.min_rows:
+        rule = "with it as their top attribution" if config.select == "top" or subset.kind == "pair" else "selected"
+        raise AtlasError(
+            f"{subset.kind} {subset.title!r} has {len(rows)} rows {rule}, and needs classes.min_rows = {config.min_rows};"
+            " collect more images, lower classes.min_rows, or use classes.select=top_k"
+        )
+    return rows
+
+
+def select_settings(run: RunInputs) -> Any:
+    parent, subset = _as_subset(run).parts
+    config = run.config.classes
+    selection = config.model_dump(mode="json", include={"select", "top_k", "min_rows"})
+    return [parent_key(parent, "collect"), subset.describe(), selection]
+
+
+def select(call: StageCall) -> Report:
+    run = _inputs(call)
+    parent, subset = run.parts
+    rows = chosen_rows(parent, subset, run.config.classes)
+    source, target = parent.store(), run.bundle.store()
+    shape = source.layout()
+    per_shard = min(ROWS_PER_SHARD, len(rows))
+    layout = StoreLayout(math.ceil(len(rows) / per_shard), per_shard, shape.channels, shape.n_classes)
+    target.create(layout, call.key)
+    write_npy(run.bundle.path(PARENT_ROWS), rows)
+    images: set[int] = set()
+    for shard in range(layout.n_shards):
+        taken = source.take(rows[shard * per_shard : (shard + 1) * per_shard])
+        images.update(np.unique(taken["image_id"]).tolist())
+        report = {"shard": shard, "n_images": int(len(np.unique(taken["image_id"]))), "n_rows": len(taken["image_id"]), "skipped": []}
+        target.write_shard(shard, Rows(**taken), report)
+    run.log(f"[collect] {len(rows)} rows of {subset.title!r} from the parent's store")
+    return {
+        "n_images": len(images),
+        "n_activations": int(len(rows)),
+        "activations": ROWS,
+        "image_index": None,
+        "subset": {
+            **subset.describe(),
+            "selection": run.config.classes.select if subset.kind == "class" else "top",
+            "parent_rows": PARENT_ROWS,
+        },
+    }
+
+
+# --- layout: class-atlas UMAP, or the comparison's two axes ---------------------------------------------
+
+
+def sublayout_settings(run: RunInputs) -> Any:
+    parent, _ = _as_subset(run).parts
+    config = run.config.classes
+    placed = config.model_dump(mode="json", include={"n_neighbors", "min_dist", "metric", "pair_layout"})
+    return [placed, run.config.layout.model_dump(mode="json"), run.config.seed, parent_key(parent, "layout")]
+
+
+def sublayout(call: StageCall) -> Report:
+    run = _inputs(call)
+    parent, subset = run.parts
+    store = run.bundle.store()
+    report: Report = {"coords": COORDS, "whitening": WHITENING}
+    if subset.kind == "class":
+        coords, _ = compute_layout(run.executor, store, run.config.layout, run.config.seed)
+        assert coords is not None
+    else:
+        a, b = subset.classes
+        rows = store.read()
+        x, scale = difference_axis(rows.attribution[:, a.index], rows.attribution[:, b.index])
+        config = run.config.classes
+        y = line_layout(rows.activation, config.pair_layout, run.config.seed, config.n_neighbors, config.min_dist, config.metric)
+        coords = np.stack([(x + 1.0) / 2.0, y], axis=1).astype(np.float32)
+        report["pair"] = {
+            "a": {"index": a.index, "name": a.name},
+            "b": {"index": b.index, "name": b.name},
+            "x_axis": "(attribution to a - attribution to b) / its 99th percentile |value|, clipped to [-1, 1]; right favours a",
+            "y_axis": f"1-D {config.pair_layout} of the activations",
+            "scale": scale,
+            "favours_a": int(np.count_nonzero(x > 0)),
+            "favours_b": int(np.count_nonzero(x < 0)),
+        }
+    run.bundle.write_coords(coords)
+    run.bundle.write_whitening(parent.whitening())  # the whole layer's statistics, as the article whitens
+    return report
+
+
+# --- patch: the experiment of a comparison --------------------------------------------------------------
+
+
+def patch_settings(run: RunInputs) -> Any:
+    return [run.config.classes.patch.model_dump(mode="json"), run.config.seed]
+
+
+def favouring_cells(cells: list[dict[str, Any]], size: int, n_icons: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``n_icons`` cells furthest towards b (left half, leftmost first, fuller first), and every other cell."""
+    left = sorted((c for c in cells if (c["i"] + 0.5) / size < 0.5), key=lambda c: (c["i"], -c["count"], c["j"]))
+    chosen = left[:n_icons]
+    picked = {(c["i"], c["j"]) for c in chosen}
+    return chosen, [c for c in cells if (c["i"], c["j"]) not in picked]
+
+
+def held_out_images(run: RunInputs, parent: Bundle) -> tuple[ImageSource, int, bool]:
+    """The source of the experiment's images, the first id to use, and whether they are held out from the atlas.
+
+    By default the run's own source past the images the atlas collected (ids are listing positions, and a run
+    with ``collect.n_images`` collects a prefix); ``classes.patch.images`` names another source.
+    """
+    config = run.config.classes.patch
+    if config.images is not None:
+        images = run.config.images.model_copy(update={"source": config.images})
+        return open_source(images), 0, True
+    collected = max((int(chunk.arrays["image_id"].max()) + 1 for chunk in parent.store().chunks(("image_id",))), default=0)
+    return run.source, collected, True
+
+
+def _pixels(source: ImageSource, first: int, run: RunInputs) -> Iterator[torch.Tensor]:
+    prep = run.model.preprocessing
+    with tempfile.TemporaryDirectory(prefix="atlas-heldout-") as scratch:
+        for shard in source.plan(Path(scratch), None, HELD_OUT_SHARD):
+            if shard.start + shard.count <= first:
+                continue
+            batch = [to_pixels(r.image, prep) for r in source.read(shard) if r.image is not None and r.image_id >= first]
+            if batch:
+                yield torch.stack(batch)
+
+
+def images_classified_as(run: RunInputs, source: ImageSource, first: int, target: int, limit: int) -> tuple[torch.Tensor, int]:
+    """Up to ``limit`` images (input-frame pixels) the model puts in class ``target``, and how many were looked at."""
+    kept: list[torch.Tensor] = []
+    seen = held = 0
+    for pixels in tqdm(_pixels(source, first, run), desc="patch images", unit="batch"):
+        top = classify(run, pixels).argmax(dim=1).cpu()
+        seen += len(pixels)
+        chosen = pixels[top == target]
+        kept.append(chosen)
+        held += len(chosen)
+        if held >= limit:
+            break
+    channels, side = run.model.preprocessing.channels, run.model.preprocessing.input_size
+    images = torch.cat(kept)[:limit] if kept else torch.zeros(0, channels, side, side)
+    return images, seen
+
+
+def classify(run: RunInputs, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return run.model.module(normalise(pixels.to(run.device), run.model.preprocessing))
+
+
+def patch(call: StageCall) -> Report:
+    run = _inputs(call)
+    parent, subset = run.parts
+    a, b = subset.classes
+    config = run.config.classes.patch
+    size = run.config.grid.sizes[-1]
+    cells = run.bundle.grid_cells(size)
+    chosen, others = favouring_cells(cells, size, config.icons)
+    prep = run.model.preprocessing
+    sizes = sorted({max(1, round(f * prep.input_size)) for f in config.sizes})
+    result: dict[str, Any] = {
+        "pair": {"a": {"index": a.index, "name": a.name}, "b": {"index": b.index, "name": b.name}},
+        "question": f"pasting a patch onto images classified as {a.name!r}: how often does the top-1 become {b.name!r}?",
+        "sizes": sizes,
+        "size_fractions": list(config.sizes),
+        "corner": config.corner,
+        "seed": run.config.seed,
+        "icons": [c["icon"] for c in chosen],
+    }
+    if not chosen or not others:
+        result.update({"n_images": 0, "note": "the comparison has no cell on the b side (or no other cell): nothing to paste"})
+    else:
+        source, first, held_out = held_out_images(run, parent)
+        images, seen = images_classified_as(run, source, first, a.index, config.n_images)
+        if not len(images) and first > 0 and config.images is None:
+            run.log("[patch] the source has no image past those the atlas collected: using the collected ones (not held out)")
+            first, held_out = 0, False
+            images, seen = images_classified_as(run, source, first, a.index, config.n_images)
+        icons = load_icons(run.bundle, [c["icon"] for c in chosen], prep.channels, run.config.render.icon_size)
+        other_icons = load_icons(run.bundle, [c["icon"] for c in others], prep.channels, run.config.render.icon_size)
+        counts = run_patch_experiment(
+            lambda pixels: classify(run, pixels), images, list(icons), list(other_icons), b.index, sizes, config.corner,
+            run.config.seed, config.batch_size,
+        )  # fmt: skip
+        result.update({"n_images": len(images), "images_scanned": seen, "held_out": held_out, "first_image_id": first, **counts.to_json()})
+        if not len(images):
+            result["note"] = f"no held-out image was classified as {a.name!r}; give classes.patch.images another source"
+    write_json(run.bundle.path(PATCH_RESULTS), result)
+    summary = {kind: result[kind]["sizes"][-1]["corner"]["rate"] for kind in ("icon", "noise", "random_icon") if kind in result}
+    run.log(f"[patch] {subset.title}: {result['n_images']} images; flip rate at the largest patch {summary}")
+    return {"patch": {"file": PATCH_RESULTS, "n_images": result["n_images"], "largest_patch_rates": summary}}
+
+
+def _as_subset(run: RunInputs) -> SubsetInputs:
+    assert isinstance(run, SubsetInputs)
+    return run
+
+
+SELECT = Stage("collect", reads=(), settings=select_settings, work=select)
+SUBLAYOUT = Stage("layout", reads=("collect",), settings=sublayout_settings, work=sublayout)
+PATCH = Stage("patch", reads=("grid", "render"), settings=patch_settings, work=patch)
+CLASS_STAGES: tuple[Stage, ...] = (SELECT, SUBLAYOUT, GRID, RENDER, EXAMPLES_STAGE, TILES_STAGE)
+PAIR_STAGES: tuple[Stage, ...] = (*CLASS_STAGES, PATCH)
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def parent_config(parent: Bundle, assignments: list[tuple[str, Any]]) -> AtlasConfig:
+    """The config the parent ran with, with ``--set`` and command-line values applied on top."""
+    from atlas.config import apply_assignment
+
+    tree = json.loads(json.dumps(parent.manifest.get("config") or {}))
+    for key, value in assignments:
+        apply_assignment(tree, key, value)
+    config: AtlasConfig = validate_tree(tree, AtlasConfig)
+    return config
+
+
+def subset_config(config: AtlasConfig, parent: Bundle, subset: Subset) -> AtlasConfig:
+    """The sub-bundle's own config: the parent's, with the class-atlas layout and grid."""
+    classes = config.classes
+    folder = subset.folder.split("/")
+    layout = config.layout.model_copy(
+        update={"n_neighbors": classes.n_neighbors, "min_dist": classes.min_dist, "metric": classes.metric, "coords": None}
+    )
+    size = classes.grid if subset.kind == "class" else classes.pair_grid
+    grid = config.grid.model_copy(update={"sizes": (size,), "min_count": classes.min_count})
+    output = config.output.model_copy(update={"dir": str(parent.root / folder[0]), "name": folder[1]})
+    return config.model_copy(update={"layout": layout, "grid": grid, "output": output})
+
+
+def wanted_subsets(config: ClassesConfig, labels: list[str] | None, counts: np.ndarray) -> list[Subset]:
+    n_classes = len(counts)
+    if config.classes == "all":
+        refs = [resolve_class(k, labels, n_classes) for k in range(n_classes)]
+        classes = [r for r in refs if config.select == "top_k" or counts[r.index] >= config.min_rows]
+    else:
+        classes = [resolve_class(name, labels, n_classes) for name in config.classes]
+    subsets = [Subset("class", (c,)) for c in dict.fromkeys(classes)]
+    for a, b in config.pairs:
+        first, second = resolve_class(a, labels, n_classes), resolve_class(b, labels, n_classes)
+        if first == second:
+            raise AtlasError(f"classes.pairs [{a}, {b}]: a comparison needs two different classes")
+        subsets.append(Subset("pair", (first, second)))
+    return subsets
+
+
+def build_classes(
+    parent_dir: Location | str,
+    assignments: Sequence[tuple[str, Any]] = (),
+    log: Callable[[str], None] = print,
+    executor: Callable[[], Executor] | None = None,
+) -> dict[str, Any]:
+    """Build every class atlas and comparison the config asks for under ``parent_dir``; returns classes/index.json."""
+    parent = Bundle(parent_dir)
+    manifest = parent.manifest
+    config = parent_config(parent, list(assignments))
+    store = parent.store()
+    n_classes = store.layout().n_classes
+    if n_classes == 0:
+        raise AtlasError(f"{parent.root}: this bundle has no attribution (collect.attribution was false); re-run atlas run with it on")
+    labels = manifest.get("labels")
+    counts = class_counts(store, n_classes)
+    subsets = wanted_subsets(config.classes, labels, counts)
+    if not subsets:
+        raise AtlasError("nothing to build: give --class NAME (repeatable, or 'all') or --compare A B, or classes.classes / classes.pairs")
+    device = resolve_device(config.device)
+    model = load_model(config.model)
+    model.module.to(device).eval()
+    layer = resolve_layer(model, config.model.layer)
+    source = open_source(config.images)
+    if isinstance(source, FolderSource):
+        source.index_path = parent.path(IMAGE_INDEX)  # the parent's listing: image ids are its line numbers
+    shape = tuple(int(v) for v in manifest["layer_shape"])
+    with ExitStack() as stack:
+        executor = executor or LazyExecutor(config.scheduler, stack, log, device)
+        for subset in subsets:
+            log(f"atlas classes: {subset.kind} {subset.title!r} -> {subset.folder}")
+            sub_config = subset_config(config, parent, subset)
+            bundle = Bundle(parent.root / subset.folder)
+            bundle.root.mkdir(parents=True, exist_ok=True)
+            run = SubsetInputs(
+                sub_config, bundle, model, layer, shape, n_classes, labels, source, [], executor, log, device, parent, subset
+            )
+            records = run_stages(PAIR_STAGES if subset.kind == "pair" else CLASS_STAGES, run)
+            assemble(run, records)
+    index = class_index(parent, labels, counts, config.classes)
+    write_json(parent.path(CLASS_INDEX), index)
+    return index
+
+
+def class_index(parent: Bundle, labels: list[str] | None, counts: np.ndarray, config: ClassesConfig) -> dict[str, Any]:
+    """Every class with its row count and atlas (if built), and every comparison built so far: the viewer's picker."""
+    classes = []
+    for k, count in enumerate(counts):
+        ref = resolve_class(k, labels, len(counts))
+        folder = f"{CLASSES}/{ref.folder}"
+        built = parent.path(f"{folder}/manifest.json").is_file()
+        classes.append({"index": k, "name": ref.name, "rows": int(count), "folder": folder if built else None})
+    pairs = []
+    pairs_root = parent.path(PAIRS)
+    manifests: list[Location] = sorted(pairs_root.glob("*/manifest.json"), key=str) if pairs_root.is_dir() else []
+    for manifest_path in manifests:
+        sub = read_json(manifest_path)
+        pair = sub.get("pair") or {}
+        folder = f"{PAIRS}/{manifest_path.parent.name}"
+        patch_file = parent.path(f"{folder}/{PATCH_RESULTS}")
+        pairs.append(
+            {
+                "a": pair.get("a"),
+                "b": pair.get("b"),
+                "folder": folder,
+                "patch": f"{folder}/{PATCH_RESULTS}" if patch_file.is_file() else None,
+            }
+        )
+    return {
+        "selection": "rows whose top attribution is the class",
+        "min_rows": config.min_rows,
+        "build": "atlas classes RUN_DIR --class NAME  (or --compare A B)",
+        "classes": classes,
+        "pairs": pairs,
+    }
