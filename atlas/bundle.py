@@ -333,7 +333,8 @@ class Bundle:
 def copy_for_viewing(bundle: Bundle, target: Path) -> int:
     """Mirror what the viewer reads of a bundle on a store into the local folder ``target``; returns files fetched.
 
-    Leaves out the activation store (the bulk of a bundle; the page never reads it) and dot-files (markers).
+    Leaves out activation stores (the bulk of a bundle and of its class atlases; the page never reads them) and
+    dot-files (markers).
     A file already there with the same size is not fetched again, so a second call fetches only what changed.
     """
     if isinstance(bundle.root, Path):
@@ -345,7 +346,7 @@ def copy_for_viewing(bundle: Bundle, target: Path) -> int:
     for key, info in sorted(fs.find(base, detail=True).items()):
         relative = key[len(base) + 1 :]
         parts = relative.split("/")
-        if parts[0] == ACTIVATIONS or any(part.startswith(".") for part in parts):
+        if ACTIVATIONS in parts[:-1] or any(part.startswith(".") for part in parts):  # sub-bundles' stores too
             continue
         local = target.joinpath(*parts)
         if local.is_file() and local.stat().st_size == info.get("size"):

@@ -63,7 +63,10 @@ from pipelines.tiles_stage import TILES_STAGE
 
 PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
 ROWS_PER_SHARD = 4096  # rows per chunk of a sub-bundle's store
-HELD_OUT_SHARD = 256  # images per read when scanning for the patch experiment's images
+HELD_OUT_SHARD = 256
+RANDOM_ICON_POOL = (
+    256  # parent icons the random-icon baseline draws from  # images per read when scanning for the patch experiment's images
+)
 
 
 @dataclass(frozen=True)
@@ -209,15 +212,27 @@ def sublayout(call: StageCall) -> Report:
 
 
 def patch_settings(run: RunInputs) -> Any:
-    return [run.config.classes.patch.model_dump(mode="json"), run.config.seed]
+    parent, _ = _as_subset(run).parts
+    return [run.config.classes.patch.model_dump(mode="json"), run.config.seed, parent_key(parent, "render")]
 
 
-def favouring_cells(cells: list[dict[str, Any]], size: int, n_icons: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The ``n_icons`` cells furthest towards b (left half, leftmost first, fuller first), and every other cell."""
+def favouring_cells(cells: list[dict[str, Any]], size: int, n_icons: int) -> list[dict[str, Any]]:
+    """The ``n_icons`` cells furthest towards b: left half, leftmost first, fuller first."""
     left = sorted((c for c in cells if (c["i"] + 0.5) / size < 0.5), key=lambda c: (c["i"], -c["count"], c["j"]))
-    chosen = left[:n_icons]
-    picked = {(c["i"], c["j"]) for c in chosen}
-    return chosen, [c for c in cells if (c["i"], c["j"]) not in picked]
+    return left[:n_icons]
+
+
+def random_icons(parent: Bundle, n: int, seed: int) -> list[str]:
+    """Up to ``n`` icons of the parent atlas's finest grid, drawn with ``seed``: the random-icon baseline's pool.
+
+    From the parent, not from the comparison, whose other cells include more of b's side.
+    """
+    grids = parent.grids
+    if not grids:
+        return []
+    icons = [cell["icon"] for cell in parent.level(grids[-1]).cells if parent.path(cell["icon"]).is_file()]
+    picked = np.random.default_rng(seed).permutation(len(icons))[:n]
+    return [icons[k] for k in sorted(picked)]
 
 
 def held_out_images(run: RunInputs, parent: Bundle) -> tuple[ImageSource, int, bool]:
@@ -274,7 +289,8 @@ def patch(call: StageCall) -> Report:
     config = run.config.classes.patch
     size = run.config.grid.sizes[-1]
     cells = run.bundle.grid_cells(size)
-    chosen, others = favouring_cells(cells, size, config.icons)
+    chosen = favouring_cells(cells, size, config.icons)
+    others = random_icons(parent, RANDOM_ICON_POOL, run.config.seed)
     prep = run.model.preprocessing
     sizes = sorted({max(1, round(f * prep.input_size)) for f in config.sizes})
     result: dict[str, Any] = {
@@ -285,9 +301,10 @@ def patch(call: StageCall) -> Report:
         "corner": config.corner,
         "seed": run.config.seed,
         "icons": [c["icon"] for c in chosen],
+        "random_icons": f"{len(others)} icons of the parent atlas's finest grid, one drawn per image",
     }
     if not chosen or not others:
-        result.update({"n_images": 0, "note": "the comparison has no cell on the b side (or no other cell): nothing to paste"})
+        result.update({"n_images": 0, "note": "the comparison has no cell on the b side (or the parent atlas no icon): nothing to paste"})
     else:
         source, first, held_out = held_out_images(run, parent)
         images, seen = images_classified_as(run, source, first, a.index, config.n_images)
@@ -296,7 +313,7 @@ def patch(call: StageCall) -> Report:
             first, held_out = 0, False
             images, seen = images_classified_as(run, source, first, a.index, config.n_images)
         icons = load_icons(run.bundle, [c["icon"] for c in chosen], prep.channels, run.config.render.icon_size)
-        other_icons = load_icons(run.bundle, [c["icon"] for c in others], prep.channels, run.config.render.icon_size)
+        other_icons = load_icons(parent, others, prep.channels, run.config.render.icon_size)
         counts = run_patch_experiment(
             lambda pixels: classify(run, pixels), images, list(icons), list(other_icons), b.index, sizes, config.corner,
             run.config.seed, config.batch_size,
@@ -317,7 +334,7 @@ def _as_subset(run: RunInputs) -> SubsetInputs:
 
 SELECT = Stage("collect", reads=(), settings=select_settings, work=select)
 SUBLAYOUT = Stage("layout", reads=("collect",), settings=sublayout_settings, work=sublayout)
-PATCH = Stage("patch", reads=("grid", "render"), settings=patch_settings, work=patch)
+PATCH = Stage("patch", reads=("grid", "render"), settings=patch_settings, work=patch, version=2)
 CLASS_STAGES: tuple[Stage, ...] = (SELECT, SUBLAYOUT, GRID, RENDER, EXAMPLES_STAGE, TILES_STAGE)
 PAIR_STAGES: tuple[Stage, ...] = (*CLASS_STAGES, PATCH)
 

@@ -3,8 +3,8 @@
 The article (section 5) pastes an icon from the part of a two-class comparison
 that favours B onto images classified as A, and finds it flips about 2 in 5 of
 them (1 in 2 with the best of the four corners) on InceptionV1. The baselines
-here are pasted the same way in the same run: uniform noise, and another icon
-of the same comparison that was not chosen. Pixels are in the model's input
+here are pasted the same way in the same run: uniform noise, and a random icon
+of the parent atlas (resized like the chosen icon: the same treatment, other content). Pixels are in the model's input
 frame, in [0, 1], before normalisation.
 """
 
