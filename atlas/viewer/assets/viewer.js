@@ -11,6 +11,10 @@
  * reads one class's column of attribution.npy with an HTTP Range request. Bundles written before
  * the split (no cell_index in the manifest) load cells.json whole, as before.
  * The view (grid, centre, zoom, selected cell, class) lives in the URL hash.
+ * atlas classes: the "classes" picker lists classes/index.json (read when the picker is first opened, so a bundle
+ * without class atlases requests nothing it lacks) and links to the class atlases and comparisons built; a
+ * sub-bundle (manifest.subset) names itself and links back to its parent; a comparison (subset kind "pair")
+ * labels its x axis (left favours b, right favours a) and shows its patch experiment (patch.json).
  */
 (function () {
   "use strict";
@@ -37,6 +41,10 @@
 
   function start(m) {
     manifest = m;
+    labels = m.labels || null;
+    showTitle(m);
+    setupPicker(m);
+    setupPair(m);
     levels = (m.levels || []).filter(function (l) { return l.dzi; }).sort(function (a, b) { return a.grid - b.grid; });
     // A grid whose cells all hold fewer than grid.min_count activations is a valid, empty result.
     var empty = (m.levels || []).filter(function (l) { return l.n_cells === 0; });
@@ -48,10 +56,6 @@
       return;
     }
     if (!levels.length) { fail("This bundle has no tiles yet: re-run `atlas run` to build them."); return; }
-    labels = m.labels || null;
-    var title = [m.name, m.model, m.layer].filter(Boolean).join(" \u00b7 ");
-    $("title").textContent = title;
-    document.title = title + " \u2014 activation atlas";
     var select = $("grid-select");
     levels.forEach(function (l) {
       var option = document.createElement("option");
@@ -136,8 +140,12 @@
     search.addEventListener("input", function () { if (!search.value) setClass(""); });
     $("panel-close").addEventListener("click", closePanel);
     document.addEventListener("keydown", function (e) {
-      if (e.key === "Escape") { if (selected) closePanel(); else if (heat) { search.value = ""; setClass(""); } }
-      else if (e.key === "/" && document.activeElement !== search) { e.preventDefault(); search.focus(); }
+      if (e.key === "Escape") {
+        if (picker.open) { togglePicker(false); $("picker-button").focus(); }
+        else if (selected) closePanel();
+        else if (heat) { search.value = ""; setClass(""); }
+      }
+      else if (e.key === "/" && !/^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName)) { e.preventDefault(); search.focus(); }
     });
     window.addEventListener("hashchange", function () { if (location.hash !== lastHash) applyHash(location.hash, false); });
   }
@@ -322,6 +330,7 @@
       (classes ? "<ol>" + classes + "</ol>" : "") +
       "<div>average of " + cell.count + " activation" + (cell.count === 1 ? "" : "s") + "</div>" +
       "<div class=\"muted\">" + escapeHtml(fidelityText(cell, level)) + "</div>" +
+      (pairColumnText(hit.i, hit.grid) ? "<div class=\"muted tip-axis\">" + escapeHtml(pairColumnText(hit.i, hit.grid)) + "</div>" : "") +
       (heat && heat.values && heat.grid === level.grid ? "<div>" + escapeHtml(heat.label) + ": " + fmt(heat.values[cell.n]) + "</div>" : "");
     atlas.lastTip = { grid: hit.grid, i: hit.i, j: hit.j, at: performance.now() };
     tip.hidden = false;
@@ -628,6 +637,289 @@
     if (cls) { $("class-search").value = cls; setClass(cls); }
     var cell = /^(\d+):(\d+),(\d+)$/.exec(params.get("cell") || "");
     if (cell) select_(+cell[1], +cell[2], +cell[3]); else if (selected) closePanel();
+  }
+
+  /* ---- what this bundle is: the whole atlas, a class atlas or a comparison (atlas classes) ---- */
+
+  function subsetKind() {
+    return manifest && manifest.subset ? manifest.subset.kind : null;
+  }
+
+  // The two classes of a comparison: a (right) and b (left), from the manifest's pair, else the subset's classes.
+  function pairClasses() {
+    if (subsetKind() !== "pair") return null;
+    var pair = manifest.pair || {}, classes = manifest.subset.classes || [];
+    var a = pair.a || classes[0], b = pair.b || classes[1];
+    return a && b ? { a: a, b: b } : null;
+  }
+
+  // The parent atlas's folder relative to this page ("../../"); only ".." steps are taken from the manifest.
+  function parentBase() {
+    var parent = String(manifest.subset.parent || "../..").replace(/\/+$/, "");
+    return /^\.\.(\/\.\.)*$/.test(parent) ? parent + "/" : "../../";
+  }
+
+  function showTitle(m) {
+    var detail = [m.model, m.layer].filter(Boolean).join(" \u00b7 ");
+    var title = [m.name, detail].filter(Boolean).join(" \u00b7 ") || "Activation atlas";
+    if (m.subset) {
+      var pair = pairClasses(), names = (m.subset.classes || []).map(function (c) { return c.name; });
+      var what = pair ? "Comparison: " + pair.a.name + " vs " + pair.b.name : "Class atlas: " + (names.join(", ") || m.name);
+      $("title").innerHTML = escapeHtml(what) + (detail ? " <span class=\"muted\">\u00b7 " + escapeHtml(detail) + "</span>" : "");
+      $("title").title = what + (detail ? " \u00b7 " + detail : "");
+      var back = $("back");
+      back.href = parentBase() + "index.html";
+      back.hidden = false;
+      title = what;
+    } else {
+      $("title").textContent = title;
+    }
+    document.title = title + " \u2014 activation atlas";
+  }
+
+  /* ---- the class picker: classes/index.json, read the first time the picker opens ---- */
+
+  var PICKER_SHOWN = 200;  // classes listed at once; the filter finds the rest
+  var picker = { open: false, base: "", index: null, items: [], promise: null };
+  atlas.picker = picker;
+
+  function setupPicker(m) {
+    var collect = m.config && m.config.collect;
+    if (collect && collect.attribution === false) return;  // no attribution: atlas classes has nothing to select by
+    picker.base = m.subset ? parentBase() : "";
+    $("picker").hidden = false;
+    $("picker-button").addEventListener("click", function () { togglePicker(); });
+    $("picker-filter").addEventListener("input", renderPicker);
+    $("picker-list").addEventListener("click", function (e) {
+      var button = e.target.closest("button[data-k]");
+      if (button) showBuildCommand(picker.items[+button.getAttribute("data-k")]);
+    });
+    document.addEventListener("pointerdown", function (e) {
+      if (picker.open && !$("picker").contains(e.target)) togglePicker(false);
+    });
+    $("picker").addEventListener("keydown", function (e) {  // also where the atlas failed to open (no other key handler)
+      if (e.key === "Escape" && picker.open) { e.stopPropagation(); togglePicker(false); $("picker-button").focus(); }
+    });
+  }
+
+  function togglePicker(open) {
+    picker.open = open === undefined ? !picker.open : open;
+    $("picker-box").hidden = !picker.open;
+    $("picker-button").setAttribute("aria-expanded", String(picker.open));
+    if (!picker.open) return;
+    loadClassIndex().then(function () {
+      renderPicker();
+      if (picker.open) $("picker-filter").focus({ preventScroll: true });
+    });
+  }
+
+  // classes/index.json, or null where none has been written (no class atlas built yet): the labels are listed instead.
+  function loadClassIndex() {
+    if (!picker.promise) {
+      picker.promise = fetch(picker.base + "classes/index.json")
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .catch(function () { return null; })
+        .then(function (index) {
+          picker.index = index && Array.isArray(index.classes) ? index : null;
+          picker.items = pickerItems(picker.index);
+          atlas.classIndexLoaded = true;
+        });
+    }
+    return picker.promise;
+  }
+
+  // Built class atlases first, then by rows (the classes a build would succeed for), then in the model's order.
+  function pickerItems(index) {
+    var items = index
+      ? index.classes.map(function (c) { return { index: c.index, name: c.name, rows: c.rows, folder: c.folder || null }; })
+      : (labels || []).map(function (name, k) { return { index: k, name: name, rows: null, folder: null }; });
+    items.sort(function (x, y) { return (!!y.folder - !!x.folder) || ((y.rows || 0) - (x.rows || 0)) || (x.index - y.index); });
+    return items;
+  }
+
+  function rowsText(rows) {
+    return rows === null || rows === undefined ? "" : rows.toLocaleString() + " row" + (rows === 1 ? "" : "s");
+  }
+
+  function currentClassIndex() {
+    return subsetKind() === "class" && manifest.subset.classes && manifest.subset.classes.length ? manifest.subset.classes[0].index : null;
+  }
+
+  function renderPicker() {
+    var index = picker.index, items = picker.items;
+    var built = items.filter(function (c) { return c.folder; }).length;
+    var note = $("picker-note");
+    if (index) {
+      note.textContent = built + " class atlas" + (built === 1 ? "" : "es") + " built. Rows: " + (index.selection || "rows whose top attribution is the class") +
+        "; a class atlas needs at least " + index.min_rows + ".";
+    } else if (items.length) {
+      note.textContent = "No class atlas has been built for this atlas yet (there is no classes/index.json). Pick a class for the command that builds one.";
+    } else {
+      note.innerHTML = "No class atlas has been built for this atlas yet, and it has no class names. Build one with " +
+        "<code>atlas classes RUN_DIR --class INDEX</code> (or <code>--compare A B</code>).";
+    }
+    renderPairs(index);
+
+    var query = $("picker-filter").value.trim().toLowerCase();
+    var matching = [];
+    items.forEach(function (c, k) {
+      if (!query || c.name.toLowerCase().indexOf(query) >= 0 || String(c.index) === query) matching.push(k);
+    });
+    var here = currentClassIndex();
+    var list = $("picker-list");
+    list.innerHTML = matching.slice(0, PICKER_SHOWN).map(function (k) {
+      var c = items[k], rows = rowsText(c.rows);
+      var count = rows ? " <span class=\"rows\">" + rows + "</span>" : "";
+      if (c.folder) {
+        var current = c.index === here;
+        return "<li class=\"built\"><a href=\"" + escapeHtml(picker.base + c.folder + "/index.html") + "\"" + (current ? " aria-current=\"page\"" : "") +
+          " data-index=\"" + c.index + "\" title=\"open its class atlas\">" + escapeHtml(c.name) + (current ? " <span class=\"muted\">(this page)</span>" : "") + "</a>" +
+          "<span class=\"badge\">atlas</span>" + count + "</li>";
+      }
+      return "<li><button type=\"button\" data-k=\"" + k + "\" data-index=\"" + c.index + "\" title=\"not built yet: show the command that builds it\">" +
+        escapeHtml(c.name) + "</button>" + count + "</li>";
+    }).join("");
+    $("picker-classes-title").hidden = !items.length;
+    var more = $("picker-more");
+    more.hidden = matching.length <= PICKER_SHOWN && (matching.length > 0 || !items.length);
+    more.textContent = matching.length ? (matching.length - PICKER_SHOWN) + " more: type to filter." : "No class matches \u201c" + query + "\u201d.";
+  }
+
+  function renderPairs(index) {
+    var pairs = index && Array.isArray(index.pairs) ? index.pairs.filter(function (p) { return p.a && p.b && p.folder; }) : [];
+    var here = subsetKind() === "pair" ? location.pathname.replace(/index\.html$/, "") : null;
+    $("pair-list").innerHTML = pairs.map(function (p) {
+      var href = picker.base + p.folder + "/index.html";
+      var current = here && new URL(href, location.href).pathname.replace(/index\.html$/, "") === here;
+      return "<li><a href=\"" + escapeHtml(href) + "\"" + (current ? " aria-current=\"page\"" : "") + ">" + escapeHtml(p.a.name) + " vs " + escapeHtml(p.b.name) +
+        (current ? " <span class=\"muted\">(this page)</span>" : "") + "</a>" + (p.patch ? " <span class=\"rows\">patch test</span>" : "") + "</li>";
+    }).join("") || "<li class=\"muted empty\">None built yet: <code>atlas classes RUN_DIR --compare A B</code></li>";
+    $("picker-pairs").hidden = false;
+  }
+
+  // A class as atlas classes reads it: the name (quoted for a POSIX shell), or the index where the name is not unique.
+  function classArgument(item) {
+    var names = labels || picker.items.map(function (c) { return c.name; });
+    var same = names.filter(function (name) { return name === item.name; }).length;
+    if (same > 1) return String(item.index);
+    if (!/["$`\\!]/.test(item.name)) return "\"" + item.name + "\"";
+    return "'" + item.name.replace(/'/g, "'\\''") + "'";
+  }
+
+  // Where the bundle was written, as its manifest records it: the honest hint for RUN_DIR (it may have moved since).
+  function writtenTo() {
+    var out = manifest.config && manifest.config.output;
+    if (!out || typeof out.dir !== "string" || !out.dir) return null;
+    var dir = out.dir.replace(/\/+$/, "");
+    if (manifest.subset) return dir.indexOf("/") >= 0 ? dir.replace(/\/[^\/]*$/, "") : null;  // <parent>/classes -> <parent>
+    return dir + "/" + (out.name || manifest.name || "");
+  }
+
+  function showBuildCommand(item) {
+    if (!item) return;
+    var command = "atlas classes RUN_DIR --class " + classArgument(item);
+    var index = picker.index, few = "";
+    if (index && item.rows !== null && item.rows < index.min_rows) {
+      few = "<p class=\"hint\">Only " + rowsText(item.rows) + " ha" + (item.rows === 1 ? "s" : "ve") + " it as their top attribution, and a class atlas needs " +
+        "<code>classes.min_rows</code> = " + index.min_rows + ": add " +
+        (item.rows > 0 ? "<code>--set classes.min_rows=" + item.rows + "</code>, or " : "") +
+        "<code>--set classes.select=top_k</code> (its <code>classes.top_k</code> best rows instead).</p>";
+    }
+    var dir = writtenTo();
+    var box = $("picker-command");
+    box.innerHTML = "<p>No class atlas of <b>" + escapeHtml(item.name) + "</b> yet" + (item.rows !== null ? " (" + rowsText(item.rows) + ")" : "") +
+      ". Build it with:</p><code class=\"command\">" + escapeHtml(command) + "</code>" + few +
+      "<p class=\"hint\">RUN_DIR: " + (manifest.subset ? "the parent atlas's folder" : "this atlas's folder") + ", the one given to <code>atlas serve</code>" +
+      (dir ? " (it was written to <code>" + escapeHtml(dir) + "</code>)" : "") + ". Then reload this page.</p>";
+    box.hidden = false;
+    box.scrollIntoView({ block: "nearest" });
+    atlas.lastCommand = command;
+  }
+
+  /* ---- a comparison: its axis and the patch experiment (patch.json) ---- */
+
+  function setupPair(m) {
+    var pair = pairClasses();
+    if (!pair) return;
+    var across = (m.pair && m.pair.x_axis) || "attribution to a minus attribution to b; right favours a";
+    $("axis-left").textContent = "\u2190 favours " + pair.b.name;
+    $("axis-right").textContent = "favours " + pair.a.name + " \u2192";
+    $("axis-left").title = $("axis-right").title = "across: " + across + (m.pair && m.pair.y_axis ? "; down: " + m.pair.y_axis : "");
+    $("axis-left").hidden = $("axis-right").hidden = false;
+    var file = m.patch && m.patch.file;
+    if (!file) return;  // the comparison was built without the patch experiment
+    var box = $("patch");
+    if (window.matchMedia && window.matchMedia("(max-width: 720px)").matches) box.open = false;  // a phone: the summary only
+    box.hidden = false;
+    $("patch-body").innerHTML = "<p class=\"muted\">loading " + escapeHtml(file) + "&hellip;</p>";
+    fetchOk(file)
+      .then(function (r) { return r.json(); })
+      .then(function (report) { atlas.patch = report; renderPatch(report, pair); })
+      .catch(function (err) { $("patch-body").innerHTML = "<p class=\"muted\">Cannot read the patch experiment: " + escapeHtml(err.message) + "</p>"; });
+  }
+
+  // What a cell's column says along a comparison's x axis: the range of (attribution a - attribution b) it holds.
+  function pairColumnText(i, g) {
+    var pair = pairClasses(), scale = manifest.pair && manifest.pair.scale;
+    if (!pair || !isFinite(scale) || !(g > 1)) return "";
+    var lo = (2 * i / g - 1) * scale, hi = (2 * (i + 1) / g - 1) * scale, mid = (lo + hi) / 2;
+    var range = i === 0 ? "below " + fmt(hi, 2) : i === g - 1 ? "above " + fmt(lo, 2) : fmt(lo, 2) + " to " + fmt(hi, 2);
+    var side = mid > 1e-9 ? "favours " + pair.a.name : mid < -1e-9 ? "favours " + pair.b.name : "between the two";
+    return side + " (attribution " + pair.a.name + " \u2212 " + pair.b.name + ": " + range + ")";
+  }
+
+  function percent(x) {
+    if (x === null || x === undefined || !isFinite(x)) return "\u2013";
+    return x === 0 ? "0%" : x === 1 ? "100%" : (100 * x).toFixed(1) + "%";
+  }
+
+  var PATCH_KINDS = [
+    ["icon", "icon", "the comparison's icons furthest towards b"],
+    ["noise", "noise", "uniform noise of the same size (baseline)"],
+    ["random_icon", "random icon", "an icon of the parent atlas, drawn at random (baseline)"]
+  ];
+
+  function flipCells(count, rule) {
+    if (!count) return "<td class=\"" + rule + "-rate\">\u2013</td><td class=\"" + rule + "-n\">\u2013</td>";
+    var interval = Array.isArray(count.interval) && count.interval.length === 2 ? " <span class=\"muted\">(" + percent(count.interval[0]).replace("%", "") +
+      "\u2013" + percent(count.interval[1]) + ")</span>" : "";
+    return "<td class=\"" + rule + "-rate\">" + percent(count.rate) + interval + "</td><td class=\"" + rule + "-n\">" + count.flips + "/" + count.n + "</td>";
+  }
+
+  function renderPatch(report, pair) {
+    var n = report.n_images || 0;
+    var a = (report.pair && report.pair.a) || pair.a, b = (report.pair && report.pair.b) || pair.b;
+    $("patch-summary").textContent = "Patch experiment: " + n + " image" + (n === 1 ? "" : "s");
+    var html = report.question ? "<p class=\"question\">" + escapeHtml(report.question) + "</p>" : "";
+    if (n > 0) {
+      html += "<p>" + n + " image" + (n === 1 ? "" : "s") + " the model classifies as <b>" + escapeHtml(a.name) + "</b>, " +
+        (report.held_out ? "<span class=\"held-out\">held out</span> (not among the images this atlas was built from)"
+                         : "<span class=\"held-out\">not held out</span> (taken from the images this atlas was built from)") +
+        (report.images_scanned ? "; " + report.images_scanned.toLocaleString() + " looked at" : "") + ". A flip: the top-1 class becomes <b>" + escapeHtml(b.name) + "</b>.</p>";
+    }
+    if (report.note) html += "<p class=\"note\">" + escapeHtml(report.note) + "</p>";
+    var rows = "";
+    PATCH_KINDS.forEach(function (kind) {
+      var sizes = report[kind[0]] && Array.isArray(report[kind[0]].sizes) ? report[kind[0]].sizes : [];
+      sizes.forEach(function (entry, k) {
+        var fraction = report.size_fractions && report.sizes && report.size_fractions.length === report.sizes.length ? report.size_fractions[report.sizes.indexOf(entry.size)] : undefined;
+        rows += "<tr data-kind=\"" + kind[0] + "\" data-size=\"" + entry.size + "\">" +
+          (k === 0 ? "<th scope=\"rowgroup\" rowspan=\"" + sizes.length + "\" title=\"" + escapeHtml(kind[2]) + "\">" + kind[1] + "</th>" : "") +
+          "<td class=\"size\">" + entry.size + " px" + (fraction !== undefined ? " <span class=\"muted\">(" + Math.round(100 * fraction) + "%)</span>" : "") + "</td>" +
+          flipCells(entry.corner, "corner") + flipCells(entry.best_corner, "best") + "</tr>";
+      });
+    });
+    if (rows && n > 0) {
+      var corner = String(report.corner || "fixed").replace(/_/g, " ");
+      html += "<table id=\"patch-table\"><thead><tr><th rowspan=\"2\">patch</th><th rowspan=\"2\">side</th>" +
+        "<th colspan=\"2\">" + escapeHtml(corner) + " corner</th><th colspan=\"2\">best of the 4 corners</th></tr>" +
+        "<tr><th>flip rate (95% CI)</th><th>flips/n</th><th>flip rate (95% CI)</th><th>flips/n</th></tr></thead><tbody>" + rows + "</tbody></table>" +
+        "<p class=\"hint\">Intervals: Wilson, 95%. Best corner: a flip at any of the four corners. Sides in the model's input pixels (fraction of its side)" +
+        (report.seed !== undefined ? "; seed " + escapeHtml(report.seed) : "") + ".</p>";
+    } else if (!report.note) {
+      html += "<p class=\"note\">No image was tested.</p>";
+    }
+    $("patch-body").innerHTML = html;
   }
 
   /* ---- for tests and scripts: where a cell is on the page ---- */
