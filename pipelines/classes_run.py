@@ -11,6 +11,7 @@ examples and tiles are the ordinary stages. A pair adds a ``patch`` stage.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tempfile
@@ -249,10 +250,12 @@ def held_out_images(run: RunInputs, parent: Bundle) -> tuple[ImageSource, int, b
     return run.source, collected, True
 
 
-def _pixels(source: ImageSource, first: int, run: RunInputs) -> Iterator[torch.Tensor]:
+def _pixels(source: ImageSource, first: int, end: int | None, run: RunInputs) -> Iterator[torch.Tensor]:
+    """Input-frame pixels of the readable images with ids in [first, end), a batch per listing shard."""
     prep = run.model.preprocessing
+    source = copy.copy(source)  # planning re-points a folder source at the scratch listing; the run's keeps the parent's
     with tempfile.TemporaryDirectory(prefix="atlas-heldout-") as scratch:
-        for shard in source.plan(Path(scratch), None, HELD_OUT_SHARD):
+        for shard in source.plan(Path(scratch), end, HELD_OUT_SHARD):
             if shard.start + shard.count <= first:
                 continue
             batch = [to_pixels(r.image, prep) for r in source.read(shard) if r.image is not None and r.image_id >= first]
@@ -260,11 +263,13 @@ def _pixels(source: ImageSource, first: int, run: RunInputs) -> Iterator[torch.T
                 yield torch.stack(batch)
 
 
-def images_classified_as(run: RunInputs, source: ImageSource, first: int, target: int, limit: int) -> tuple[torch.Tensor, int]:
-    """Up to ``limit`` images (input-frame pixels) the model puts in class ``target``, and how many were looked at."""
+def images_classified_as(
+    run: RunInputs, source: ImageSource, first: int, target: int, limit: int, end: int | None = None
+) -> tuple[torch.Tensor, int]:
+    """Up to ``limit`` images (input-frame pixels, ids in [first, end)) the model puts in ``target``; and how many seen."""
     kept: list[torch.Tensor] = []
     seen = held = 0
-    for pixels in tqdm(_pixels(source, first, run), desc="patch images", unit="batch"):
+    for pixels in tqdm(_pixels(source, first, end, run), desc="patch images", unit="batch"):
         top = classify(run, pixels).argmax(dim=1).cpu()
         seen += len(pixels)
         chosen = pixels[top == target]
@@ -310,8 +315,8 @@ def patch(call: StageCall) -> Report:
         images, seen = images_classified_as(run, source, first, a.index, config.n_images)
         if not len(images) and first > 0 and config.images is None:
             run.log("[patch] the source has no image past those the atlas collected: using the collected ones (not held out)")
-            first, held_out = 0, False
-            images, seen = images_classified_as(run, source, first, a.index, config.n_images)
+            images, more = images_classified_as(run, source, 0, a.index, config.n_images, end=first)  # only those not seen yet
+            first, held_out, seen = 0, False, seen + more
         icons = load_icons(run.bundle, [c["icon"] for c in chosen], prep.channels, run.config.render.icon_size)
         other_icons = load_icons(parent, others, prep.channels, run.config.render.icon_size)
         counts = run_patch_experiment(
