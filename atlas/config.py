@@ -48,6 +48,9 @@ class CollectConfig(Section):
     batch_size: PositiveInt = 32
     shard_size: PositiveInt = 128
     attribution: bool = True
+    nonfinite: Literal["drop", "stop"] = Field(
+        default="drop", description="rows whose activation or attribution holds NaN or inf: drop and count them, or stop at the first"
+    )
 
 
 class LayoutConfig(Section):
