@@ -61,7 +61,56 @@ def test_serve_gives_the_bundle_files(served: int) -> None:
     assert raw_get(served, "/inside.json")[0] == 200
     status, body, headers = raw_get(served, "/manifest.json", method="HEAD")
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
-    assert raw_get(served, "/manifest.json", method="POST")[0] == 501
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PROPFIND", "BREW", "get"])
+def test_serve_answers_get_and_head_only(served: int, method: str) -> None:
+    for target in ("/manifest.json", "/missing.json", "/../secret.txt"):
+        status, body, headers = raw_get(served, target, method=method)
+        assert status == 405 and headers["Allow"] == "GET, HEAD", (method, target, status)
+        assert b"activation-atlas" not in body and b"TOP-SECRET" not in body
+
+
+def test_serve_refuses_a_post_with_a_body_cleanly(served: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", served, timeout=10)
+    connection.request("PUT", "/manifest.json", body=b"x" * 100_000, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 405 and response.getheader("Allow") == "GET, HEAD"
+    response.read()
+    connection.close()
+    assert raw_get(served, "/manifest.json")[1] == b'{"format": "activation-atlas/1"}'  # untouched
+
+
+def test_serve_answers_a_revalidation_with_304(served: int) -> None:
+    status, _, headers = raw_get(served, "/tiles/4_files/0/0_0.jpg")
+    etag, modified = headers["ETag"], headers["Last-Modified"]
+    assert status == 200 and headers["Cache-Control"] == "no-cache"
+    for conditions in (
+        {"If-None-Match": etag},
+        {"If-None-Match": f'"other", W/{etag}'},
+        {"If-None-Match": "*"},
+        {"If-Modified-Since": modified},
+    ):
+        got_status, got_body, got_headers = conditional_get(served, "/tiles/4_files/0/0_0.jpg", conditions)
+        assert got_status == 304 and got_body == b"" and got_headers["ETag"] == etag, conditions
+    for conditions in (
+        {"If-None-Match": '"other"'},
+        {"If-None-Match": '"other"', "If-Modified-Since": modified},  # If-None-Match, when sent, decides alone
+        {"If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"},
+        {"If-Modified-Since": "not a date"},
+        {"Range": "bytes=0-1", "If-Range": '"other"'},  # the file changed since the client's part: the whole file
+    ):
+        assert conditional_get(served, "/tiles/4_files/0/0_0.jpg", conditions)[:2] == (200, b"\xff\xd8tile"), conditions
+    assert conditional_get(served, "/tiles/4_files/0/0_0.jpg", {"Range": "bytes=0-1", "If-Range": etag})[:2] == (206, b"\xff\xd8")
+
+
+def conditional_get(port: int, target: str, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", target, headers=headers)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response.status, body, dict(response.getheaders())
 
 
 @pytest.mark.parametrize(
