@@ -49,6 +49,7 @@ from atlas.images.folder import FolderSource
 from atlas.images.preprocess import normalise, to_pixels
 from atlas.images.source import ImageSource
 from atlas.io import read_json, write_json, write_npy
+from atlas.lock import bundle_lock
 from atlas.markers import read_marker
 from atlas.models import load_model, resolve_layer
 from atlas.storage import Location
@@ -395,6 +396,14 @@ def build_classes(
 ) -> dict[str, Any]:
     """Build every class atlas and comparison the config asks for under ``parent_dir``; returns classes/index.json."""
     parent = Bundle(parent_dir)
+    parent.manifest  # noqa: B018 -- a folder that is not a bundle fails here, before it is locked
+    with bundle_lock(parent.root, log):  # the same lock as atlas run: one writer per bundle
+        return _build_classes(parent, assignments, log, executor)
+
+
+def _build_classes(
+    parent: Bundle, assignments: Sequence[tuple[str, Any]], log: Callable[[str], None], executor: Callable[[], Executor] | None
+) -> dict[str, Any]:
     manifest = parent.manifest
     config = parent_config(parent, list(assignments))
     store = parent.store()

@@ -103,6 +103,9 @@ class DaskExecutor:
         yield from as_completed(list(futures))
 
 
+WORKER_PRELOAD = "pipelines.worker_signals"  # local workers leave Ctrl-C to the driver
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -135,7 +138,7 @@ def start_gpu_cluster(envs: list[dict[str, str]], threads: int) -> Any:
     from distributed import Scheduler, SpecCluster
 
     environ = {**MALLOC_ENVIRON, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.preload": [WORKER_PRELOAD]}):
         if importlib.util.find_spec("dask_cuda") is not None and all("CUDA_VISIBLE_DEVICES" in env for env in envs):
             from dask_cuda import LocalCUDACluster
 
@@ -177,7 +180,7 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print, d
                 "MKL_NUM_THREADS": threads,
                 "OPENBLAS_NUM_THREADS": threads,
             }
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.preload": [WORKER_PRELOAD]}):
                 cluster = LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
                 )

@@ -18,6 +18,7 @@ from atlas.config import ModelConfig, RenderConfig
 from atlas.devices import key_part
 from atlas.featurevis import Direction, derive_seed, fourier, render
 from atlas.featurevis.fidelity import Fidelity, centre_activations, direction_fidelity
+from atlas.lock import sweep_temporaries
 from atlas.markers import is_fresh, write_marker
 from atlas.models import LoadedModel
 from pipelines.context import RunInputs
@@ -102,6 +103,11 @@ def render_icons(call: StageCall) -> Report:
     config, bundle, sizes = run.config.render, run.bundle, run.config.grid.sizes
     batches = plan_batches(bundle, sizes, config.batch_size_on(run.device.type), run.config.seed)
     todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
+    swept = sum(sweep_temporaries(folder) for folder in {bundle.path(b.marker).parent for b in todo})
+    run.log(
+        f"[render] rendering {len(todo)} of {len(batches)} icon batches ({len(batches) - len(todo)} already done"
+        + (f"; removed {swept} temporary file(s) of an interrupted run)" if swept else ")")
+    )
     if todo:
         ex = run.executor()
         whitening_ref = ex.scatter(bundle.whitening() if config.whiten else None)

@@ -20,6 +20,7 @@ from atlas.devices import resolve_device
 from atlas.errors import AtlasError
 from atlas.images import open_source
 from atlas.images.source import ImageSource
+from atlas.lock import bundle_lock
 from atlas.models import LoadedModel, load_model, resolve_layer
 from atlas.runtime import tune_allocator
 from atlas.storage import Location, location
@@ -53,7 +54,18 @@ def run_atlas(
     device = resolve_device(config.device)  # a GPU asked for where there is none fails here, before any work
     bundle = Bundle(location(config.output.dir) / config.name)
     bundle.root.mkdir(parents=True, exist_ok=True)
+    with bundle_lock(bundle.root, log):  # one writer per bundle: a second run refuses here, before any work
+        return _run_locked(config, bundle, device, until, log, executor)
 
+
+def _run_locked(
+    config: AtlasConfig,
+    bundle: Bundle,
+    device: torch.device,
+    until: str | None,
+    log: Callable[[str], None],
+    executor: Callable[[], Executor] | None,
+) -> Location:
     model = load_model(config.model)
     model.module.to(device)  # this process's copy: layer shapes, and the render stage's fidelity check
     layer = resolve_layer(model, config.model.layer)  # a wrong layer fails here, before any work

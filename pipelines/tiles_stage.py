@@ -20,6 +20,7 @@ from tqdm import tqdm
 from atlas.bundle import TILES, Bundle, canvas_file, dzi_file, poster_file, tiles_folder, tiles_marker
 from atlas.config import TilesConfig
 from atlas.io import remove_tree, upload_tree
+from atlas.lock import sweep_temporaries
 from atlas.markers import is_fresh, write_marker
 from atlas.storage import Location, is_remote
 from atlas.tiles import (
@@ -52,6 +53,11 @@ def tiles(call: StageCall) -> Report:
     cells = {size: bundle.grid_cells(size) for size in config.grid.sizes}
     sized = [size for size in config.grid.sizes if cells[size]]
     todo = [size for size in sized if not _grid_done(bundle, size, key)]
+    swept = sweep_temporaries(bundle.path(TILES)) if todo else 0  # a killed run's half-built pyramid or poster
+    run.log(
+        f"[tiles] tiling {len(todo)} of {len(sized)} grids ({len(sized) - len(todo)} already done"
+        + (f"; removed {swept} temporary file(s) of an interrupted run)" if swept else ")")
+    )
     if todo and is_remote(bundle.root):
         _tile_on_scratch(run, key, todo, cells, icon_px, scale, bands)
     elif todo:

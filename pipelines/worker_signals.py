@@ -1,0 +1,16 @@
+"""Preloaded into every worker of the local cluster: Ctrl-C is the driver's to handle.
+
+A terminal sends SIGINT to its whole foreground process group, the local cluster's worker
+processes included. The driver turns it into exit 130 with the resume hint and closes the
+cluster, which stops the workers; a worker that took the signal itself would die printing
+tracebacks over that message first.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+def dask_setup(worker: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
