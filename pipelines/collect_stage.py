@@ -11,7 +11,8 @@ from atlas.collect import ActivationStore, StoreLayout, collect_records
 from atlas.config import CollectConfig, ModelConfig
 from atlas.devices import key_part
 from atlas.errors import AtlasError
-from atlas.images.source import ImageSource, Shard
+from atlas.images.folder import read_listing_line
+from atlas.images.source import ImageSource, Shard, display_name, one_line
 from atlas.models import model_files_identity
 from atlas.storage import Location
 from pipelines.context import RunInputs
@@ -19,6 +20,7 @@ from pipelines.stage import Report, Stage, StageCall, file_fingerprint, file_ide
 from pipelines.worker_state import model_and_layer, use_threads
 
 MIN_ROWS = 4  # UMAP and the grid need a few rows to mean anything
+MANIFEST_LIST = 1000  # the manifest names at most this many skipped files, and as many images with non-finite rows
 
 
 def collect_shard_task(
@@ -47,8 +49,17 @@ def collect_shard_task(
         seed,
         collect.attribution,
         n_classes,
+        collect.nonfinite,
+        model_config.layer,
     )
-    report = {"shard": shard.index, "n_images": result.n_images, "n_rows": len(result.rows), "skipped": result.skipped}
+    report = {
+        "shard": shard.index,
+        "n_images": result.n_images,
+        "n_rows": len(result.rows),
+        "skipped": result.skipped,
+        "nonfinite": result.nonfinite,
+        "n_zero": result.n_zero,
+    }
     ActivationStore(store_path).write_shard(shard.index, result.rows, report)
     return report
 
@@ -70,7 +81,9 @@ def collect_settings(run: RunInputs) -> Any:
         model_files_identity(config.model.spec),
         run.source.identity(),
         file_fingerprint(index) if index.exists() else None,
-        config.collect.model_dump(mode="json", exclude={"batch_size"}),  # batching changes speed, not rows
+        # Batching changes speed, not rows; ``nonfinite`` enters the key only when not the default, so every key
+        # made before it existed stays the same (and a bundle collected with "drop" is collected again to "stop").
+        config.collect.model_dump(mode="json", exclude={"batch_size"} | ({"nonfinite"} if config.collect.nonfinite == "drop" else set())),
         config.seed,
         *key_part(run.device),  # GPU rows differ from CPU rows in the last bits; on CPU the key is what it always was
     ]
@@ -80,6 +93,7 @@ def collect(call: StageCall) -> Report:
     """Collect every shard not already in the store; finished shards survive a kill."""
     run, key = call.run, call.key
     config = run.config
+    _check_channels(run)
     store, layout = run.bundle.store(), store_layout(run)
     if not store.exists_for(layout, key):
         store.create(layout, key)
@@ -94,38 +108,101 @@ def collect(call: StageCall) -> Report:
             )
             for shard in todo
         ]  # fmt: skip
-        skipped = 0
+        skipped = dropped = 0
         with tqdm(total=len(run.shards), initial=len(run.shards) - len(todo), desc="collect", unit="shard") as bar:
             for future in ex.as_completed(futures):
                 report = future.result()
                 bar.update(1)
-                if report["skipped"]:
-                    skipped += len(report["skipped"])
-                    bar.set_postfix(skipped=skipped)
+                skipped += len(report["skipped"])
+                dropped += sum(entry["rows"] for entry in report["nonfinite"])
+                if skipped or dropped:
+                    bar.set_postfix(skipped=skipped, **({"nonfinite_rows": dropped} if dropped else {}))
     reports = store.reports()
     n_rows = sum(r["n_rows"] for r in reports)
+    listing_count, listing_files = _listing_skips(run.bundle.path(LISTING_SKIPS), MANIFEST_LIST)
+    read_skips = [s for r in reports for s in r["skipped"]]
+    nonfinite = [entry for r in reports for entry in r.get("nonfinite", [])]  # stores written before the key: none
     if n_rows < MIN_ROWS:
-        raise AtlasError(f"only {n_rows} activations were collected; give more readable images (images.source)")
-    skipped_files = _listing_skips(run.bundle.path(LISTING_SKIPS)) + [s for r in reports for s in r["skipped"]]
+        raise AtlasError(_too_few_rows(run, n_rows, read_skips, nonfinite))
+    if all("n_zero" in r for r in reports) and sum(r["n_zero"] for r in reports) == n_rows:
+        raise AtlasError(
+            f"layer '{config.model.layer}' is zero in every channel for all {n_rows} activations collected: there is "
+            "nothing to lay out or visualise; pick another layer (atlas layers MODEL) or check the model's weights"
+        )
+    skipped_files = (listing_files + read_skips)[:MANIFEST_LIST]
     return {
         "n_images": sum(r["n_images"] for r in reports),
         "n_activations": n_rows,
         "activations": ROWS,
         "image_index": IMAGE_INDEX if run.bundle.path(IMAGE_INDEX).exists() else None,
-        "skipped": {"count": len(skipped_files), "files": skipped_files[:1000]},
+        "skipped": {"count": listing_count + len(read_skips), "files": skipped_files},
+        "nonfinite": {
+            "count": sum(entry["rows"] for entry in nonfinite),
+            "images": len(nonfinite),
+            "files": nonfinite[:MANIFEST_LIST],
+        },
     }
 
 
-def _listing_skips(path: Location) -> list[dict[str, str]]:
-    """Files the folder listing passed over without opening (``reason<TAB>path`` lines)."""
+ANGULAR_METRICS = ("cosine", "correlation")
+
+
+def _check_channels(run: RunInputs) -> None:
+    """Fail before any work when the layout could not mean anything: a 1-channel layer under an angular metric.
+
+    The cosine distance between 1-channel activations is 0 or 2 (their sign only) and the correlation is undefined,
+    so UMAP would scatter equal points at random. Euclidean distance orders them by value, and whitening (1 x 1),
+    rendering and fidelity all work with one channel.
+    """
+    layout = run.config.layout
+    if run.layer_shape[0] == 1 and layout.coords is None and layout.metric in ANGULAR_METRICS:
+        raise AtlasError(
+            f"layer '{run.config.model.layer}' has 1 channel: layout.metric={layout.metric} sees only the sign of "
+            "1-channel activations; set layout.metric=euclidean, or pick a layer with more channels"
+        )
+
+
+def _too_few_rows(run: RunInputs, n_rows: int, read_skips: list[dict[str, str]], nonfinite: list[dict[str, Any]]) -> str:
+    """The one line for a collection that left too little to lay out, saying why."""
+    source = run.config.images.source
+    listed = sum(shard.count for shard in run.shards)
+    decoded = listed - len(read_skips)
+    if decoded == 0 and read_skips:
+        first = read_skips[0]
+        return (
+            f"images.source '{source}': none of the {listed} image files could be read (for example '{one_line(first['name'])}': "
+            f"{first['error']}); point images.source at readable images"
+        )
+    if nonfinite and n_rows == 0:
+        first = nonfinite[0]
+        return (
+            f"collect.nonfinite=drop dropped every row: layer '{run.config.model.layer}' gives NaN or infinity for all "
+            f"{len(nonfinite)} readable images (for example '{one_line(first['name'])}': {first['error']}); fix the model "
+            "(its weights, preprocessing or layer)"
+        )
+    dropped = f", {sum(e['rows'] for e in nonfinite)} dropped as non-finite" if nonfinite else ""
+    return (
+        f"only {n_rows} activations were collected from {listed} listed images ({len(read_skips)} unreadable{dropped}); "
+        f"at least {MIN_ROWS} are needed: give more readable images (images.source) or raise collect.positions_per_image"
+    )
+
+
+def _listing_skips(path: Location, keep: int) -> tuple[int, list[dict[str, str]]]:
+    """How many files the folder listing passed over without opening, and the first ``keep`` of them.
+
+    Streams ``reason<TAB>path`` lines, so a folder of a million non-images costs one line in memory at a time.
+    """
     if not path.exists():
-        return []
-    skips = []
-    with path.open(encoding="utf-8") as handle:
+        return 0, []
+    count = 0
+    skips: list[dict[str, str]] = []
+    with path.open("rb") as handle:
         for line in handle:
-            reason, _, name = line.rstrip("\n").partition("\t")
-            skips.append({"name": name, "error": reason})
-    return skips
+            count += 1
+            if len(skips) < keep:
+                reason, _, name = read_listing_line(line).partition("\t")
+                skips.append({"name": display_name(name), "error": reason})
+    return count, skips
 
 
 COLLECT = Stage("collect", reads=(), settings=collect_settings, work=collect)

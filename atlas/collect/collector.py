@@ -1,28 +1,42 @@
-"""One shard of images -> rows of (activation, attribution, where they came from)."""
+"""One shard of images -> rows of (activation, attribution, where they came from).
+
+A row whose activation or attribution holds NaN or an infinity never reaches the
+store: with ``nonfinite="drop"`` it is dropped and its image reported (how many
+of its rows, and what was wrong), with ``"stop"`` the first such image ends the
+shard with an :class:`~atlas.errors.AtlasError` naming it. Nothing downstream
+(layout, grid, directions, the viewer) ever sees a non-finite number.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from atlas.collect.attribution import activations_at
 from atlas.collect.sampling import sample_positions
-from atlas.collect.store import Rows
+from atlas.collect.store import ROW_FIELDS, Rows
 from atlas.devices import device_of
+from atlas.errors import AtlasError
 from atlas.images.preprocess import to_tensor
-from atlas.images.source import ImageRecord
+from atlas.images.source import ImageRecord, display_name, one_line
 from atlas.models.record import Preprocessing
 
 
 @dataclass
 class ShardResult:
     rows: Rows
-    n_images: int
+    n_images: int  # images that gave at least one stored row
     skipped: list[dict[str, str]] = field(default_factory=list)
+    nonfinite: list[dict[str, Any]] = field(default_factory=list)  # per image: name, image_id, rows dropped, what was wrong
+
+    @property
+    def n_zero(self) -> int:
+        """Stored rows whose activation is zero in every channel (a dead layer gives nothing else)."""
+        return int((~self.rows.activation.any(axis=1)).sum()) if len(self.rows) else 0
 
 
 def _batches(records: Iterable[ImageRecord], size: int) -> Iterator[list[ImageRecord]]:
@@ -47,14 +61,19 @@ def collect_records(
     seed: int,
     with_attribution: bool,
     n_classes: int,
+    nonfinite: Literal["drop", "stop"] = "drop",
+    layer_name: str | None = None,
 ) -> ShardResult:
     """Preprocess, sample positions and run the model in batches of ``batch_size`` rows.
 
-    Unreadable images are skipped and reported, never raised.
+    Unreadable images are skipped and reported, never raised. Rows that are not
+    finite are dropped and reported per image, or with ``nonfinite="stop"`` the
+    first image that gives one raises an AtlasError naming it.
     """
     parts: list[Rows] = []
     skipped: list[dict[str, str]] = []
-    n_images = 0
+    bad_rows: dict[int, dict[str, Any]] = {}  # image id -> its report, in the order first met
+    kept_ids: set[int] = set()
     height, width = layer_hw
     device = device_of(module)  # decoding and preprocessing stay on the CPU; the batch goes where the model is
     images_per_batch = max(1, batch_size // (height * width if positions_per_image == "all" else positions_per_image))
@@ -63,17 +82,16 @@ def collect_records(
         tensors: list[torch.Tensor] = []
         for record in batch:
             if record.image is None:
-                skipped.append({"name": record.name, "error": record.error or "unreadable"})
+                skipped.append({"name": display_name(record.name), "error": record.error or "unreadable"})
                 continue
             try:
                 tensors.append(to_tensor(record.image, preprocessing))
             except (OSError, ValueError) as err:
-                skipped.append({"name": record.name, "error": str(err)})
+                skipped.append({"name": display_name(record.name), "error": str(err)})
                 continue
             good.append(record)
         if not good:
             continue
-        n_images += len(good)
         positions = [sample_positions(r.image_id, height, width, positions_per_image, seed) for r in good]
         rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(positions)])
         where = np.concatenate(positions)
@@ -89,11 +107,50 @@ def collect_records(
             subset = images if len(used) == len(good) else images[torch.as_tensor(used, device=device)]
             out = activations_at(module, layer, subset, local, at, with_attribution)
             attribution = out.attribution if out.attribution is not None else np.zeros((len(part), n_classes), np.float32)
-            parts.append(Rows(out.activation, attribution, ids_of[part], at[:, 0].copy(), at[:, 1].copy(), labels_of[part]))
+            rows_here = Rows(out.activation, attribution, ids_of[part], at[:, 0].copy(), at[:, 1].copy(), labels_of[part])
+            finite = np.isfinite(rows_here.activation).all(axis=1) & np.isfinite(rows_here.attribution).all(axis=1)
+            if not finite.all():
+                _report_nonfinite(rows_here, ~finite, [good[i] for i in used], bad_rows, nonfinite, layer_name)
+                rows_here = Rows(*(getattr(rows_here, f)[finite] for f in ROW_FIELDS))
+            kept_ids.update(rows_here.image_id.tolist())
+            parts.append(rows_here)
+    nonfinite_report = list(bad_rows.values())
     if not parts:
-        return ShardResult(Rows(*_empty(layer_channels=0, n_classes=n_classes)), 0, skipped)
-    merged = Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("activation", "attribution", "image_id", "y", "x", "label")))
-    return ShardResult(merged, n_images, skipped)
+        return ShardResult(Rows(*_empty(layer_channels=0, n_classes=n_classes)), 0, skipped, nonfinite_report)
+    merged = Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ROW_FIELDS))
+    return ShardResult(merged, len(kept_ids), skipped, nonfinite_report)
+
+
+def _report_nonfinite(
+    rows: Rows,
+    bad: np.ndarray,
+    records: list[ImageRecord],
+    reports: dict[int, dict[str, Any]],
+    mode: Literal["drop", "stop"],
+    layer_name: str | None,
+) -> None:
+    """Count the bad rows per image (``records``: this pass's images, any order); with ``stop``, raise for the first."""
+    names = {r.image_id: r.name for r in records}
+    for row in np.flatnonzero(bad):
+        image_id = int(rows.image_id[row])
+        what = _what_is_wrong(rows.activation[row], "activation") or _what_is_wrong(rows.attribution[row], "attribution")
+        name = display_name(names[image_id])
+        if mode == "stop":
+            where = "the layer" if layer_name is None else f"layer {layer_name!r}"
+            raise AtlasError(
+                f"collect.nonfinite=stop: image '{one_line(name)}' (image id {image_id}) gives {what} at {where}; set "
+                "collect.nonfinite=drop to drop and count such rows, or fix the model (its weights, preprocessing or layer)"
+            )
+        entry = reports.setdefault(image_id, {"name": name, "image_id": image_id, "rows": 0, "error": what})
+        entry["rows"] += 1
+
+
+def _what_is_wrong(values: np.ndarray, field: str) -> str | None:
+    if np.isnan(values).any():
+        return f"NaN in its {field}"
+    if np.isinf(values).any():
+        return f"infinity in its {field}"
+    return None
 
 
 def _empty(layer_channels: int, n_classes: int) -> tuple[np.ndarray, ...]:

@@ -6,6 +6,15 @@ of files: only the current folder's entries and the list of shards (each an
 offset into that file and a count) are held. Image ids follow the listing
 order: depth first, the entries of every folder sorted by name.
 
+A line is the name's bytes as they are (names need not be UTF-8), except for
+a name that holds a line break (``\n``, ``\r``, or any other character
+``str.splitlines`` breaks at) or starts with ``/`` (which a relative path never
+does): that line is ``/`` followed by the name with each backslash doubled,
+``\n`` and ``\r`` written as a backslash and ``n`` or ``r``, and the bytes of
+the other breaks as a backslash, ``x`` and two hex digits
+(:func:`listing_line`, :func:`read_listing_line`). So every line-based reader
+sees one line per file, and every other name is written exactly as before.
+
 The tree is listed again on every run; ``identity()`` names the root and the
 decode limit only, so a cache keyed on it cannot tell that files changed under
 the same root. ``listing_digest`` (set by ``plan``) hashes the listed names
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,7 +35,7 @@ from upath import UPath
 
 from atlas.errors import AtlasError
 from atlas.images.decode import load_image
-from atlas.images.source import ImageRecord, Shard
+from atlas.images.source import ImageRecord, Shard, one_line
 from atlas.io import partial_file
 from atlas.storage import Location, location
 
@@ -33,6 +43,37 @@ INDEX_NAME = "images.txt"
 SKIPPED_NAME = "skipped_listing.txt"
 NOT_AN_IMAGE = "not an image"
 _ENCODING = ("utf-8", "surrogateescape")  # file names need not be valid UTF-8; keep their bytes exactly
+_ESCAPED = b"/"  # a relative path never starts with "/": such a line holds an escaped name
+_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines breaks a line
+_SHORT = {b"\n": b"\\n", b"\r": b"\\r"}
+_ESCAPE = re.compile(rb"\\(x[0-9a-f]{2}|.)", re.DOTALL)
+
+
+def listing_line(text: str) -> bytes:
+    """One line of ``images.txt`` (or of the skipped listing) for ``text``, ending in a newline."""
+    raw = text.encode(*_ENCODING)
+    if raw.startswith(_ESCAPED) or any(char in text for char in _BREAKS):
+        raw = raw.replace(b"\\", b"\\\\")
+        for char in _BREAKS:
+            encoded = char.encode("utf-8")
+            raw = raw.replace(encoded, _SHORT.get(encoded) or b"".join(b"\\x%02x" % byte for byte in encoded))
+        raw = _ESCAPED + raw
+    return raw + b"\n"
+
+
+def read_listing_line(line: bytes) -> str:
+    """The text :func:`listing_line` wrote (its trailing newline optional)."""
+    raw = line[:-1] if line.endswith(b"\n") else line
+    if raw.startswith(_ESCAPED):
+        raw = _ESCAPE.sub(_unescape, raw[1:])
+    return raw.decode(*_ENCODING)
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    code = match.group(1)
+    if code.startswith(b"x") and len(code) == 3:
+        return bytes([int(code[1:], 16)])
+    return {b"n": b"\n", b"r": b"\r"}.get(code, code)
 
 
 class FolderSource:
@@ -75,16 +116,17 @@ class FolderSource:
         shards: list[Shard] = []
         skipped: Counter[str] = Counter()
         digest = hashlib.sha256()
+        first_skip: tuple[str, str] | None = None
         n_images = offset = shard_offset = in_shard = 0
         with partial_file(index_path) as index, partial_file(skipped_path) as skipped_file:
             walk = _walk(self.root, self.extensions) if isinstance(self.root, Path) else _walk_store(self.root, self.extensions)
             for relative, reason in walk if limit != 0 else ():
                 if reason is not None:
                     skipped[reason] += 1
-                    shown = relative.replace("\n", "\\n")  # one line per entry, even for odd names
-                    skipped_file.write(f"{reason}\t{shown}\n".encode(*_ENCODING))
+                    first_skip = first_skip or (reason, relative)
+                    skipped_file.write(listing_line(f"{reason}\t{relative}"))
                     continue
-                line = relative.encode(*_ENCODING) + b"\n"
+                line = listing_line(relative)
                 index.write(line)
                 digest.update(line)
                 offset += len(line)
@@ -100,8 +142,19 @@ class FolderSource:
         self.index_path, self.n_images = index_path, n_images
         self.skipped, self.listing_digest = dict(skipped), digest.hexdigest()
         if n_images == 0 and limit != 0:
-            raise AtlasError(f"images.source '{self.root}': no images found ({self.n_skipped} other entries skipped, see {skipped_path})")
+            raise AtlasError(self._no_images(first_skip, skipped_path))
         return shards
+
+    def _no_images(self, first_skip: tuple[str, str] | None, skipped_path: Location) -> str:
+        """The one line for a listing that found no image: an empty tree, or what its entries were."""
+        if first_skip is None:
+            return f"images.source '{self.root}': the folder holds no files; point it at a folder of images"
+        reason, name = first_skip
+        return (
+            f"images.source '{self.root}': no images found; {self.n_skipped} entries skipped (for example "
+            f"'{one_line(name)}': {reason}; all of them in {skipped_path}); images are files with an extension Pillow "
+            "reads (.jpg, .png, .webp, .tif, ...)"
+        )
 
     def read(self, shard: Shard) -> Iterator[ImageRecord]:
         """Decode the shard's files in listing order; unreadable ones come back with ``image=None``."""
@@ -113,7 +166,7 @@ class FolderSource:
                 line = index.readline()
                 if not line.endswith(b"\n"):
                     raise RuntimeError(f"{self.index_path} ends before shard {shard.index} does")
-                relative = line[:-1].decode(*_ENCODING)
+                relative = read_listing_line(line)
                 image, error = load_image(self.root / relative, self.max_pixels, self.size_hint)
                 yield ImageRecord(image_id=shard.start + position, name=relative, image=image, error=error)
 
@@ -135,7 +188,7 @@ class FolderSource:
                     if not line.endswith(b"\n"):
                         raise RuntimeError(f"{self.index_path} has no image id {image_id}")
                     position += 1
-                relative = line[:-1].decode(*_ENCODING)
+                relative = read_listing_line(line)
                 image, error = load_image(self.root / relative, self.max_pixels, self.size_hint)
                 yield ImageRecord(image_id=image_id, name=relative, image=image, error=error)
 
@@ -156,9 +209,6 @@ def _walk(root: Path, extensions: frozenset[str]) -> Iterator[tuple[str, str | N
             stack.pop()
             continue
         relative = prefix + entry.name
-        if "\n" in entry.name:
-            yield relative, "newline in name"
-            continue
         try:
             is_dir = entry.is_dir()
             is_file = not is_dir and entry.is_file()
@@ -195,9 +245,7 @@ def _walk_store(root: UPath, extensions: frozenset[str]) -> Iterator[tuple[str, 
     keys = root.fs.find(base, withdirs=False)
     relatives = sorted((key[len(base) + 1 :] for key in keys if key.startswith(base + "/")), key=lambda name: name.split("/"))
     for relative in relatives:
-        if "\n" in relative:
-            yield relative, "newline in name"
-        elif os.path.splitext(relative)[1].lower() not in extensions:
+        if os.path.splitext(relative)[1].lower() not in extensions:
             yield relative, NOT_AN_IMAGE
         else:
             yield relative, None

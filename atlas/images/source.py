@@ -54,6 +54,24 @@ class ImageSource(Protocol):
         ...
 
 
+def display_name(name: str) -> str:
+    """An image's name as valid Unicode for the manifest and messages: bytes that are not UTF-8 show as ``\\xNN``.
+
+    Folder names keep undecodable bytes as lone surrogates (``surrogateescape``, as ``os.fsdecode`` does); JSON
+    readers that insist on valid Unicode would refuse those, so reports carry this form instead.
+    """
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name's bytes
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def one_line(name: str) -> str:
+    """``name`` for a one-line message: line breaks shown as ``\\n`` and ``\\r``."""
+    return display_name(name).replace("\n", "\\n").replace("\r", "\\r")
+
+
 def index_shards(n_images: int, shard_size: int) -> list[Shard]:
     """Split ids ``0..n_images-1`` into consecutive shards (for sources indexed by position)."""
     if shard_size < 1:
