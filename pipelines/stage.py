@@ -6,6 +6,8 @@ files), and its run function. The loop chains keys (a stage's key covers the
 keys of the stages it reads, so a changed model re-runs everything after
 collection), skips a stage whose marker holds its key, and records what each
 stage adds to the manifest in its marker, so a cached stage still reports.
+A disk that fills up during a stage stops the run with one line naming the
+stage and the file (``atlas.io.out_of_space_as_error``); re-running resumes.
 Stages never talk to each other except through bundle files and keys.
 """
 
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from atlas.bundle import stage_marker
 from atlas.errors import AtlasError
+from atlas.io import out_of_space_as_error
 from atlas.markers import is_fresh, read_marker, write_marker
 from atlas.storage import Location
 
@@ -107,8 +110,11 @@ def run_stages(stages: Sequence[Stage], run: RunInputs, until: str | None = None
             report, cached = stored["report"], True
         else:
             run.log(f"[{stage.name}] running")
-            report, cached = stage.work(StageCall(run, key)), False
-            write_marker(marker, key, report=report)
+            # A full disk, in this process or on a worker, is one line naming the stage; the marker is written
+            # only after the stage's work returned, so work cut short by it is never counted as done.
+            with out_of_space_as_error(stage.name, run.bundle.root):
+                report, cached = stage.work(StageCall(run, key)), False
+                write_marker(marker, key, report=report)
         seconds = round(time.perf_counter() - started, 3)
         if not cached:
             run.log(f"[{stage.name}] done in {seconds:.1f} s")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from functools import lru_cache
 
 import torch
 
 from atlas.config import ModelConfig
 from atlas.errors import AtlasError
+from atlas.io import DISK_FULL
 from atlas.models import LoadedModel, load_model, model_files_identity, resolve_layer
 from atlas.runtime import tune_allocator
 
@@ -16,6 +19,7 @@ from atlas.runtime import tune_allocator
 def use_threads(threads: int) -> None:
     """Called by every task: right-size PyTorch's thread pool and malloc for this worker process."""
     tune_allocator()
+    quiet_user_errors()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -57,3 +61,21 @@ def _worker_address() -> str | None:
         return str(get_worker().address)
     except (ImportError, ValueError):
         return None
+
+
+class _UserErrors(logging.Filter):
+    """Drops Dask's "Compute Failed" log (a traceback) for a task that failed with an error the user can fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Compute Failed") or not isinstance(record.args, tuple) or len(record.args) < 4:
+            return True
+        text = str(record.args[3])  # repr() of the task's exception
+        return not (text.startswith("AtlasError(") or any(os.strerror(code) in text for code in DISK_FULL))
+
+
+def quiet_user_errors() -> None:
+    """In a worker: an AtlasError or a full disk raised by a task is not logged by Dask with its traceback; the driver
+    re-raises it (an OSError keeps its errno and file name) and prints it as one line. Bugs are still logged."""
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _UserErrors) for f in logger.filters):
+        logger.addFilter(_UserErrors())

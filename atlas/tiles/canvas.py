@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from atlas.io import naming
 from atlas.storage import Location
 
 ROWS_PER_STRIP = 16
@@ -145,6 +146,11 @@ def write_band(
         position, written = canvas.data_offset + top_px * canvas.row_bytes, 0
         while written < len(data):
             written += os.pwrite(fd, data[written:], position + written)
+    except OSError as err:  # a full disk: say which file
+        named = naming(err, canvas.path)
+        if named is err:
+            raise
+        raise named from err
     finally:
         os.close(fd)
     return len(icons)
