@@ -9,7 +9,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from atlas.config import AtlasConfig, ExperimentConfig, ModelConfig, load_config, packaged_default_config, validate_tree
+from atlas.config import (
+    AtlasConfig,
+    ExperimentConfig,
+    ModelConfig,
+    check_files,
+    check_model_files,
+    load_config,
+    packaged_default_config,
+    validate_tree,
+)
 from atlas.errors import AtlasError
 from atlas.models.specs import SPEC_HELP
 from atlas.runtime import MALLOC_ENVIRON, tune_allocator
@@ -37,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     # Flag values are strings already: they go into the config as given, never through YAML (`--layer 3`).
     flags = [(key, getattr(args, flag)) for flag, key in RUN_FLAGS.items() if getattr(args, flag) is not None]
     config: AtlasConfig = load_config(path, list(args.set or []), values=flags)
+    check_files(config)  # paths that do not exist or cannot be read or written: one line before any work
     run_dir = run_atlas(config, until=args.until)
     if args.until is None and (config.classes.classes or config.classes.pairs):
         from pipelines.classes_run import build_classes
@@ -49,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _experiment(args: argparse.Namespace) -> ExperimentConfig:
     config: ExperimentConfig = load_config(args.config, list(args.set or []), ExperimentConfig)
+    check_files(config)
     return config
 
 
@@ -76,13 +87,15 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _classes(args: argparse.Namespace) -> int:
+    from atlas.bundle import Bundle
     from atlas.config import parse_assignment
-    from pipelines.classes_run import build_classes
+    from pipelines.classes_run import build_classes, parent_config
 
     assignments = [parse_assignment(text) for text in args.set or []]
     if args.classes or args.compare:  # classes named on the command line replace the config's lists
         assignments.append(("classes.classes", "all" if args.classes == ["all"] else list(args.classes or [])))
         assignments.append(("classes.pairs", [list(pair) for pair in args.compare or []]))
+    parent_config(Bundle(args.run_dir), assignments)  # a bad key fails here, before the bundle is locked (written)
     index = build_classes(args.run_dir, assignments)
     built = sum(1 for c in index["classes"] if c["folder"]) + len(index["pairs"])
     print(
@@ -105,13 +118,14 @@ def _layers(args: argparse.Namespace) -> int:
     from atlas.config import apply_assignment, parse_assignment
     from atlas.models import format_layers, list_layers, load_model
 
-    tree: dict = {"spec": args.spec}
+    tree: dict = {"model": {"spec": args.spec}}
     for text in args.set or []:
         key, value = parse_assignment(text)
         if not key.startswith("model."):
             raise AtlasError(f"--set {text!r}: `atlas layers` takes only model.* keys")
-        apply_assignment(tree, key.removeprefix("model."), value)
-    model_config: ModelConfig = validate_tree({"model": tree}, AtlasConfig).model
+        apply_assignment(tree, key, value)  # the whole key, so that an error names it as the user typed it
+    model_config: ModelConfig = validate_tree(tree, AtlasConfig).model
+    check_model_files(model_config)
     model = load_model(model_config)
     print(format_layers(list_layers(model)))
     return 0
@@ -173,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(message: str) -> str:
+    """A user error is one line, whatever it quotes: line breaks in a path or a value are shown escaped (``\\n``),
+    and so are lone surrogates (bytes of a file name that are not UTF-8), which a UTF-8 terminal cannot print."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8").translate(LINE_BREAKS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()
     for key, value in MALLOC_ENVIRON.items():  # worker processes read these at start-up
@@ -181,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except AtlasError as err:
-        print(f"atlas: error: {err}", file=sys.stderr)
+        print(f"atlas: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("atlas: interrupted; re-run the same command to resume", file=sys.stderr)

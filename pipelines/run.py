@@ -54,8 +54,9 @@ def run_atlas(
     device = resolve_device(config.device)  # a GPU asked for where there is none fails here, before any work
     bundle = Bundle(location(config.output.dir) / config.name)
     bundle.root.mkdir(parents=True, exist_ok=True)
+    prepared = _prepare(config, device)  # a wrong model, layer or image source fails here, before the lock writes to the bundle
     with bundle_lock(bundle.root, log):  # one writer per bundle: a second run refuses here, before any work
-        return _run_locked(config, bundle, device, until, log, executor)
+        return _run_locked(config, bundle, device, until, log, executor, prepared)
 
 
 def _run_locked(
@@ -65,20 +66,9 @@ def _run_locked(
     until: str | None,
     log: Callable[[str], None],
     executor: Callable[[], Executor] | None,
+    prepared: tuple[LoadedModel, torch.nn.Module, tuple[int, ...], int, ImageSource],
 ) -> Location:
-    model = load_model(config.model)
-    model.module.to(device)  # this process's copy: layer shapes, and the render stage's fidelity check
-    layer = resolve_layer(model, config.model.layer)  # a wrong layer fails here, before any work
-    prep = model.preprocessing
-    example = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, device=device)
-    shape = layer_shape(model.module, layer, example)
-    n_classes = 0
-    if config.collect.attribution:
-        n_classes = model.num_classes or _output_width(model.module, example)
-
-    source = open_source(config.images)
-    if hasattr(source, "size_hint"):
-        source.size_hint = prep.input_size
+    model, layer, shape, n_classes, source = prepared
     with ExitStack() as stack:
         executor = executor or LazyExecutor(config.scheduler, stack, log, device)
         if not bundle.path(stage_marker(COLLECT.name)).exists():
@@ -98,6 +88,24 @@ def _run_locked(
     manifest = assemble(run, records)
     log(f"atlas: {manifest['n_activations']} activations from {manifest['n_images']} images -> {bundle.root}")
     return bundle.root
+
+
+def _prepare(config: AtlasConfig, device: torch.device) -> tuple[LoadedModel, torch.nn.Module, tuple[int, ...], int, ImageSource]:
+    """The model, its layer, the layer's shape, the class count and the image source: everything a config can get wrong."""
+    model = load_model(config.model)
+    model.module.to(device)  # this process's copy: layer shapes, and the render stage's fidelity check
+    layer = resolve_layer(model, config.model.layer)  # a wrong layer fails here, before any work
+    prep = model.preprocessing
+    example = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, device=device)
+    shape = layer_shape(model.module, layer, example)
+    n_classes = 0
+    if config.collect.attribution:
+        n_classes = model.num_classes or _output_width(model.module, example)
+
+    source = open_source(config.images)
+    if hasattr(source, "size_hint"):
+        source.size_hint = prep.input_size
+    return model, layer, shape, n_classes, source
 
 
 def _class_names(model: LoadedModel, source: ImageSource, n_classes: int) -> list[str] | None:
