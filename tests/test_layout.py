@@ -50,7 +50,7 @@ def fitted() -> tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray]:
 
 def test_clone_round_trips_params_and_drops_fitted_state(fitted: tuple[AtlasLayout, Any, Any, Any]) -> None:
     params: dict[str, Any] = {"n_neighbors": 7, "min_dist": 0.2, "metric": "euclidean", "pca_components": None,
-              "clip_percentile": 2.5, "margin": 0.1, "random_state": 3}  # fmt: skip
+              "clip_percentile": 2.5, "margin": 0.1, "n_components": 2, "random_state": 3}  # fmt: skip
     layout = AtlasLayout(**params)
     assert layout.get_params() == params
     assert clone(layout).get_params() == params
@@ -113,8 +113,10 @@ def test_from_config_passes_every_layout_setting_through() -> None:
                           margin=0.2, whitening_eps=0.25)  # fmt: skip
     params = AtlasLayout.from_config(config, seed=11).get_params()
     settings = set(LayoutConfig.model_fields) - NOT_LAYOUT_PARAMS
-    # A new LayoutConfig field must either reach the estimator or be listed as not its own.
-    assert settings == set(params) - {"random_state"}
+    # A new LayoutConfig field must either reach the estimator or be listed as not its own; the seed and
+    # the output dimension (1 only for a two-class comparison's y axis) are the caller's, not the config's.
+    assert settings == set(params) - {"random_state", "n_components"}
+    assert params["n_components"] == 2
     assert {k: params[k] for k in settings} == {k: getattr(config, k) for k in settings}
     assert params["random_state"] == 11
     assert Whitening.from_config(config).get_params() == {"eps": 0.25}
