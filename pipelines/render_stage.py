@@ -130,6 +130,9 @@ def render_icons(call: StageCall) -> Report:
         if len(fidelity.rank):
             summary = {"mean_cosine": round(fidelity.mean_cosine, 4), "top1": round(fidelity.top1, 4)}
             run.log(f"[render] grid {size}: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
+            if fidelity.nonfinite:
+                summary["nonfinite"] = fidelity.nonfinite
+                run.log(f"[render] grid {size}: {fidelity.nonfinite} icon(s) give NaN or infinity at the layer; scored cosine 0, last rank")
         else:
             run.log(f"[render] grid {size}: no cells, no icons")
         levels.append({"grid": size, "icon_size": config.icon_size, "fidelity": summary})

@@ -20,6 +20,7 @@ from atlas.devices import resolve_device
 from atlas.errors import AtlasError
 from atlas.images import open_source
 from atlas.images.source import ImageSource
+from atlas.io import out_of_space_as_error
 from atlas.lock import bundle_lock
 from atlas.models import LoadedModel, load_model, resolve_layer
 from atlas.runtime import tune_allocator
@@ -53,9 +54,11 @@ def run_atlas(
     tune_allocator()  # before the first Dask thread allocates (atlas.runtime)
     device = resolve_device(config.device)  # a GPU asked for where there is none fails here, before any work
     bundle = Bundle(location(config.output.dir) / config.name)
-    bundle.root.mkdir(parents=True, exist_ok=True)
+    with out_of_space_as_error("output", bundle.root):
+        bundle.root.mkdir(parents=True, exist_ok=True)
     prepared = _prepare(config, device)  # a wrong model, layer or image source fails here, before the lock writes to the bundle
-    with bundle_lock(bundle.root, log):  # one writer per bundle: a second run refuses here, before any work
+    # A full disk outside a stage (the lock's record, the image listing, assembly) is one line too, like one inside.
+    with out_of_space_as_error("run", bundle.root), bundle_lock(bundle.root, log):  # one writer per bundle: a second run refuses here
         return _run_locked(config, bundle, device, until, log, executor, prepared)
 
 
@@ -76,7 +79,8 @@ def _run_locked(
             started_executor = executor()
             started_executor.warm(warm_worker, config.model, started_executor.threads_per_task, str(device))
         started = time.perf_counter()
-        shards = source.plan(bundle.path(IMAGES), config.collect.n_images, config.collect.shard_size)
+        with out_of_space_as_error("images", bundle.root):
+            shards = source.plan(bundle.path(IMAGES), config.collect.n_images, config.collect.shard_size)
         if not shards:
             raise AtlasError(f"images.source {config.images.source!r}: no images found; point it at a folder of images")
         log(f"[images] {sum(s.count for s in shards)} images in {len(shards)} shards ({time.perf_counter() - started:.1f} s to list)")
@@ -85,7 +89,8 @@ def _run_locked(
             device,
         )  # fmt: skip
         records = run_stages(STAGES, run, until)
-    manifest = assemble(run, records)
+    with out_of_space_as_error("assemble", bundle.root):
+        manifest = assemble(run, records)
     log(f"atlas: {manifest['n_activations']} activations from {manifest['n_images']} images -> {bundle.root}")
     return bundle.root
 

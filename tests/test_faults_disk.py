@@ -725,3 +725,15 @@ def test_full_disk_on_dask_workers_then_freed_gives_a_clean_bundle(photo_folder:
     chain(
         best_disk, clean_run, cases_for(best_disk, clean_run, libvips=False), lambda: run_subprocess(photo_folder, best_disk.root, *extra)
     )
+
+
+def test_a_full_disk_before_any_stage_is_one_line_too(photo_folder: Path, layer: Layer, capsys: pytest.CaptureFixture[str]) -> None:
+    """The lock's record is the first thing a run writes: full there, the run says so in the same one line."""
+    layer.capacity_file.write_text("0")
+    args = ["run", "--images", str(photo_folder), "--out", str(layer.root), "--name", NAME, *SMALL, "--scheduler", "sync"]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0]
+    match = LINE.fullmatch(lines[0])
+    assert match and match.group(1) == "run", lines[0]
+    assert not (layer.root / NAME / ".stages").exists()

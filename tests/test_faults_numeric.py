@@ -182,7 +182,7 @@ def _expected(brightness: dict[str, float], bands: dict[str, Any]) -> dict[str, 
 def test_nonfinite_rows_are_dropped_counted_and_named(faulty_run: SimpleNamespace, brightness: dict[str, float]) -> None:
     expected = _expected(brightness, faulty_run.bands)
     assert [len(expected[k]) for k in ("nan", "inf", "zero")] == [4, 2, 4]
-    manifest = json.loads((faulty_run.root / "manifest.json").read_text())  # render's part: see the xfail below
+    manifest = json.loads((faulty_run.root / "manifest.json").read_text())
     nonfinite = manifest["nonfinite"]
     bad = expected["nan"] + expected["inf"]
     assert nonfinite["images"] == 6 and nonfinite["count"] == 6 * POSITIONS
@@ -237,11 +237,6 @@ def test_no_nonfinite_number_reaches_the_store_layout_grid_or_directions(faulty_
         assert all((root / cell["icon"]).is_file() for cell in cells)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render's fidelity is NaN when the icon itself gives NaN at the layer (atlas/featurevis/fidelity.py, "
-    "pipelines/render_stage.py: not this item's files); reported in issue 13 item 2",
-)
 def test_icons_of_a_model_that_gives_nan_get_a_finite_fidelity(faulty_run: SimpleNamespace) -> None:
     root = faulty_run.root
     for path in [*root.rglob("fidelity.json"), *root.rglob("cells.json"), *root.rglob("blocks/*.json"), root / "manifest.json"]:

@@ -74,3 +74,14 @@ def test_rerun_reuses_icons_and_missing_batches_are_redone(photo_folder: Path, r
     assert icon.read_bytes() == before, "the same seed renders the same icon"
     assert main(["run", "--images", str(photo_folder), "--out", str(rendered.parent), "--name", "icons", *ARGS]) == 0
     assert json.loads((rendered / "manifest.json").read_text())["stages"]["render"]["cached"] is True
+
+
+def test_an_icon_that_gives_nan_scores_no_match_rather_than_a_perfect_one() -> None:
+    directions = np.eye(4, dtype=np.float32)
+    activations = directions.copy()
+    activations[2] = np.nan  # NaN compares false with everything, so a naive rank would be 0 (a "perfect" match)
+    activations[3, 0] = np.inf
+    fidelity = direction_fidelity(activations, directions)
+    assert fidelity.nonfinite == 2
+    assert fidelity.rank.tolist() == [0, 0, 3, 3] and fidelity.cosine.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert fidelity.top1 == 0.5 and np.isfinite(fidelity.mean_cosine)

@@ -23,6 +23,7 @@ from atlas.models.layers import run_to_layer
 class Fidelity:
     cosine: np.ndarray  # [N]
     rank: np.ndarray  # [N], 0 = own direction is the nearest
+    nonfinite: int = 0  # icons whose activation was NaN or infinite, scored cosine 0 and last rank
 
     @property
     def top1(self) -> float:
@@ -58,8 +59,11 @@ def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: i
     """Cosine of row i of ``activations`` with direction i, and direction i's rank among all directions.
 
     Compared a block of icons at a time, so memory is ``block x cells`` rather than ``cells x cells`` (which at a
-    320 grid of ~50k cells would be 10 GB).
+    320 grid of ~50k cells would be 10 GB). An icon whose activation is not finite (a model that emits NaN for
+    it) points nowhere: cosine 0 and the worst rank, never a NaN that would compare as a perfect match.
     """
+    broken = ~np.isfinite(activations).all(axis=1)
+    activations = np.where(broken[:, None], 0.0, activations)
     a = activations / np.maximum(np.linalg.norm(activations, axis=1, keepdims=True), 1e-12)
     d = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     own = np.einsum("ij,ij->i", a, d)
@@ -68,4 +72,6 @@ def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: i
         similarity = a[start : start + block] @ d.T  # [block icons, every direction]
         diagonal = similarity[np.arange(len(similarity)), np.arange(start, start + len(similarity))]
         rank[start : start + block] = (similarity > diagonal[:, None]).sum(axis=1)
-    return Fidelity(own.astype(np.float32), rank)
+    own[broken] = 0.0
+    rank[broken] = max(len(d) - 1, 0)
+    return Fidelity(own.astype(np.float32), rank, int(broken.sum()))
