@@ -341,7 +341,7 @@ def _as_subset(run: RunInputs) -> SubsetInputs:
 SELECT = Stage("collect", reads=(), settings=select_settings, work=select)
 SUBLAYOUT = Stage("layout", reads=("collect",), settings=sublayout_settings, work=sublayout)
 PATCH = Stage("patch", reads=("grid", "render"), settings=patch_settings, work=patch, version=2)
-CLASS_STAGES: tuple[Stage, ...] = (SELECT, SUBLAYOUT, GRID, RENDER, EXAMPLES_STAGE, TILES_STAGE)
+CLASS_STAGES: tuple[Stage, ...] = (SELECT, SUBLAYOUT, GRID, EXAMPLES_STAGE, RENDER, TILES_STAGE)
 PAIR_STAGES: tuple[Stage, ...] = (*CLASS_STAGES, PATCH)
 
 

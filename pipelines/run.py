@@ -37,7 +37,7 @@ from pipelines.stage import Stage, check_order, run_stages
 from pipelines.tiles_stage import TILES_STAGE
 from pipelines.worker_state import warm_worker
 
-STAGES: tuple[Stage, ...] = (COLLECT, LAYOUT, GRID, RENDER, EXAMPLES_STAGE, TILES_STAGE)
+STAGES: tuple[Stage, ...] = (COLLECT, LAYOUT, GRID, EXAMPLES_STAGE, RENDER, TILES_STAGE)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 check_order(STAGES)
 

@@ -48,6 +48,7 @@ import pytest
 from atlas.bundle import Bundle
 from atlas.errors import AtlasError
 from atlas.io import out_of_space, partial_file, write_bytes, write_json, write_npy
+from pipelines.run import STAGE_NAMES
 from pipelines.stage import Stage, run_stages
 
 RENDER_BATCH = 4  # several icon batches, so a render cut short has some done and some not
@@ -325,19 +326,21 @@ def owner(relative: str) -> str:
         return parts[1].removesuffix(".json")
     if parts[0] == "activations":
         return "collect"
-    if parts[0] in ("layout", "examples", "tiles"):
+    if parts[0] in ("layout", "examples", "tiles", "render"):
         return parts[0]
     if parts[0] == "levels" and len(parts) > 2:
         if parts[2] in ("grid.json", "directions.npy", "attribution.npy"):
             return "grid"
-        if parts[2] in ("icons", "fidelity.json"):
+        if parts[2] in ("icons", "views", "fidelity.json"):
             return "render"
+        if parts[2] == "path.json":
+            return "path"
     if parts[0] == "images" or (len(parts) == 1 and parts[0].startswith(".lock")):
         return "before"
     return "assemble"
 
 
-ORDER = ("before", "collect", "layout", "grid", "render", "examples", "tiles", "assemble")
+ORDER = ("before", *STAGE_NAMES, "assemble")
 
 
 def allocated(path: Path) -> int:
