@@ -9,7 +9,10 @@ Three small pieces (after lucid/lucent's ``optvis``) and one loop::
                     seeds=range(len(directions)), mean=mean, std=std, steps=512, tries=4)
 
 Each image of a batch has its own target and its own seed, and renders the same
-alone or in a batch.
+alone or in a batch. Besides ``fourier`` and ``pixels``: ``maco(channels, size,
+estimate_spectrum(images, size))`` (phase only, MaCo) and ``accentuate(channels, size,
+starts)`` with ``+ Proximity(starts, weight)`` (feature accentuation); ``render(...,
+alpha=True)`` adds MaCo's transparency map.
 """
 
 from atlas.featurevis.capture import LayerCapture, layer_output
@@ -19,46 +22,58 @@ from atlas.featurevis.objectives import (
     Lambda,
     Neuron,
     Objective,
+    Proximity,
     Scaled,
     Sum,
     TotalVariation,
     centre,
 )
 from atlas.featurevis.param import (
+    AccentuateParam,
     FourierParam,
     ImageParam,
+    MacoParam,
     ParamFactory,
     PixelParam,
+    accentuate,
     decorrelate_colors,
     fourier,
+    maco,
     pixels,
 )
 from atlas.featurevis.render import RenderResult, render, render_channel, score_images
 from atlas.featurevis.seeding import derive_seed, try_seeds
+from atlas.featurevis.spectrum import estimate_spectrum
 from atlas.featurevis.transforms import RandomViews, Transforms, resize
 
 __all__ = [
+    "AccentuateParam",
     "Channel",
     "Direction",
     "FourierParam",
     "ImageParam",
     "Lambda",
     "LayerCapture",
+    "MacoParam",
     "Neuron",
     "Objective",
     "ParamFactory",
     "PixelParam",
+    "Proximity",
     "RandomViews",
     "RenderResult",
     "Scaled",
     "Sum",
     "TotalVariation",
     "Transforms",
+    "accentuate",
     "centre",
     "decorrelate_colors",
     "derive_seed",
+    "estimate_spectrum",
     "fourier",
     "layer_output",
+    "maco",
     "pixels",
     "render",
     "render_channel",

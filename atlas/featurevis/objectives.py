@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from atlas.featurevis.param import ACCENTUATE_MARGIN, inside_unit
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float] | Sequence[Sequence[float]]
 
@@ -227,12 +230,48 @@ class TotalVariation(Objective):
         return f"TotalVariation({self.weight:g})"
 
 
+class Proximity(Objective):
+    """``-weight * mean squared distance`` of the pixels to per-image reference images: keeps an icon near its start.
+
+    Feature accentuation's penalty (Hamblin et al., 2024), compared on the plain pixels (before random views) in
+    [0, 1], as a mean over channels and pixels so one weight works at any size. ``starts`` [B, C, H, W] (or one
+    image for all) are clamped like :class:`atlas.featurevis.param.AccentuateParam` clamps its starts, so the
+    penalty is exactly zero where that parameterisation begins, and resized to the pixels' size when it differs.
+    """
+
+    def __init__(self, starts: torch.Tensor, weight: float = 1.0, margin: float = ACCENTUATE_MARGIN) -> None:
+        if starts.ndim != 4:
+            raise ValueError(f"starts must be [B, C, H, W] images in [0, 1], got shape {tuple(starts.shape)}")
+        self.starts = inside_unit(starts.detach().to(torch.float32), margin)
+        self.weight = float(weight)
+        self._fitted: torch.Tensor | None = None
+
+    def _starts_like(self, pixels: torch.Tensor) -> torch.Tensor:
+        fitted = self._fitted
+        if fitted is None or fitted.shape[-2:] != pixels.shape[-2:] or fitted.device != pixels.device or fitted.dtype != pixels.dtype:
+            fitted = self.starts.to(device=pixels.device, dtype=pixels.dtype)
+            if fitted.shape[-2:] != pixels.shape[-2:]:
+                fitted = F.interpolate(fitted, size=tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False, antialias=True)
+            self._fitted = fitted
+        return _per_image(fitted, pixels.shape[0], "starts")
+
+    def __call__(self, activation: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        starts = self._starts_like(pixels)
+        if starts.shape[1] != pixels.shape[1]:
+            raise ValueError(f"starts have {starts.shape[1]} channels but the images have {pixels.shape[1]}")
+        return -self.weight * (pixels - starts).square().mean(dim=(1, 2, 3))
+
+    def __repr__(self) -> str:
+        return f"Proximity({tuple(self.starts.shape)}, weight={self.weight:g})"
+
+
 __all__ = [
     "Channel",
     "Direction",
     "Lambda",
     "Neuron",
     "Objective",
+    "Proximity",
     "Scaled",
     "Sum",
     "TotalVariation",

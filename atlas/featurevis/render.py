@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from atlas.featurevis.alpha import AlphaAccumulator
 from atlas.featurevis.capture import LayerCapture
 from atlas.featurevis.objectives import Channel, Objective
 from atlas.featurevis.param import ImageParam, ParamFactory, fourier
@@ -38,13 +39,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class RenderResult:
     """``images`` [B, C, H, W] in [0, 1]; ``scores`` [B]: the objective on each kept plain image;
     ``history`` [steps]: mean training score per step (over images and tries);
-    ``try_scores`` [tries, B] and ``best_try`` [B]: what best-of-N chose from."""
+    ``try_scores`` [tries, B] and ``best_try`` [B]: what best-of-N chose from;
+    ``alpha`` [B, 1, H, W] in [0, 1]: the kept try's attribution transparency (``render(..., alpha=True)``), else None."""
 
     images: torch.Tensor
     scores: torch.Tensor
     history: torch.Tensor
     try_scores: torch.Tensor
     best_try: torch.Tensor
+    alpha: torch.Tensor | None = None
 
 
 class _Normalise:
@@ -166,6 +169,7 @@ def render(
     stop_at_layer: bool = True,
     channels_last: bool = True,
     precision: Precision = "fp32",
+    alpha: bool = False,
 ) -> RenderResult:
     """Maximise ``objective`` at ``layer`` for ``len(seeds)`` images; image b depends only on ``seeds[b]``.
 
@@ -174,6 +178,8 @@ def render(
     feeds them at the image size); ``mean``/``std`` normalise like the model's
     training data; ``transforms`` defaults to ``Transforms()``. ``precision="bf16"`` runs the model's forward
     (and so its backward) in bfloat16 under autocast, on any device; pixels, the objective and Adam stay float32.
+    ``alpha=True`` also asks the backward for each step's pixel gradient and returns MaCo's transparency
+    (:mod:`atlas.featurevis.alpha`) as ``RenderResult.alpha``; off, the loop does exactly what it did without it.
     """
     transforms = Transforms() if transforms is None else transforms
     if steps < 0 or tries < 1:
@@ -194,27 +200,35 @@ def render(
             out_size = input_size if input_size is not None else param.size
             views = transforms.views([derive_seed(s, "transforms") for s in attempt_seeds], steps, param.size,
                                      out_size, device)  # fmt: skip
+            attribution = AlphaAccumulator() if alpha else None
             for step in range(steps):
                 optimizer.zero_grad(set_to_none=True)
                 pixels = param()
                 scores = objective(forward(normalise(views(pixels, step), resized=True)), pixels)
-                (-_check_scores(scores, len(seeds)).sum()).backward(inputs=tensors)
+                if attribution is None:
+                    (-_check_scores(scores, len(seeds)).sum()).backward(inputs=tensors)
+                else:  # the pixels' gradient too (a non-leaf: backward fills its .grad when asked for it)
+                    (-_check_scores(scores, len(seeds)).sum()).backward(inputs=[*tensors, pixels])
+                    attribution.add(pixels.grad)
                 optimizer.step()
                 history[step] += scores.detach().mean()
             with torch.no_grad():
                 images = param().detach()
                 final = _check_scores(objective(forward(normalise(images)), images), len(seeds)).float()
                 images = images.float()
+            transparency = attribution.alpha(images) if attribution is not None else None
             if attempt == 0:
-                best_images, best_scores = images, final
+                best_images, best_scores, best_alpha = images, final, transparency
                 best_try = torch.zeros(len(seeds), dtype=torch.long, device=device)
             else:
                 better = final > best_scores  # ties keep the earlier try
                 best_images = torch.where(better[:, None, None, None], images, best_images)
                 best_scores = torch.where(better, final, best_scores)
                 best_try = torch.where(better, attempt, best_try)
+                if transparency is not None and best_alpha is not None:
+                    best_alpha = torch.where(better[:, None, None, None], transparency, best_alpha)
             try_scores.append(final)
-    return RenderResult(best_images, best_scores, history / tries, torch.stack(try_scores), best_try)
+    return RenderResult(best_images, best_scores, history / tries, torch.stack(try_scores), best_try, best_alpha)
 
 
 def _preprocessing_of(model: nn.Module, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
