@@ -99,6 +99,11 @@ def fidelity_file(grid: int) -> str:
     return f"{level_dir(grid)}/fidelity.json"
 
 
+def path_check_file(grid: int) -> str:
+    """path: each icon's early-layer cosine to its examples' mean and that mean's rank (null: no example), in cell order."""
+    return f"{level_dir(grid)}/path.json"
+
+
 def icon_file(grid: int, i: int, j: int) -> str:
     """render: the icon of cell (i, j)."""
     return f"{level_dir(grid)}/icons/{i}_{j}.png"
@@ -246,6 +251,14 @@ class Bundle:
 
     def write_fidelity(self, grid: int, records: list[dict[str, Any]]) -> None:
         write_json(self.path(fidelity_file(grid)), records)
+
+    def path_check(self, grid: int) -> list[dict[str, Any] | None] | None:
+        """The path check of each icon against its cell's examples (None: the bundle predates it)."""
+        path = self.path(path_check_file(grid))
+        return read_json(path) if path.is_file() else None
+
+    def write_path_check(self, grid: int, records: list[dict[str, Any] | None]) -> None:
+        write_json(self.path(path_check_file(grid)), records)
 
     def image(self, relative: str) -> Image.Image:
         """An icon or patch of this bundle, loaded (wherever the bundle lives)."""

@@ -192,6 +192,17 @@ class TilesConfig(Section):
     examples_per_cell: int = Field(default=6, ge=0, le=1000, description="0 to 1,000")
 
 
+class PathCheckConfig(Section):
+    """Each icon against its cell's real example patches at earlier layers (atlas.featurevis.pathcheck)."""
+
+    layers: tuple[str, ...] | Literal["auto"] = Field(
+        default="auto",
+        min_length=1,
+        max_length=8,
+        description="auto: two layers at about 1/3 and 2/3 of the way to model.layer; or 1 to 8 layer names",
+    )
+
+
 class OutputConfig(Section):
     dir: str = Field(
         default="outputs", description="a folder, or an fsspec URL every worker can reach (s3://bucket/prefix, gs://, abfs://)"
@@ -301,6 +312,7 @@ class AtlasConfig(Section):
     grid: GridConfig = GridConfig()
     render: RenderConfig = RenderConfig()
     tiles: TilesConfig = TilesConfig()
+    path_check: PathCheckConfig = PathCheckConfig()
     output: OutputConfig = OutputConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     classes: ClassesConfig = ClassesConfig()

@@ -4,8 +4,8 @@ It also splits each grid's cells for the viewer (a file per 16 x 16 block of
 cells, and an index of where each cell is), so the page never loads a fine
 grid whole.
 
-``cells.json`` of a grid is the grid stage's cells, with render's fidelity per
-cell and the examples stage's patches linked, for whichever of those stages
+``cells.json`` of a grid is the grid stage's cells, with render's fidelity and the path
+stage's check per cell and the examples stage's patches linked, for whichever of those stages
 this run reached; the manifest is a base describing the run, merged with what
 every stage reported (:func:`pipelines.stage.merge_reports`).
 """
@@ -32,7 +32,7 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
     if "grid" in records:
         patches = bundle.patches() if "examples" in records else None
         for size in config.grid.sizes:
-            cells = joined_cells(bundle, size, "render" in records, patches, config.tiles.examples_per_cell)
+            cells = joined_cells(bundle, size, "render" in records, patches, config.tiles.examples_per_cell, "path" in records)
             _write_if_changed(bundle, size, cells)
             viewer_levels.append({"grid": size, **bundle.write_viewer_cells(size, cells)})
     if "tiles" in records:
@@ -48,12 +48,17 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
     return manifest
 
 
-def joined_cells(bundle: Bundle, size: int, rendered: bool, patches: set[str] | None, per_cell: int) -> list[dict[str, Any]]:
+def joined_cells(
+    bundle: Bundle, size: int, rendered: bool, patches: set[str] | None, per_cell: int, checked: bool = False
+) -> list[dict[str, Any]]:
     cells = bundle.grid_cells(size)
     fidelity = bundle.fidelity(size) if rendered else None
+    paths = bundle.path_check(size) if checked else None
     for n, cell in enumerate(cells):
         if fidelity is not None:
             cell["fidelity"] = fidelity[n]
+        if paths is not None:
+            cell["path_check"] = paths[n]
         if patches is not None:
             for k, example in enumerate(cell["examples"]):
                 name = patch_file(example["image_id"], example["y"], example["x"])

@@ -59,6 +59,7 @@ from pipelines.examples_stage import EXAMPLES_STAGE
 from pipelines.executor import Executor, LazyExecutor
 from pipelines.grid_stage import GRID
 from pipelines.layout_stage import compute_layout
+from pipelines.path_stage import PATH
 from pipelines.render_stage import RENDER, load_icons
 from pipelines.stage import Report, Stage, StageCall, run_stages
 from pipelines.tiles_stage import TILES_STAGE
@@ -341,7 +342,7 @@ def _as_subset(run: RunInputs) -> SubsetInputs:
 SELECT = Stage("collect", reads=(), settings=select_settings, work=select)
 SUBLAYOUT = Stage("layout", reads=("collect",), settings=sublayout_settings, work=sublayout)
 PATCH = Stage("patch", reads=("grid", "render"), settings=patch_settings, work=patch, version=2)
-CLASS_STAGES: tuple[Stage, ...] = (SELECT, SUBLAYOUT, GRID, EXAMPLES_STAGE, RENDER, TILES_STAGE)
+CLASS_STAGES: tuple[Stage, ...] = (SELECT, SUBLAYOUT, GRID, EXAMPLES_STAGE, RENDER, PATH, TILES_STAGE)
 PAIR_STAGES: tuple[Stage, ...] = (*CLASS_STAGES, PATCH)
 
 

@@ -18,6 +18,7 @@ from atlas.collect import layer_shape
 from atlas.config import AtlasConfig
 from atlas.devices import resolve_device
 from atlas.errors import AtlasError
+from atlas.featurevis.pathcheck import choose_layers
 from atlas.images import open_source
 from atlas.images.source import ImageSource
 from atlas.io import out_of_space_as_error
@@ -32,12 +33,13 @@ from pipelines.examples_stage import EXAMPLES_STAGE
 from pipelines.executor import Executor, LazyExecutor
 from pipelines.grid_stage import GRID
 from pipelines.layout_stage import LAYOUT
+from pipelines.path_stage import PATH
 from pipelines.render_stage import RENDER
 from pipelines.stage import Stage, check_order, run_stages
 from pipelines.tiles_stage import TILES_STAGE
 from pipelines.worker_state import warm_worker
 
-STAGES: tuple[Stage, ...] = (COLLECT, LAYOUT, GRID, EXAMPLES_STAGE, RENDER, TILES_STAGE)
+STAGES: tuple[Stage, ...] = (COLLECT, LAYOUT, GRID, EXAMPLES_STAGE, RENDER, PATH, TILES_STAGE)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 check_order(STAGES)
 
@@ -100,6 +102,7 @@ def _prepare(config: AtlasConfig, device: torch.device) -> tuple[LoadedModel, to
     model = load_model(config.model)
     model.module.to(device)  # this process's copy: layer shapes, and the render stage's fidelity check
     layer = resolve_layer(model, config.model.layer)  # a wrong layer fails here, before any work
+    choose_layers(model, config.model.layer, config.path_check.layers)  # and a wrong path_check.layers
     prep = model.preprocessing
     example = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, device=device)
     shape = layer_shape(model.module, layer, example)

@@ -4,7 +4,7 @@
  * pyramids in one OpenSeadragon world (each 1 unit wide) and shows the grid that suits the
  * zoom: the coarsest at the whole-atlas view, then each finer grid once its cells would be
  * drawn at least SWITCH times the coarsest grid's cell size at home. Hidden grids load nothing.
- * Hover: a cell's top classes, count and icon fidelity. Click: side panel with the icon and the
+ * Hover: a cell's top classes, count, icon fidelity and path check. Click: side panel with the icon and the
  * dataset example patches. Class search: cells dimmed by their mean attribution to that class.
  * A grid's cells are never loaded whole: its cell index (int32 per cell position) says which cells
  * exist, the cells' details come in 16 x 16 blocks as they are shown or hovered, and the heatmap
@@ -309,6 +309,13 @@
     return "icon fidelity: cosine " + fmt(cell.fidelity.cosine, 2) + ", rank " + (cell.fidelity.rank + 1) + " of " + level.keptCount;
   }
 
+  // The icon against its cell's example patches at earlier layers; ranked among the cells that have examples.
+  function pathText(cell, level) {
+    if (!cell.path_check) return "";
+    var of = level.path_check && level.path_check.cells ? level.path_check.cells : level.keptCount;
+    return "path check: cosine " + fmt(cell.path_check.cosine, 2) + ", rank " + (cell.path_check.rank + 1) + " of " + of;
+  }
+
   function escapeHtml(text) {
     return String(text).replace(/[&<>"']/g, function (ch) {
       return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[ch];
@@ -330,6 +337,7 @@
       (classes ? "<ol>" + classes + "</ol>" : "") +
       "<div>average of " + cell.count + " activation" + (cell.count === 1 ? "" : "s") + "</div>" +
       "<div class=\"muted\">" + escapeHtml(fidelityText(cell, level)) + "</div>" +
+      (cell.path_check ? "<div class=\"muted\">" + escapeHtml(pathText(cell, level)) + "</div>" : "") +
       (pairColumnText(hit.i, hit.grid) ? "<div class=\"muted tip-axis\">" + escapeHtml(pairColumnText(hit.i, hit.grid)) + "</div>" : "") +
       (heat && heat.values && heat.grid === level.grid ? "<div>" + escapeHtml(heat.label) + ": " + fmt(heat.values[cell.n]) + "</div>" : "");
     atlas.lastTip = { grid: hit.grid, i: hit.i, j: hit.j, at: performance.now() };
@@ -361,7 +369,7 @@
       $("panel-title").textContent = (cell.top_classes && cell.top_classes.length ? cell.top_classes[0].label : "cell") +
         " \u2014 cell " + i + ", " + j + " of grid " + grid;
       $("panel-stats").textContent = "average of " + cell.count + " activation" + (cell.count === 1 ? "" : "s") +
-        (cell.fidelity ? "; " + fidelityText(cell, level) : "");
+        (cell.fidelity ? "; " + fidelityText(cell, level) : "") + (cell.path_check ? "; " + pathText(cell, level) : "");
       var top = cell.top_classes || [];
       var best = top.length ? Math.max.apply(null, top.map(function (c) { return Math.abs(c.score); })) || 1 : 1;
       $("panel-classes").innerHTML = top.map(function (c) {

@@ -1,0 +1,104 @@
+"""Path stage: every icon against its cell's real example patches at earlier layers (atlas.featurevis.pathcheck).
+
+Runs on the driver, like render's fidelity check: the icons (their full view where render kept one, which is the
+image the model was fed) and the example patches are read back, each patch fed once however many cells show it,
+and each grid's scores written to ``levels/<g>/path.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import UnidentifiedImageError
+
+from atlas.bundle import Bundle, full_view_file, patch_file
+from atlas.devices import key_part
+from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
+from atlas.models import LoadedModel, resolve_layer
+from pipelines.context import RunInputs
+from pipelines.render_stage import load_icons
+from pipelines.stage import Report, Stage, StageCall
+
+READ_BATCH = 256  # images read and fed at a time: a 320 grid's icons would be gigabytes as one float tensor
+
+
+def path_layers(run: RunInputs) -> list[str]:
+    return choose_layers(run.model, run.config.model.layer, run.config.path_check.layers)
+
+
+def fed_image(bundle: Bundle, icon: str) -> str:
+    """The image the model was fed for a cell: the full view behind an icon cropped to its receptive field, else the icon."""
+    view = full_view_file(icon)
+    return view if bundle.path(view).is_file() else icon
+
+
+def cell_patches(cell: dict[str, Any], per_cell: int, written: set[str]) -> list[str]:
+    """The patches the examples stage wrote for a cell's first ``per_cell`` examples."""
+    names = [patch_file(e["image_id"], e["y"], e["x"]) for e in cell["examples"][:per_cell]]
+    return [name for name in names if name in written]
+
+
+def _read(bundle: Bundle, name: str, channels: int) -> torch.Tensor | None:
+    """One image as [C, H, W] in [0, 1]; None for a patch that cannot be read (that cell is checked without it)."""
+    try:
+        return load_icons(bundle, [name], channels, 0)[0]
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
+def vectors_of(
+    bundle: Bundle, names: list[str], model: LoadedModel, layers: list[torch.nn.Module], strict: bool
+) -> list[np.ndarray | None]:
+    """Each named image's early vector (None: unreadable, allowed only when not ``strict``), READ_BATCH at a time."""
+    prep = model.preprocessing
+    found: list[np.ndarray | None] = []
+    for start in range(0, len(names), READ_BATCH):
+        chunk = names[start : start + READ_BATCH]
+        images = [load_icons(bundle, [name], prep.channels, 0)[0] if strict else _read(bundle, name, prep.channels) for name in chunk]
+        readable = [image for image in images if image is not None]
+        vectors = iter(early_vectors(model.module, layers, readable, prep.mean, prep.std))
+        found += [next(vectors) if image is not None else None for image in images]
+    return found
+
+
+def check_paths(call: StageCall) -> Report:
+    run = call.run
+    bundle, model = run.bundle, run.model
+    names = path_layers(run)
+    layers = [resolve_layer(model, name) for name in names]
+    per_cell = run.config.tiles.examples_per_cell
+    written = bundle.patches()
+    cells = {size: bundle.grid_cells(size) for size in run.config.grid.sizes}
+    unique = sorted({name for grid in cells.values() for cell in grid for name in cell_patches(cell, per_cell, written)})
+    patch_vectors = dict(zip(unique, vectors_of(bundle, unique, model, layers, strict=False)))
+    run.log(f"[path] {len(unique)} example patches at {', '.join(names)}")
+    levels = []
+    for size, grid in cells.items():
+        icons = [v for v in vectors_of(bundle, [fed_image(bundle, c["icon"]) for c in grid], model, layers, strict=True) if v is not None]
+        dim = len(icons[0]) if icons else 0
+        examples = []
+        for cell in grid:
+            rows = [v for v in (patch_vectors[name] for name in cell_patches(cell, per_cell, written)) if v is not None]
+            examples.append(np.stack(rows) if rows else np.zeros((0, dim), np.float32))
+        result = path_check(np.stack(icons) if icons else np.zeros((0, dim), np.float32), examples)
+        bundle.write_path_check(size, result.records())
+        summary = None
+        if result.cells:
+            summary = {"mean_cosine": round(result.mean_cosine, 4), "top1": round(result.top1, 4), "cells": result.cells, "layers": names}
+            if result.nonfinite:
+                summary["nonfinite"] = result.nonfinite
+            run.log(f"[path] grid {size}: top-1 {result.top1:.2f}, mean cosine {result.mean_cosine:.2f} over {result.cells} cells")
+        else:
+            run.log(f"[path] grid {size}: no cell with an example patch to check")
+        levels.append({"grid": size, "path_check": summary})
+    return {"levels": levels}
+
+
+def path_settings(run: RunInputs) -> list[Any]:
+    """The chosen layers (so 'auto' re-runs if its choice changes) and the device off the CPU."""
+    return [path_layers(run), *key_part(run.device)]
+
+
+PATH = Stage("path", reads=("render", "examples"), settings=path_settings, work=check_paths)
