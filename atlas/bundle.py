@@ -42,6 +42,8 @@ IMAGE_INDEX = f"{IMAGES}/{INDEX_NAME}"  # a folder source's files, one per line:
 LISTING_SKIPS = f"{IMAGES}/{SKIPPED_NAME}"  # files the listing passed over without opening
 COORDS = "layout/coords.npy"  # layout
 WHITENING = "layout/whitening.npy"  # layout
+RENDER_SPECTRUM = "render/spectrum.npy"  # render (render.param: maco): the run's images' mean Fourier magnitude at icon size
+RENDER_PROBE = "render/probe.json"  # render: the settings its probe chose, under the stage key (absent without 'auto')
 EXAMPLES = "examples"  # examples: one patch per (image, position)
 PATCH_LIST = "examples/patches.json"  # examples: the patches it wrote
 TILES = "tiles"  # tiles
@@ -107,6 +109,18 @@ def path_check_file(grid: int) -> str:
 def icon_file(grid: int, i: int, j: int) -> str:
     """render: the icon of cell (i, j)."""
     return f"{level_dir(grid)}/icons/{i}_{j}.png"
+
+
+def full_view_file(icon: str) -> str:
+    """render: the whole rendered image behind an icon that shows only its receptive field (levels/<g>/views/)."""
+    folder, _, name = icon.rpartition("/icons/")
+    return f"{folder}/views/{name}"
+
+
+def alpha_file(icon: str) -> str:
+    """render (render.alpha): an icon's transparency from its attribution, 8-bit grey (levels/<g>/alpha/)."""
+    folder, _, name = icon.rpartition("/icons/")
+    return f"{folder}/alpha/{name}"
 
 
 def icon_batch_marker(grid: int, index: int) -> str:
@@ -219,6 +233,20 @@ class Bundle:
 
     def write_whitening(self, matrix: np.ndarray) -> None:
         write_npy(self.path(WHITENING), matrix)
+
+    def render_spectrum(self) -> np.ndarray | None:
+        path = self.path(RENDER_SPECTRUM)
+        return read_npy(path) if path.is_file() else None
+
+    def write_render_spectrum(self, spectrum: np.ndarray) -> None:
+        write_npy(self.path(RENDER_SPECTRUM), spectrum.astype(np.float32))
+
+    def render_probe(self) -> dict[str, Any] | None:
+        path = self.path(RENDER_PROBE)
+        return read_json(path) if path.is_file() else None
+
+    def write_render_probe(self, record: dict[str, Any]) -> None:
+        write_json(self.path(RENDER_PROBE), record)
 
     # --- levels ---------------------------------------------------------------------------------
 

@@ -173,10 +173,46 @@ class RenderConfig(Section):
     icon_size: int = Field(default=80, ge=1, le=MAX_ICON, description=f"px per side, at most {MAX_ICON}")
     tries: int = Field(default=1, ge=1, le=64, description="at most 64")
     batch_size: Batch | Literal["auto"] = Field(default="auto", description="cells per render task; auto: 64 on CPU, 256 on a GPU")
-    learning_rate: float = Field(default=0.05, gt=0.0)
-    cossim_power: float = Field(default=4.0, ge=0.0, le=100.0)
-    whiten: bool = True
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | Literal["auto"] = Field(
+        default="auto", description="Adam's step, above 0 and at most 10; auto: chosen by a probe render (see whiten)"
+    )
+    cossim_power: Annotated[float, Field(ge=0.0, le=100.0)] | Literal["auto"] = Field(
+        default="auto", description="the objective's cosine exponent, 0 to 100; auto: chosen by a probe render"
+    )
+    whiten: Literal["auto", "full", "dot", "off"] = Field(
+        default="auto",
+        description="full: whitened direction; dot: grow along it but point along the cell's own; off: the cell's own;"
+        " true/false mean full/off; auto: whichever a probe render of a few cells finds most faithful",
+    )
+    probe_cells: int = Field(
+        default=16,
+        ge=0,
+        le=4096,
+        description="cells a probe renders per candidate setting (0 to 4,096; half of the coarsest grid, half of the finest);"
+        " 0, or an atlas with fewer than 4 times as many cells: no probe, 'auto' takes the usual defaults",
+    )
+    param: Literal["fourier", "maco", "accentuate"] = Field(
+        default="fourier",
+        description="fourier: 1/f spectrum; maco: phase only, magnitude from the run's images; accentuate: from the cell's best example",
+    )
+    proximity: float = Field(
+        default=10.0, ge=0.0, le=1e6, description="accentuate: how near the example the icon stays, relative to its objective (0 to 1e6)"
+    )
+    alpha: bool = Field(default=False, description="also save each icon's transparency from its attribution (MaCo's), in alpha/")
+    crop_to_field: bool = Field(
+        default=True, description="show the part of the icon the centre position sees (its receptive field), the whole in views/"
+    )
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: the model's forward under torch.autocast")
+
+    @field_validator("whiten", mode="before")
+    @classmethod
+    def _whiten_flag(cls, value: Any) -> Any:
+        """true/false (the key's old form, and YAML's on/off) mean full/off."""
+        return {True: "full", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    def probes(self) -> bool:
+        """Whether a probe render chooses any setting."""
+        return "auto" in (self.whiten, self.cossim_power, self.learning_rate)
 
     def batch_size_on(self, device_type: str) -> int:
         """Cells per task: the setting, or for 'auto' what keeps the device busy (a GPU wants far larger batches)."""

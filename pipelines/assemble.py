@@ -16,7 +16,7 @@ import contextlib
 import importlib.metadata
 from typing import Any
 
-from atlas.bundle import FORMAT, VIEWER, Bundle, cells_file, patch_file
+from atlas.bundle import FORMAT, VIEWER, Bundle, alpha_file, cells_file, full_view_file, patch_file
 from atlas.io import read_json
 from atlas.viewer import install_viewer
 from pipelines.context import RunInputs
@@ -32,7 +32,8 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
     if "grid" in records:
         patches = bundle.patches() if "examples" in records else None
         for size in config.grid.sizes:
-            cells = joined_cells(bundle, size, "render" in records, patches, config.tiles.examples_per_cell, "path" in records)
+            cells = joined_cells(bundle, size, "render" in records, patches, config.tiles.examples_per_cell, "path" in records,
+                                 rendered_extras(records))  # fmt: skip
             _write_if_changed(bundle, size, cells)
             viewer_levels.append({"grid": size, **bundle.write_viewer_cells(size, cells)})
     if "tiles" in records:
@@ -48,15 +49,33 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
     return manifest
 
 
+def rendered_extras(records: dict[str, StageRecord]) -> tuple[bool, bool]:
+    """Whether render kept full views (icons cropped to the receptive field) and transparency maps."""
+    report = records["render"].report.get("render", {}) if "render" in records else {}
+    return bool((report.get("receptive_field") or {}).get("crops")), bool(report.get("alpha"))
+
+
 def joined_cells(
-    bundle: Bundle, size: int, rendered: bool, patches: set[str] | None, per_cell: int, checked: bool = False
+    bundle: Bundle,
+    size: int,
+    rendered: bool,
+    patches: set[str] | None,
+    per_cell: int,
+    checked: bool = False,
+    extras: tuple[bool, bool] = (False, False),
 ) -> list[dict[str, Any]]:
+    """``extras``: link each icon's full view and its transparency map (render's report says whether it wrote them)."""
+    views, alphas = extras
     cells = bundle.grid_cells(size)
     fidelity = bundle.fidelity(size) if rendered else None
     paths = bundle.path_check(size) if checked else None
     for n, cell in enumerate(cells):
         if fidelity is not None:
             cell["fidelity"] = fidelity[n]
+            if views:
+                cell["view"] = full_view_file(cell["icon"])
+            if alphas:
+                cell["alpha"] = alpha_file(cell["icon"])
         if paths is not None:
             cell["path_check"] = paths[n]
         if patches is not None:

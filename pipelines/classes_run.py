@@ -41,7 +41,7 @@ from atlas.classes import ClassRef, class_counts, difference_axis, line_layout, 
 from atlas.classes.patches import run_patch_experiment
 from atlas.collect import StoreLayout
 from atlas.collect.store import Rows
-from atlas.config import AtlasConfig, ClassesConfig, validate_tree
+from atlas.config import AtlasConfig, ClassesConfig, RenderConfig, validate_tree
 from atlas.devices import resolve_device
 from atlas.errors import AtlasError
 from atlas.images import open_source
@@ -370,7 +370,18 @@ def subset_config(config: AtlasConfig, parent: Bundle, subset: Subset) -> AtlasC
     size = classes.grid if subset.kind == "class" else classes.pair_grid
     grid = config.grid.model_copy(update={"sizes": (size,), "min_count": classes.min_count})
     output = config.output.model_copy(update={"dir": str(parent.root / folder[0]), "name": folder[1]})
-    return config.model_copy(update={"layout": layout, "grid": grid, "output": output})
+    return config.model_copy(update={"layout": layout, "grid": grid, "output": output, "render": inherited_render(config, parent)})
+
+
+def inherited_render(config: AtlasConfig, parent: Bundle) -> RenderConfig:
+    """Settings left to a probe ('auto') take what the parent's probe chose: same layer, same directions' kind, and
+    no probe per class atlas (it would cost more than a small atlas's own icons)."""
+    chosen = parent.manifest.get("render") or {}
+    settings = config.render.model_dump()
+    for name in ("whiten", "cossim_power", "learning_rate"):
+        if settings[name] == "auto" and chosen.get(name) is not None:
+            settings[name] = chosen[name]
+    return RenderConfig.model_validate(settings)
 
 
 def wanted_subsets(config: ClassesConfig, labels: list[str] | None, counts: np.ndarray) -> list[Subset]:

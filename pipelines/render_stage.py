@@ -1,23 +1,46 @@
 """Render stage: one Dask task per batch of cells renders and saves their icons; then each icon's fidelity.
 
 A batch is done when its marker (holding the stage key) exists, written after
-its PNGs, so a re-run renders only the batches a kill interrupted.
+its PNGs, so a re-run renders only the batches a kill interrupted. Before the
+batches, settings left to ``auto`` are chosen by a probe render of a few cells
+(atlas.featurevis.choice), and the centre position's receptive field is measured
+(atlas.featurevis.receptive): when it is clearly smaller than the icon, the icon
+shows that square and the whole render is kept as its full view.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
-from atlas.bundle import Bundle, icon_batch_marker
+from atlas.bundle import Bundle, alpha_file, full_view_file, icon_batch_marker, patch_file
 from atlas.config import ModelConfig, RenderConfig
 from atlas.devices import key_part
-from atlas.featurevis import Direction, derive_seed, fourier, render
+from atlas.errors import AtlasError
+from atlas.featurevis import (
+    Direction,
+    Objective,
+    Proximity,
+    RenderResult,
+    accentuate,
+    derive_seed,
+    estimate_spectrum,
+    fourier,
+    maco,
+    render,
+    score_images,
+)
+from atlas.featurevis.choice import RenderSettings, Trial, choose_settings, first_candidates, probe_cells
 from atlas.featurevis.fidelity import Fidelity, centre_activations, direction_fidelity
+from atlas.featurevis.receptive import ReceptiveField, measure_receptive_field
+from atlas.images.preprocess import to_pixels
 from atlas.lock import sweep_temporaries
 from atlas.markers import is_fresh, write_marker
 from atlas.models import LoadedModel
@@ -49,6 +72,81 @@ def load_icons(bundle: Bundle, icons: list[str], channels: int, size: int) -> to
     return torch.from_numpy(stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2).copy())
 
 
+def objective_for(targets: np.ndarray, whitening: np.ndarray | None, settings: RenderSettings) -> Direction:
+    """The cells' objective under ``settings.whiten``: full (whitened), dot (whitened growth, own cosine) or off."""
+    if settings.whiten == "off" or whitening is None:
+        return Direction(targets, cossim_power=settings.cossim_power)
+    cosine = "raw" if settings.whiten == "dot" else "whitened"
+    return Direction.whitened(targets, whitening, cosine=cosine, cossim_power=settings.cossim_power)
+
+
+@dataclass(frozen=True)
+class ParamInputs:
+    """What a parameterisation needs besides seeds: the run's spectrum (maco), the cells' start images (accentuate)."""
+
+    spectrum: np.ndarray | None = None
+    starts: np.ndarray | None = None  # [B, C, S, S] in [0, 1], one per cell in seed order
+
+
+def render_cells(
+    model: LoadedModel,
+    layer: torch.nn.Module,
+    targets: np.ndarray,
+    whitening: np.ndarray | None,
+    seeds: list[int],
+    config: RenderConfig,
+    settings: RenderSettings,
+    inputs: ParamInputs = ParamInputs(),
+) -> RenderResult:
+    """Render the cells: ``images`` is the whole render of each (before any crop to the receptive field)."""
+    prep = model.preprocessing
+    objective: Objective = objective_for(targets, whitening, settings)
+    if config.param == "maco":
+        if inputs.spectrum is None:
+            raise ValueError("render.param maco needs the run's spectrum")
+        param = maco(prep.channels, config.icon_size, torch.from_numpy(inputs.spectrum))
+    elif config.param == "accentuate":
+        if inputs.starts is None:
+            raise ValueError("render.param accentuate needs each cell's start image")
+        starts = torch.from_numpy(inputs.starts)
+        param = accentuate(prep.channels, config.icon_size, starts)
+        # The penalty follows each icon's own objective at its start, so one setting suits any layer's scale.
+        at_start = score_images(model.module, layer, objective, starts, mean=prep.mean, std=prep.std)
+        objective = objective + Proximity(starts, weight=config.proximity * at_start.abs().clamp_min(1e-6).cpu())
+    else:
+        param = fourier(prep.channels, config.icon_size)
+    return render(
+        model.module, layer, objective, param,
+        seeds=seeds, mean=prep.mean, std=prep.std,
+        steps=config.steps, lr=settings.learning_rate, tries=config.tries, precision=config.precision, alpha=config.alpha,
+    )  # fmt: skip
+
+
+def start_images(bundle: Bundle, cells: list[dict[str, Any]], channels: int, size: int) -> np.ndarray:
+    """[N, C, size, size] in [0, 1]: each cell's best example patch (its first), grey where it has none readable."""
+    mode = "L" if channels == 1 else "RGB"
+    starts = np.full((len(cells), channels, size, size), 0.5, np.float32)
+    for n, cell in enumerate(cells):
+        if not cell["examples"]:
+            continue
+        first = cell["examples"][0]
+        name = patch_file(first["image_id"], first["y"], first["x"])
+        try:
+            patch = bundle.image(name).convert(mode).resize((size, size), Image.Resampling.BICUBIC)
+        except (OSError, ValueError):
+            continue
+        pixels = np.asarray(patch, np.float32) / 255.0
+        starts[n] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return starts
+
+
+def crop_to_field(images: torch.Tensor, field: ReceptiveField, size: int) -> torch.Tensor:
+    """The receptive field's square of each image, scaled back up to ``size`` px: what the centre position sees."""
+    top, left, side = field.top, field.left, field.size
+    square = images[:, :, top : top + side, left : left + side]
+    return F.interpolate(square, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
+
+
 def render_batch_task(
     bundle: Bundle,
     batch: IconBatch,
@@ -56,27 +154,33 @@ def render_batch_task(
     whitening: np.ndarray | None,
     model_config: ModelConfig,
     config: RenderConfig,
+    settings: RenderSettings,
+    field: ReceptiveField | None,
+    spectrum: np.ndarray | None,
     key: str,
     threads: int,
     device: str = "cpu",
 ) -> int:
-    """Runs on a worker: render one batch of cells on ``device`` and save their icons, then the batch marker."""
+    """Runs on a worker: render one batch of cells on ``device`` and save their icons, then the batch marker.
+
+    With a receptive field that crops, the whole render is kept as the icon's full view and the icon shows the field.
+    """
     use_threads(threads)
     model, layer = model_and_layer(model_config, device)
-    prep = model.preprocessing
-    targets = directions[list(batch.rows)]
-    objective = (
-        Direction.whitened(targets, whitening, cossim_power=config.cossim_power)
-        if whitening is not None
-        else Direction(targets, cossim_power=config.cossim_power)
-    )
-    result = render(
-        model.module, layer, objective, fourier(prep.channels, config.icon_size),
-        seeds=list(batch.seeds), mean=prep.mean, std=prep.std,
-        steps=config.steps, lr=config.learning_rate, tries=config.tries, precision=config.precision,
-    )  # fmt: skip
-    for name, image in zip(batch.icons, result.images.cpu().numpy()):
-        bundle.write_icon(name, image)
+    starts = None
+    if config.param == "accentuate":
+        cells = bundle.grid_cells(batch.grid)
+        starts = start_images(bundle, [cells[row] for row in batch.rows], model.preprocessing.channels, config.icon_size)
+    inputs = ParamInputs(spectrum, starts)
+    result = render_cells(model, layer, directions[list(batch.rows)], whitening, list(batch.seeds), config, settings, inputs)
+    images = result.images.cpu()
+    icons = crop_to_field(images, field, config.icon_size) if field is not None and field.crops else None
+    for n, name in enumerate(batch.icons):
+        if icons is not None:
+            bundle.write_icon(full_view_file(name), images[n].numpy())
+        if result.alpha is not None:
+            bundle.write_icon(alpha_file(name), result.alpha[n].cpu().numpy())
+        bundle.write_icon(name, (icons if icons is not None else images)[n].numpy())
     write_marker(bundle.path(batch.marker), key)
     return len(batch.icons)
 
@@ -102,6 +206,9 @@ def render_icons(call: StageCall) -> Report:
     run, key = call.run, call.key
     config, bundle, sizes = run.config.render, run.bundle, run.config.grid.sizes
     batches = plan_batches(bundle, sizes, config.batch_size_on(run.device.type), run.config.seed)
+    spectrum = run_spectrum(run) if config.param == "maco" else None
+    settings, trials = chosen_settings(run, key, spectrum)
+    field = icon_field(run) if config.crop_to_field else None
     todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
     swept = sum(sweep_temporaries(folder) for folder in {bundle.path(b.marker).parent for b in todo})
     run.log(
@@ -110,12 +217,13 @@ def render_icons(call: StageCall) -> Report:
     )
     if todo:
         ex = run.executor()
-        whitening_ref = ex.scatter(bundle.whitening() if config.whiten else None)
+        whitening_ref = ex.scatter(bundle.whitening() if settings.whiten != "off" else None)
+        spectrum_ref = ex.scatter(spectrum)
         direction_refs = {size: ex.scatter(bundle.directions(size)) for size in {b.grid for b in todo}}
         futures = [
             ex.submit(
-                render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, key, ex.threads_per_task,
-                str(run.device),
+                render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, settings, field,
+                spectrum_ref, key, ex.threads_per_task, str(run.device),
             )
             for b in todo
         ]  # fmt: skip
@@ -124,8 +232,9 @@ def render_icons(call: StageCall) -> Report:
             for future in ex.as_completed(futures):
                 bar.update(future.result())
     levels = []
+    views = field is not None and field.crops
     for size in sizes:
-        fidelity = measure_fidelity(bundle, size, run.model, run.layer, config.icon_size)
+        fidelity = measure_fidelity(bundle, size, run.model, run.layer, config.icon_size, views)
         summary = None
         if len(fidelity.rank):
             summary = {"mean_cosine": round(fidelity.mean_cosine, 4), "top1": round(fidelity.top1, 4)}
@@ -136,16 +245,123 @@ def render_icons(call: StageCall) -> Report:
         else:
             run.log(f"[render] grid {size}: no cells, no icons")
         levels.append({"grid": size, "icon_size": config.icon_size, "fidelity": summary})
-    settings = config.model_dump(mode="json")
-    return {"render": {k: settings[k] for k in ("steps", "icon_size", "tries", "learning_rate", "whiten")}, "levels": levels}
+    report: dict[str, Any] = {
+        "steps": config.steps, "icon_size": config.icon_size, "tries": config.tries, "param": config.param, **asdict(settings),
+        "chosen_by": "probe" if trials else ("default" if config.probes() else "config"), "probe": [t.to_json() for t in trials],
+        "receptive_field": None if field is None else field.to_json(), "alpha": config.alpha,
+    }  # fmt: skip
+    return {"render": report, "levels": levels}
+
+
+PROBE_MIN_RATIO = 4  # a probe of more than a quarter of the atlas's cells would cost more than it could save
+
+
+SPECTRUM_IMAGES = 256  # of the run's own images, for maco's magnitude spectrum
+
+
+def run_spectrum(run: RunInputs) -> np.ndarray:
+    """maco's fixed magnitude: the mean Fourier magnitude of up to 256 of the run's images, as the model sees them
+    (its input frame, in [0, 1]), at the icon size; estimated once and kept in the bundle."""
+    size, channels = run.config.render.icon_size, run.model.preprocessing.channels
+    saved = run.bundle.render_spectrum()
+    if saved is not None and saved.shape == (channels, size, size // 2 + 1):
+        return saved
+    pixels: list[torch.Tensor] = []
+    for shard in run.shards:
+        for record in run.source.read(shard):
+            if record.image is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pixels.append(to_pixels(record.image, run.model.preprocessing))
+            if len(pixels) >= SPECTRUM_IMAGES:
+                break
+        if len(pixels) >= SPECTRUM_IMAGES:
+            break
+    if not pixels:
+        raise AtlasError("render.param maco: no readable image to estimate the spectrum from; use render.param fourier")
+    spectrum = estimate_spectrum(torch.stack(pixels), size).numpy()
+    run.bundle.write_render_spectrum(spectrum)
+    run.log(f"[render] maco: magnitude spectrum from {len(pixels)} of the run's images at {size} px")
+    return spectrum
+
+
+def chosen_settings(run: RunInputs, key: str, spectrum: np.ndarray | None = None) -> tuple[RenderSettings, list[Trial]]:
+    """The settings every icon of this run is rendered with: the config's, or for ``auto`` the probe's choice.
+
+    The probe renders a fixed sample of cells with the real seeds on this process and scores them like fidelity
+    does; its choice is kept under the stage key, so a resumed run renders its remaining batches the same way.
+    """
+    config, bundle = run.config.render, run.bundle
+    if not config.probes():
+        return first_candidates(config.whiten, config.cossim_power, config.learning_rate), []
+    sizes = run.config.grid.sizes
+    cells = {size: bundle.grid_cells(size) for size in sizes}
+    total = sum(len(c) for c in cells.values())
+    if config.probe_cells == 0 or total < PROBE_MIN_RATIO * config.probe_cells:
+        settings = first_candidates(config.whiten, config.cossim_power, config.learning_rate)
+        run.log(f"[render] {total} cells: too few to probe render.probe_cells={config.probe_cells} of them; 'auto' takes {settings}")
+        return settings, []
+    saved = bundle.render_probe()
+    if saved is not None and saved.get("key") == key:
+        return RenderSettings(**saved["chosen"]), [Trial.from_json(t) for t in saved["trials"]]
+    directions = {size: bundle.directions(size) for size in sizes}
+    per_grid = max(1, config.probe_cells // (1 if len(sizes) == 1 else 2))
+    sample = probe_cells([len(cells[size]) for size in sizes], per_grid, run.config.seed)
+    whitening = bundle.whitening()
+    prep = run.model.preprocessing
+
+    def evaluate(settings: RenderSettings) -> tuple[float, float]:
+        cosines, ranks = [], []
+        for level, rows in sample:
+            size = sizes[level]
+            seeds = [derive_seed(run.config.seed, size, cells[size][r]["i"], cells[size][r]["j"]) for r in rows]
+            starts = (
+                start_images(bundle, [cells[size][r] for r in rows], prep.channels, config.icon_size)
+                if config.param == "accentuate"
+                else None
+            )
+            result = render_cells(
+                run.model, run.layer, directions[size][rows], whitening, seeds, config, settings, ParamInputs(spectrum, starts)
+            )
+            images = torch.round(result.images.float().cpu() * 255.0) / 255.0  # as the saved PNGs hold them
+            activations = centre_activations(run.model.module, run.layer, images, prep.mean, prep.std)
+            fidelity = direction_fidelity(activations, directions[size], own=np.asarray(rows))
+            cosines.append(fidelity.cosine)
+            ranks.append(fidelity.rank)
+        rank, cosine = np.concatenate(ranks), np.concatenate(cosines)
+        run.log(f"[render] probe {settings}: top-1 {np.mean(rank == 0):.2f}, mean cosine {cosine.mean():.2f}")
+        return float(np.mean(rank == 0)), float(cosine.mean())
+
+    count = sum(len(rows) for _, rows in sample)
+    run.log(
+        f"[render] choosing render settings ({', '.join(k for k in ('whiten', 'cossim_power', 'learning_rate') if getattr(config, k) == 'auto')}) with a probe of {count} cells"
+    )
+    settings, trials = choose_settings(config.whiten, config.cossim_power, config.learning_rate, evaluate)
+    run.log(f"[render] chose {settings}")
+    bundle.write_render_probe({"key": key, "chosen": asdict(settings), "trials": [t.to_json() for t in trials], "cells": count})
+    return settings, trials
+
+
+def icon_field(run: RunInputs) -> ReceptiveField:
+    """The centre position's receptive field on an icon, measured once per run from the model."""
+    prep = run.model.preprocessing
+    field = measure_receptive_field(
+        run.model.module, run.layer, prep.channels, run.config.render.icon_size, prep.mean, prep.std, seed=run.config.seed
+    )
+    what = f"crops icons to it ({field.size} px square; the whole render in views/)" if field.crops else "covers the icon: no crop"
+    run.log(f"[render] the centre position sees {field.size} of {field.image_size} px ({field.fraction:.0%}); {what}")
+    return field
 
 
 FIDELITY_BATCH = 256  # icons read and fed back at a time
 
 
-def measure_fidelity(bundle: Bundle, size: int, model: LoadedModel, layer: torch.nn.Module, icon_size: int) -> Fidelity:
-    """Feed the saved PNGs back through the model; each cell's cosine and rank go to the level's fidelity file."""
+def measure_fidelity(
+    bundle: Bundle, size: int, model: LoadedModel, layer: torch.nn.Module, icon_size: int, views: bool = False
+) -> Fidelity:
+    """Feed the saved PNGs back through the model (the full views when icons are cropped: what was optimised);
+    each cell's cosine and rank go to the level's fidelity file."""
     cells: list[dict[str, Any]] = bundle.grid_cells(size)
+    fed = [full_view_file(c["icon"]) if views else c["icon"] for c in cells]
     prep = model.preprocessing
     if len(cells):
         # A batch of icons at a time: a 320 grid of 80 px RGB icons would be 4 GB as one float tensor.
@@ -154,7 +370,7 @@ def measure_fidelity(bundle: Bundle, size: int, model: LoadedModel, layer: torch
                 centre_activations(
                     model.module,
                     layer,
-                    load_icons(bundle, [c["icon"] for c in cells[start : start + FIDELITY_BATCH]], prep.channels, icon_size),
+                    load_icons(bundle, fed[start : start + FIDELITY_BATCH], prep.channels, icon_size),
                     prep.mean,
                     prep.std,
                 )
@@ -169,13 +385,20 @@ def measure_fidelity(bundle: Bundle, size: int, model: LoadedModel, layer: torch
 
 
 def render_settings(run: RunInputs) -> list[Any]:
-    """The render section as it keys the stage, so that a CPU run keeps the key it had before devices existed:
-    ``batch_size`` as resolved ('auto' is 64 on CPU, the old default), ``precision`` only when not fp32, and the
-    device only off the CPU (GPU icons differ from CPU icons in the last bits; bf16 ones more)."""
+    """The render section as it keys the stage, so that a run that renders as before keeps its key: ``batch_size`` as
+    resolved ('auto' is 64 on CPU, the old default), ``precision``, ``param``, ``alpha`` and ``crop_to_field`` only
+    away from the values that render as before, and the device only off the CPU (GPU icons differ from CPU icons in
+    the last bits; bf16 ones more). The defaults of issue 14 (settings chosen by a probe, icons cropped to the
+    receptive field) render differently, so a default run re-renders an older default bundle."""
     config = run.config.render
     section = {**config.model_dump(mode="json"), "batch_size": config.batch_size_on(run.device.type)}
-    if config.precision == "fp32":
-        del section["precision"]
+    # Settings added later leave the key alone at the value that renders as before, so older bundles stay cached.
+    for name, before in (("precision", "fp32"), ("param", "fourier"), ("alpha", False), ("crop_to_field", False)):
+        if section[name] == before:
+            del section[name]
+    if config.param != "accentuate":
+        del section["proximity"]
+    section["whiten"] = {"full": True, "off": False}.get(config.whiten, config.whiten)  # the key's old true/false
     return [section, run.config.seed, *key_part(run.device)]
 
 

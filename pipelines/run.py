@@ -1,4 +1,4 @@
-"""`atlas run`: images -> collect -> layout -> grid -> render -> examples -> tiles, then assemble, into one resumable bundle.
+"""`atlas run`: images -> collect -> layout -> grid -> examples -> render -> path -> tiles, then assemble, into one resumable bundle.
 
 The stages are declared in their own modules (:class:`pipelines.stage.Stage`);
 this module lists them in order, prepares what they read (:class:`RunInputs`)

@@ -64,12 +64,18 @@ def _run(device: torch.device, **render: object) -> SimpleNamespace:
 
 
 def test_cpu_render_key_is_the_one_from_before_devices() -> None:
-    """The settings behind the render stage's key, for a default CPU run, exactly as they were when render.batch_size
-    was the number 64 and neither precision nor device existed: every CPU bundle made before stays cached."""
+    """The settings behind the render stage's key, for the old default CPU render, exactly as they were when
+    render.batch_size was the number 64 and neither precision, device, param nor the probe existed: every CPU bundle
+    made before stays cached when its settings are given. Issue 14's defaults render differently, so they key anew."""
     before = [{"steps": 128, "icon_size": 80, "tries": 1, "batch_size": 64, "learning_rate": 0.05, "cossim_power": 4.0, "whiten": True}, 0]
-    assert render_settings(_run(CPU)) == before  # type: ignore[arg-type]
-    assert render_settings(_run(CPU, batch_size=64)) == before  # type: ignore[arg-type]
+    old_default = {"whiten": True, "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False}
+    assert render_settings(_run(CPU, **old_default)) == before  # type: ignore[arg-type]
+    assert render_settings(_run(CPU, batch_size=64, **old_default)) == before  # type: ignore[arg-type]
     assert key_part(CPU) == []
+    now = render_settings(_run(CPU))[0]  # type: ignore[arg-type]
+    assert (now["whiten"], now["cossim_power"], now["learning_rate"], now["crop_to_field"]) == ("auto", "auto", "auto", True)
+    for changed in ({"param": "maco"}, {"alpha": True}, {"param": "accentuate"}, {"whiten": "dot"}):
+        assert render_settings(_run(CPU, **{**old_default, **changed})) != before, changed  # type: ignore[arg-type]
 
 
 def test_gpu_and_bf16_change_the_render_key() -> None:

@@ -55,8 +55,9 @@ def centre_activations(
     return torch.cat(parts).numpy()
 
 
-def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: int = 512) -> Fidelity:
-    """Cosine of row i of ``activations`` with direction i, and direction i's rank among all directions.
+def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: int = 512, own: np.ndarray | None = None) -> Fidelity:
+    """Cosine of row i of ``activations`` with direction i (or ``own[i]``: a sample of cells), and that direction's
+    rank among all directions.
 
     Compared a block of icons at a time, so memory is ``block x cells`` rather than ``cells x cells`` (which at a
     320 grid of ~50k cells would be 10 GB). An icon whose activation is not finite (a model that emits NaN for
@@ -66,12 +67,13 @@ def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: i
     activations = np.where(broken[:, None], 0.0, activations)
     a = activations / np.maximum(np.linalg.norm(activations, axis=1, keepdims=True), 1e-12)
     d = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
-    own = np.einsum("ij,ij->i", a, d)
+    index = np.arange(len(a)) if own is None else np.asarray(own, np.int64)
+    cosine = np.einsum("ij,ij->i", a, d[index])
     rank = np.zeros(len(a), np.int64)
     for start in range(0, len(a), block):
         similarity = a[start : start + block] @ d.T  # [block icons, every direction]
-        diagonal = similarity[np.arange(len(similarity)), np.arange(start, start + len(similarity))]
+        diagonal = similarity[np.arange(len(similarity)), index[start : start + len(similarity)]]
         rank[start : start + block] = (similarity > diagonal[:, None]).sum(axis=1)
-    own[broken] = 0.0
+    cosine[broken] = 0.0
     rank[broken] = max(len(d) - 1, 0)
-    return Fidelity(own.astype(np.float32), rank, int(broken.sum()))
+    return Fidelity(cosine.astype(np.float32), rank, int(broken.sum()))

@@ -140,24 +140,42 @@ class Direction(Objective):
     just growing the activation. Keep ``floor > 0``: with ``relu(cos)`` an image
     that starts at a negative cosine would get exactly zero gradient and never
     move; with the floor it still follows ``floor ** p * vector``.
-    ``dot`` is the plain dot product and ``cos`` the true cosine of the two vectors.
+    ``dot`` is the plain dot product with ``vectors``; ``cos`` the true cosine with ``cosine_vectors``
+    (default: the same vectors). Growing along one vector while pointing at another is what
+    ``Direction.whitened(..., cosine="raw")`` uses.
     """
 
-    def __init__(self, vectors: ArrayLike, cossim_power: float = 4.0, floor: float = 0.1, window: int = 1, eps: float = 1e-8) -> None:
-        self.vectors = _as_tensor(vectors, torch.float32)
-        if self.vectors.ndim == 1:
-            self.vectors = self.vectors[None]
-        if self.vectors.ndim != 2:
-            raise ValueError(f"vectors must be [B, C] (or [C] for all images), got shape {tuple(self.vectors.shape)}")
+    def __init__(
+        self,
+        vectors: ArrayLike,
+        cossim_power: float = 4.0,
+        floor: float = 0.1,
+        window: int = 1,
+        eps: float = 1e-8,
+        cosine_vectors: ArrayLike | None = None,
+    ) -> None:
+        self.vectors = _as_matrix(vectors, "vectors")
+        self.cosine_vectors = None if cosine_vectors is None else _as_matrix(cosine_vectors, "cosine_vectors")
+        if self.cosine_vectors is not None and self.cosine_vectors.shape[-1] != self.vectors.shape[-1]:
+            raise ValueError(f"cosine_vectors have {self.cosine_vectors.shape[-1]} channels but vectors have {self.vectors.shape[-1]}")
         self.cossim_power, self.floor, self.window, self.eps = cossim_power, floor, window, eps
 
     @classmethod
-    def whitened(cls, vectors: ArrayLike, matrix: ArrayLike, **kwargs: float) -> Direction:
+    def whitened(cls, vectors: ArrayLike, matrix: ArrayLike, cosine: str = "whitened", **kwargs: float) -> Direction:
         """Optimise along ``vectors @ matrix.T``, where ``matrix`` [C, C] is the layout stage's whitening
-        (inverse uncentred second moment): directions every image excites stop dominating."""
+        (inverse uncentred second moment): directions every image excites stop dominating.
+
+        ``cosine="raw"`` takes the cosine against the cell's own (unwhitened) vector instead: the icon grows along
+        the whitened direction but must point where the cell's activations point, which is what icon fidelity
+        measures (on EfficientNet-Lite0 and a Fashion-MNIST CNN it raised fidelity's cosine from 0.66 / 0.75 to
+        0.85 / 0.95; see README, "Icon settings").
+        """
+        if cosine not in ("whitened", "raw"):
+            raise ValueError(f"cosine {cosine!r}: expected 'whitened' or 'raw'")
         vectors_t = _as_tensor(vectors, torch.float64)
         matrix_t = _as_tensor(matrix, torch.float64)
-        return cls((vectors_t @ matrix_t.T).to(torch.float32), **kwargs)  # type: ignore[arg-type]
+        whitened = (vectors_t @ matrix_t.T).to(torch.float32)
+        return cls(whitened, cosine_vectors=vectors_t.to(torch.float32) if cosine == "raw" else None, **kwargs)  # type: ignore[arg-type]
 
     def __call__(self, activation: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         acts = centre(activation, self.window)
@@ -165,13 +183,27 @@ class Direction(Objective):
         if vectors.shape[1] != acts.shape[1]:
             raise ValueError(f"vectors have {vectors.shape[1]} channels but the layer has {acts.shape[1]}")
         dot = (acts * vectors).sum(dim=1)
-        cos = dot / (acts.norm(dim=1) * vectors.norm(dim=1) + self.eps)
         if self.cossim_power == 0:
             return dot
+        if self.cosine_vectors is None:
+            cos = dot / (acts.norm(dim=1) * vectors.norm(dim=1) + self.eps)
+        else:
+            target = _per_image(self.cosine_vectors.to(device=acts.device, dtype=acts.dtype), acts.shape[0], "cosine_vectors")
+            cos = (acts * target).sum(dim=1) / (acts.norm(dim=1) * target.norm(dim=1) + self.eps)
         return dot * cos.clamp_min(self.floor) ** self.cossim_power
 
     def __repr__(self) -> str:
-        return f"Direction({tuple(self.vectors.shape)}, cossim_power={self.cossim_power}, floor={self.floor})"
+        towards = "" if self.cosine_vectors is None else ", cosine against other vectors"
+        return f"Direction({tuple(self.vectors.shape)}, cossim_power={self.cossim_power}, floor={self.floor}{towards})"
+
+
+def _as_matrix(values: ArrayLike, what: str) -> torch.Tensor:
+    matrix = _as_tensor(values, torch.float32)
+    if matrix.ndim == 1:
+        matrix = matrix[None]
+    if matrix.ndim != 2:
+        raise ValueError(f"{what} must be [B, C] (or [C] for all images), got shape {tuple(matrix.shape)}")
+    return matrix
 
 
 def _indices(indices: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -239,11 +271,12 @@ class Proximity(Objective):
     penalty is exactly zero where that parameterisation begins, and resized to the pixels' size when it differs.
     """
 
-    def __init__(self, starts: torch.Tensor, weight: float = 1.0, margin: float = ACCENTUATE_MARGIN) -> None:
+    def __init__(self, starts: torch.Tensor, weight: float | torch.Tensor = 1.0, margin: float = ACCENTUATE_MARGIN) -> None:
+        """``weight``: one number, or one per image ([B]; so each penalty can follow its own objective's scale)."""
         if starts.ndim != 4:
             raise ValueError(f"starts must be [B, C, H, W] images in [0, 1], got shape {tuple(starts.shape)}")
         self.starts = inside_unit(starts.detach().to(torch.float32), margin)
-        self.weight = float(weight)
+        self.weight: float | torch.Tensor = weight.detach().to(torch.float32) if isinstance(weight, torch.Tensor) else float(weight)
         self._fitted: torch.Tensor | None = None
 
     def _starts_like(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -259,10 +292,12 @@ class Proximity(Objective):
         starts = self._starts_like(pixels)
         if starts.shape[1] != pixels.shape[1]:
             raise ValueError(f"starts have {starts.shape[1]} channels but the images have {pixels.shape[1]}")
-        return -self.weight * (pixels - starts).square().mean(dim=(1, 2, 3))
+        weight = self.weight.to(device=pixels.device, dtype=pixels.dtype) if isinstance(self.weight, torch.Tensor) else self.weight
+        return -weight * (pixels - starts).square().mean(dim=(1, 2, 3))
 
     def __repr__(self) -> str:
-        return f"Proximity({tuple(self.starts.shape)}, weight={self.weight:g})"
+        weight = f"[{self.weight.numel()} weights]" if isinstance(self.weight, torch.Tensor) else f"{self.weight:g}"
+        return f"Proximity({tuple(self.starts.shape)}, weight={weight})"
 
 
 __all__ = [

@@ -40,11 +40,13 @@ from render_sides import LAYER, Truncated
 from atlas.config import ModelConfig, RenderConfig
 from atlas.devices import resolve_device
 from atlas.featurevis import Direction, fourier, render
+from atlas.featurevis.choice import first_candidates
 from atlas.models import load_model, resolve_layer
+from pipelines.run import STAGE_NAMES
 
 TARGET_BARE_FRACTION = 0.8  # fp32, batch >= 256
 ARTICLE = REPO / "configs" / "article.yaml"
-STAGES = ("collect", "layout", "grid", "render", "examples", "tiles")
+STAGES = STAGE_NAMES  # every stage reports its seconds
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ def _compare(
     model: Any, layer: torch.nn.Module, truncated: Truncated, device: torch.device, batch: int, precision: str, size: Size, icon_px: int
 ) -> dict[str, Any]:
     """One batch size and precision: the render loop against the bare loop, each timed on its own."""
-    prep, config = model.preprocessing, RenderConfig()
+    prep, render_config = model.preprocessing, RenderConfig()
+    config = first_candidates(render_config.whiten, render_config.cossim_power, render_config.learning_rate)  # no probe here
     x = torch.rand(batch, 3, icon_px, icon_px, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     with torch.no_grad():
         channels = int(truncated(x[:1]).shape[1])

@@ -356,6 +356,28 @@
     return levels.find(function (l) { return l.grid === grid; });
   }
 
+  // The whole render behind an icon cropped to what the centre position sees, and the icon under its
+  // attribution transparency (render.alpha), when the bundle has them.
+  function showViews(cell) {
+    var box = $("panel-views");
+    box.innerHTML = "";
+    function add(src, caption, mask) {
+      var figure = document.createElement("figure");
+      var img = document.createElement("img");
+      img.src = src;
+      img.alt = caption;
+      if (mask) img.style.maskImage = "url(\"" + mask + "\")";
+      var text = document.createElement("figcaption");
+      text.textContent = caption;
+      figure.appendChild(img);
+      figure.appendChild(text);
+      box.appendChild(figure);
+    }
+    if (cell.view) add(cell.view, "full view (the icon is the part the centre position sees)");
+    if (cell.alpha) add(cell.icon, "with attribution transparency", cell.alpha);
+    box.hidden = !box.childElementCount;
+  }
+
   function select_(grid, i, j) {
     var level = levelOf(grid);
     if (!level) return;
@@ -370,6 +392,7 @@
         " \u2014 cell " + i + ", " + j + " of grid " + grid;
       $("panel-stats").textContent = "average of " + cell.count + " activation" + (cell.count === 1 ? "" : "s") +
         (cell.fidelity ? "; " + fidelityText(cell, level) : "") + (cell.path_check ? "; " + pathText(cell, level) : "");
+      showViews(cell);
       var top = cell.top_classes || [];
       var best = top.length ? Math.max.apply(null, top.map(function (c) { return Math.abs(c.score); })) || 1 : 1;
       $("panel-classes").innerHTML = top.map(function (c) {

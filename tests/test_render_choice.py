@@ -1,0 +1,179 @@
+"""Render settings chosen by a probe: the search, the objective it picks from, and what a run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from atlas.bundle import patch_file
+from atlas.featurevis import Direction
+from atlas.featurevis.choice import RenderSettings, choose_settings, probe_cells
+from pipelines.cli import main
+
+
+def test_nothing_auto_means_no_probe() -> None:
+    def evaluate(settings: RenderSettings) -> tuple[float, float]:
+        raise AssertionError("probed although every setting was given")
+
+    settings, trials = choose_settings("full", 3.0, 0.02, evaluate)
+    assert settings == RenderSettings("full", 3.0, 0.02) and trials == []
+
+
+def test_search_keeps_the_best_of_each_setting_and_ties_keep_the_default() -> None:
+    table = {("dot", 4.0, 0.05): (0.9, 0.80), ("off", 4.0, 0.05): (0.9, 0.85), ("full", 4.0, 0.05): (1.0, 0.60),
+             ("off", 2.0, 0.05): (0.9, 0.85), ("off", 4.0, 0.1): (0.95, 0.86)}  # fmt: skip
+    seen: list[tuple[str, float, float]] = []
+
+    def evaluate(s: RenderSettings) -> tuple[float, float]:
+        seen.append((s.whiten, s.cossim_power, s.learning_rate))
+        return table[seen[-1]]
+
+    settings, trials = choose_settings("auto", "auto", "auto", evaluate)
+    # off beats dot and full (1.75 > 1.70 > 1.60); power 2 only ties 4, so 4 stays; lr 0.1 wins (1.81)
+    assert settings == RenderSettings("off", 4.0, 0.1)
+    assert seen == [("dot", 4.0, 0.05), ("off", 4.0, 0.05), ("full", 4.0, 0.05), ("off", 2.0, 0.05), ("off", 4.0, 0.1)]
+    assert [t.settings for t in trials] == [RenderSettings(*k) for k in seen]  # each tried once, in order
+
+
+def test_only_the_auto_settings_are_searched() -> None:
+    seen: list[RenderSettings] = []
+
+    def evaluate(s: RenderSettings) -> tuple[float, float]:
+        seen.append(s)
+        return (1.0, 0.5 + s.cossim_power / 100)
+
+    settings, _ = choose_settings("off", "auto", 0.2, evaluate)
+    assert settings == RenderSettings("off", 4.0, 0.2) and {s.whiten for s in seen} == {"off"} and len(seen) == 2
+
+
+def test_probe_cells_span_the_coarsest_and_the_finest_grid() -> None:
+    chosen = probe_cells([58, 171, 463], 8, seed=3)
+    assert [level for level, _ in chosen] == [0, 2]
+    for level, rows in chosen:
+        count = [58, 171, 463][level]
+        assert len(rows) == 8 and len(set(rows)) == 8 and min(rows) >= 0 and max(rows) < count
+        assert max(rows) - min(rows) > count // 2  # spread over the grid, not bunched
+    assert probe_cells([5], 8, seed=0) == [(0, [0, 1, 2, 3, 4])]
+    assert probe_cells([0, 0], 8, seed=0) == []
+    assert probe_cells([40, 90], 8, seed=1) == probe_cells([40, 90], 8, seed=1)
+
+
+def test_dot_mode_grows_along_the_whitened_vector_and_points_along_the_cells_own() -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(3, 6)).astype(np.float32)
+    matrix = np.diag(rng.uniform(0.2, 3.0, size=6)).astype(np.float32)
+    acts = torch.from_numpy(raw.copy())[:, :, None, None]  # activations that point exactly along the raw vectors
+    dot = Direction.whitened(raw, matrix, cosine="raw", cossim_power=4.0)
+    full = Direction.whitened(raw, matrix, cossim_power=4.0)
+    whitened = raw @ matrix.T
+    expected_dot = (raw * whitened).sum(axis=1)
+    # cosine with the raw vector is 1, so the score is the whitened dot product itself
+    assert torch.allclose(dot(acts, acts), torch.from_numpy(expected_dot), rtol=1e-5)
+    assert (full(acts, acts) < dot(acts, acts)).all()  # the whitened cosine of these activations is below 1
+    with pytest.raises(ValueError, match="cosine"):
+        Direction.whitened(raw, matrix, cosine="sideways")
+
+
+# --- in a run -----------------------------------------------------------------------------------------------------
+
+SMALL = [
+    "--scheduler", "sync",
+    "--set", "model.input_size=96",
+    "--set", "collect.positions_per_image=3",
+    "--set", "grid.sizes=[2,4]",
+    "--set", "grid.min_count=2",
+    "--set", "layout.n_neighbors=8",
+    "--set", "render.steps=16",
+    "--set", "render.icon_size=48",
+]  # fmt: skip
+PROBE = ["--set", "render.probe_cells=2"]  # one cell of each grid: this small atlas has too few cells for the default 16
+FIXED = ["--set", "render.whiten=off", "--set", "render.cossim_power=4", "--set", "render.learning_rate=0.05"]
+
+
+def _run(photo_folder: Path, out: Path, name: str, *extra: str) -> Path:
+    assert main(["run", "--images", str(photo_folder), "--out", str(out), "--name", name, *SMALL, *extra]) == 0
+    return out / name
+
+
+@pytest.fixture(scope="module")
+def runs(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("choice")
+
+
+def test_auto_settings_are_chosen_by_a_probe_recorded_and_kept_on_resume(
+    photo_folder: Path, runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _run(photo_folder, runs, "auto", *PROBE)
+    render_report = json.loads((root / "manifest.json").read_text())["render"]
+    trials = render_report["probe"]
+    assert render_report["chosen_by"] == "probe" and len(trials) == 5  # 3 whitening modes, 1 more power, 1 more rate
+    assert [t["whiten"] for t in trials[:3]] == ["dot", "off", "full"]
+    chosen = {k: render_report[k] for k in ("whiten", "cossim_power", "learning_rate")}
+    scores = {(t["whiten"], t["cossim_power"], t["learning_rate"]): t["top1"] + t["mean_cosine"] for t in trials}
+    assert scores[tuple(chosen.values())] == max(scores.values())  # the search kept the best it tried
+    saved = json.loads((root / "render" / "probe.json").read_text())
+    counts = [len(json.loads((root / "levels" / str(g) / "grid.json").read_text())) for g in (2, 4)]
+    assert sum(counts) >= 8  # enough cells to probe 2 (a probe takes at most a quarter of them)
+    assert saved["chosen"] == chosen and saved["cells"] == 2 and min(counts) >= 1
+    # A resumed render reuses the probe's choice instead of probing again.
+    (root / ".stages" / "render.json").unlink()
+    next((root / "levels" / "4" / "icons").glob(".batch-*.json")).unlink()
+    capsys.readouterr()
+    _run(photo_folder, runs, "auto", *PROBE)
+    err = capsys.readouterr()
+    assert "choosing render settings" not in err.out + err.err
+    assert json.loads((root / "manifest.json").read_text())["render"]["probe"] == trials
+
+
+def test_given_settings_skip_the_probe(photo_folder: Path, runs: Path) -> None:
+    root = _run(photo_folder, runs, "fixed", *FIXED)
+    report = json.loads((root / "manifest.json").read_text())["render"]
+    assert report["chosen_by"] == "config" and report["probe"] == [] and not (root / "render" / "probe.json").exists()
+    assert (report["whiten"], report["cossim_power"], report["learning_rate"]) == ("off", 4.0, 0.05)
+    field = report["receptive_field"]
+    assert field["image_size"] == 48 and not field["crops"]  # EfficientNet's blocks.4 sees nearly all of a 48 px icon
+    assert not (root / "levels" / "2" / "views").exists()
+
+
+def _icons(root: Path, grid: int, folder: str = "icons") -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p), np.float32) / 255 for p in sorted((root / "levels" / str(grid) / folder).glob("*.png"))}
+
+
+def test_maco_with_alpha_and_accentuate_render_in_a_run(photo_folder: Path, runs: Path) -> None:
+    fourier_icons = _icons(runs / "fixed", 2)
+    until = ["--until", "render", "--set", "grid.sizes=[2]"]
+    maco_root = _run(photo_folder, runs, "maco", *FIXED, *until, "--set", "render.param=maco", "--set", "render.alpha=true")
+    spectrum = np.load(maco_root / "render" / "spectrum.npy")
+    assert spectrum.shape == (3, 48, 25) and np.isfinite(spectrum).all() and (spectrum[:, 0, 1] > spectrum[:, 20, 20]).all()  # 1/f-like
+    icons, alphas = _icons(maco_root, 2), _icons(maco_root, 2, "alpha")
+    assert icons.keys() == alphas.keys() == fourier_icons.keys() and icons
+    for name, alpha in alphas.items():
+        assert alpha.shape == (48, 48) and alpha.max() == 1.0 and alpha.std() > 0.05  # a map, not a constant
+        assert np.abs(icons[name] - fourier_icons[name]).mean() > 0.02  # another parameterisation, other pixels
+    report = json.loads((maco_root / "manifest.json").read_text())["render"]
+    assert report["param"] == "maco" and report["alpha"] is True
+
+    accent_root = _run(photo_folder, runs, "accent", *FIXED, *until, "--set", "render.param=accentuate")
+    cells = json.loads((accent_root / "levels" / "2" / "grid.json").read_text())
+    starts = []
+    for cell in cells:
+        first = cell["examples"][0]
+        patch = Image.open(accent_root / patch_file(first["image_id"], first["y"], first["x"])).convert("RGB")
+        starts.append(np.asarray(patch.resize((48, 48), Image.Resampling.BICUBIC), np.float32) / 255)
+    accented = _icons(accent_root, 2)
+    for n, cell in enumerate(cells):
+        icon = accented[Path(cell["icon"]).name]
+        own = np.abs(icon - starts[n]).mean()
+        assert own < 0.1 and all(own < np.abs(icon - other).mean() for k, other in enumerate(starts) if k != n)
+
+
+def test_an_atlas_too_small_to_probe_takes_the_usual_defaults(photo_folder: Path, runs: Path) -> None:
+    root = _run(photo_folder, runs, "tiny", "--until", "render", "--set", "grid.sizes=[2]")
+    report = json.loads((root / "manifest.json").read_text())["render"]
+    assert report["chosen_by"] == "default" and report["probe"] == []
+    assert (report["whiten"], report["cossim_power"], report["learning_rate"]) == ("dot", 4.0, 0.05)
