@@ -53,7 +53,15 @@ def test_folder_run_skips_broken_files_and_writes_the_contract(photo_folder: Pat
     skipped = {Path(s["name"]).name for s in manifest["skipped"]["files"]}
     assert {"broken_truncated.jpg", "broken_text.jpg", "empty.png", "notes.txt"} <= skipped
     assert manifest["skipped"]["count"] == 4
-    assert set(manifest["stages"]) == {"collect", "layout", "grid", "render", "examples", "path", "tiles"}  # examples: its own stage since issue 9
+    assert set(manifest["stages"]) == {
+        "collect",
+        "layout",
+        "grid",
+        "render",
+        "examples",
+        "path",
+        "tiles",
+    }  # examples: its own stage since issue 9
     assert manifest["config"]["images"]["source"] == str(photo_folder)
 
     coords = np.load(run_dir / "layout" / "coords.npy")
