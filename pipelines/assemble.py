@@ -52,7 +52,7 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
 def rendered_extras(records: dict[str, StageRecord]) -> tuple[bool, bool]:
     """Whether render kept full views (icons cropped to the receptive field) and transparency maps."""
     report = records["render"].report.get("render", {}) if "render" in records else {}
-    return bool((report.get("receptive_field") or {}).get("crops")), bool(report.get("alpha"))
+    return bool((report.get("frame") or {}).get("views")), bool(report.get("alpha"))
 
 
 def joined_cells(

@@ -97,24 +97,27 @@ def render_cells(
     config: RenderConfig,
     settings: RenderSettings,
     inputs: ParamInputs = ParamInputs(),
+    canvas: int | None = None,
 ) -> RenderResult:
-    """Render the cells: ``images`` is the whole render of each (before any crop to the receptive field)."""
+    """Render the cells on a ``canvas`` px square (default the icon size): ``images`` is the whole render of each, as
+    the model is fed it (before any crop to the receptive field or scaling to the icon size)."""
     prep = model.preprocessing
+    size = canvas or config.icon_size
     objective: Objective = objective_for(targets, whitening, settings)
     if config.param == "maco":
         if inputs.spectrum is None:
             raise ValueError("render.param maco needs the run's spectrum")
-        param = maco(prep.channels, config.icon_size, torch.from_numpy(inputs.spectrum))
+        param = maco(prep.channels, size, torch.from_numpy(inputs.spectrum))
     elif config.param == "accentuate":
         if inputs.starts is None:
             raise ValueError("render.param accentuate needs each cell's start image")
         starts = torch.from_numpy(inputs.starts)
-        param = accentuate(prep.channels, config.icon_size, starts)
+        param = accentuate(prep.channels, size, starts)
         # The penalty follows each icon's own objective at its start, so one setting suits any layer's scale.
         at_start = score_images(model.module, layer, objective, starts, mean=prep.mean, std=prep.std)
         objective = objective + Proximity(starts, weight=config.proximity * at_start.abs().clamp_min(1e-6).cpu())
     else:
-        param = fourier(prep.channels, config.icon_size)
+        param = fourier(prep.channels, size)
     return render(
         model.module, layer, objective, param,
         seeds=seeds, mean=prep.mean, std=prep.std,
@@ -140,11 +143,35 @@ def start_images(bundle: Bundle, cells: list[dict[str, Any]], channels: int, siz
     return starts
 
 
-def crop_to_field(images: torch.Tensor, field: ReceptiveField, size: int) -> torch.Tensor:
-    """The receptive field's square of each image, scaled back up to ``size`` px: what the centre position sees."""
-    top, left, side = field.top, field.left, field.size
-    square = images[:, :, top : top + side, left : left + side]
-    return F.interpolate(square, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
+@dataclass(frozen=True)
+class IconFrame:
+    """Where an icon comes from: a ``canvas`` px render (never larger than the model's input), shown at ``icon`` px,
+    as the receptive field's square of it when ``field`` crops. When what is shown is not what the model was fed,
+    the render is kept as the icon's full view, which fidelity and the path check score."""
+
+    canvas: int
+    icon: int
+    field: ReceptiveField | None = None
+
+    @property
+    def crops(self) -> bool:
+        return self.field is not None and self.field.crops
+
+    @property
+    def keeps_views(self) -> bool:
+        return self.crops or self.canvas != self.icon
+
+    def shown(self, images: torch.Tensor) -> torch.Tensor:
+        """The icons as saved: the field's square (when it crops), scaled to the icon size."""
+        if self.field is not None and self.crops:
+            top, left, side = self.field.top, self.field.left, self.field.size
+            images = images[:, :, top : top + side, left : left + side]
+        if images.shape[-1] == self.icon and images.shape[-2] == self.icon:
+            return images
+        return F.interpolate(images, size=(self.icon, self.icon), mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"canvas": self.canvas, "icon": self.icon, "views": self.keeps_views}
 
 
 def render_batch_task(
@@ -155,7 +182,7 @@ def render_batch_task(
     model_config: ModelConfig,
     config: RenderConfig,
     settings: RenderSettings,
-    field: ReceptiveField | None,
+    frame: IconFrame,
     spectrum: np.ndarray | None,
     key: str,
     threads: int,
@@ -163,18 +190,20 @@ def render_batch_task(
 ) -> int:
     """Runs on a worker: render one batch of cells on ``device`` and save their icons, then the batch marker.
 
-    With a receptive field that crops, the whole render is kept as the icon's full view and the icon shows the field.
+    When the icon is not what the model was fed (a crop to the receptive field, or another size), the render is kept
+    as the icon's full view.
     """
     use_threads(threads)
     model, layer = model_and_layer(model_config, device)
     starts = None
     if config.param == "accentuate":
         cells = bundle.grid_cells(batch.grid)
-        starts = start_images(bundle, [cells[row] for row in batch.rows], model.preprocessing.channels, config.icon_size)
+        starts = start_images(bundle, [cells[row] for row in batch.rows], model.preprocessing.channels, frame.canvas)
     inputs = ParamInputs(spectrum, starts)
-    result = render_cells(model, layer, directions[list(batch.rows)], whitening, list(batch.seeds), config, settings, inputs)
+    targets = directions[list(batch.rows)]
+    result = render_cells(model, layer, targets, whitening, list(batch.seeds), config, settings, inputs, frame.canvas)
     images = result.images.cpu()
-    icons = crop_to_field(images, field, config.icon_size) if field is not None and field.crops else None
+    icons = frame.shown(images) if frame.keeps_views else None
     for n, name in enumerate(batch.icons):
         if icons is not None:
             bundle.write_icon(full_view_file(name), images[n].numpy())
@@ -206,9 +235,9 @@ def render_icons(call: StageCall) -> Report:
     run, key = call.run, call.key
     config, bundle, sizes = run.config.render, run.bundle, run.config.grid.sizes
     batches = plan_batches(bundle, sizes, config.batch_size_on(run.device.type), run.config.seed)
-    spectrum = run_spectrum(run) if config.param == "maco" else None
-    settings, trials = chosen_settings(run, key, spectrum)
-    field = icon_field(run) if config.crop_to_field else None
+    frame = icon_frame(run)
+    spectrum = run_spectrum(run, frame.canvas) if config.param == "maco" else None
+    settings, trials = chosen_settings(run, key, frame.canvas, spectrum)
     todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
     swept = sum(sweep_temporaries(folder) for folder in {bundle.path(b.marker).parent for b in todo})
     run.log(
@@ -222,7 +251,7 @@ def render_icons(call: StageCall) -> Report:
         direction_refs = {size: ex.scatter(bundle.directions(size)) for size in {b.grid for b in todo}}
         futures = [
             ex.submit(
-                render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, settings, field,
+                render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, settings, frame,
                 spectrum_ref, key, ex.threads_per_task, str(run.device),
             )
             for b in todo
@@ -232,9 +261,8 @@ def render_icons(call: StageCall) -> Report:
             for future in ex.as_completed(futures):
                 bar.update(future.result())
     levels = []
-    views = field is not None and field.crops
     for size in sizes:
-        fidelity = measure_fidelity(bundle, size, run.model, run.layer, config.icon_size, views)
+        fidelity = measure_fidelity(bundle, size, run.model, run.layer, frame.canvas, frame.keeps_views)
         summary = None
         if len(fidelity.rank):
             summary = {"mean_cosine": round(fidelity.mean_cosine, 4), "top1": round(fidelity.top1, 4)}
@@ -248,7 +276,7 @@ def render_icons(call: StageCall) -> Report:
     report: dict[str, Any] = {
         "steps": config.steps, "icon_size": config.icon_size, "tries": config.tries, "param": config.param, **asdict(settings),
         "chosen_by": "probe" if trials else ("default" if config.probes() else "config"), "probe": [t.to_json() for t in trials],
-        "receptive_field": None if field is None else field.to_json(), "alpha": config.alpha,
+        "receptive_field": None if frame.field is None else frame.field.to_json(), "frame": frame.to_json(), "alpha": config.alpha,
     }  # fmt: skip
     return {"render": report, "levels": levels}
 
@@ -259,10 +287,10 @@ PROBE_MIN_RATIO = 4  # a probe of more than a quarter of the atlas's cells would
 SPECTRUM_IMAGES = 256  # of the run's own images, for maco's magnitude spectrum
 
 
-def run_spectrum(run: RunInputs) -> np.ndarray:
+def run_spectrum(run: RunInputs, canvas: int) -> np.ndarray:
     """maco's fixed magnitude: the mean Fourier magnitude of up to 256 of the run's images, as the model sees them
-    (its input frame, in [0, 1]), at the icon size; estimated once and kept in the bundle."""
-    size, channels = run.config.render.icon_size, run.model.preprocessing.channels
+    (its input frame, in [0, 1]), at the canvas size; estimated once and kept in the bundle."""
+    size, channels = canvas, run.model.preprocessing.channels
     saved = run.bundle.render_spectrum()
     if saved is not None and saved.shape == (channels, size, size // 2 + 1):
         return saved
@@ -284,7 +312,7 @@ def run_spectrum(run: RunInputs) -> np.ndarray:
     return spectrum
 
 
-def chosen_settings(run: RunInputs, key: str, spectrum: np.ndarray | None = None) -> tuple[RenderSettings, list[Trial]]:
+def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray | None = None) -> tuple[RenderSettings, list[Trial]]:
     """The settings every icon of this run is rendered with: the config's, or for ``auto`` the probe's choice.
 
     The probe renders a fixed sample of cells with the real seeds on this process and scores them like fidelity
@@ -314,14 +342,9 @@ def chosen_settings(run: RunInputs, key: str, spectrum: np.ndarray | None = None
         for level, rows in sample:
             size = sizes[level]
             seeds = [derive_seed(run.config.seed, size, cells[size][r]["i"], cells[size][r]["j"]) for r in rows]
-            starts = (
-                start_images(bundle, [cells[size][r] for r in rows], prep.channels, config.icon_size)
-                if config.param == "accentuate"
-                else None
-            )
-            result = render_cells(
-                run.model, run.layer, directions[size][rows], whitening, seeds, config, settings, ParamInputs(spectrum, starts)
-            )
+            starts = start_images(bundle, [cells[size][r] for r in rows], prep.channels, canvas) if config.param == "accentuate" else None
+            inputs = ParamInputs(spectrum, starts)
+            result = render_cells(run.model, run.layer, directions[size][rows], whitening, seeds, config, settings, inputs, canvas)
             images = torch.round(result.images.float().cpu() * 255.0) / 255.0  # as the saved PNGs hold them
             activations = centre_activations(run.model.module, run.layer, images, prep.mean, prep.std)
             fidelity = direction_fidelity(activations, directions[size], own=np.asarray(rows))
@@ -341,15 +364,20 @@ def chosen_settings(run: RunInputs, key: str, spectrum: np.ndarray | None = None
     return settings, trials
 
 
-def icon_field(run: RunInputs) -> ReceptiveField:
-    """The centre position's receptive field on an icon, measured once per run from the model."""
-    prep = run.model.preprocessing
-    field = measure_receptive_field(
-        run.model.module, run.layer, prep.channels, run.config.render.icon_size, prep.mean, prep.std, seed=run.config.seed
-    )
-    what = f"crops icons to it ({field.size} px square; the whole render in views/)" if field.crops else "covers the icon: no crop"
+def icon_frame(run: RunInputs) -> IconFrame:
+    """Where this run's icons come from: rendered at the icon size but never larger than the model's input (a 28 px
+    model's icons are rendered at 28 px and scaled up), and the centre position's receptive field on that canvas,
+    measured once from the model, when ``render.crop_to_field``."""
+    prep, config = run.model.preprocessing, run.config.render
+    canvas = min(config.icon_size, prep.input_size)
+    if canvas != config.icon_size:
+        run.log(f"[render] icons are rendered at the model's input size, {canvas} px, and shown at {config.icon_size} px")
+    if not config.crop_to_field:
+        return IconFrame(canvas, config.icon_size)
+    field = measure_receptive_field(run.model.module, run.layer, prep.channels, canvas, prep.mean, prep.std, seed=run.config.seed)
+    what = f"icons show that {field.size} px square (the whole render in views/)" if field.crops else "it covers the icon: no crop"
     run.log(f"[render] the centre position sees {field.size} of {field.image_size} px ({field.fraction:.0%}); {what}")
-    return field
+    return IconFrame(canvas, config.icon_size, field)
 
 
 FIDELITY_BATCH = 256  # icons read and fed back at a time

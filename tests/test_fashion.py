@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,72 @@ def test_factory_model_on_fashion_mnist(fashion_weights: tuple[Path, Path], tmp_
     assert (attribution.argmax(axis=1) == label).mean() > 0.3
     cells = json.loads((run_dir / "levels" / "8" / "cells.json").read_text())
     assert {c["top_classes"][0]["label"] for c in cells} <= set(manifest["labels"])
+
+
+STRIDED_NET = '''
+import torch
+from torch import nn
+
+
+def make() -> nn.Module:
+    """Not the comparison's VGG plan: a 5x5 stem, strided 3x3s, GELU, no pooling, 48 channels at the atlas layer."""
+    return nn.Sequential(
+        nn.Conv2d(1, 24, 5, padding=2), nn.GELU(),
+        nn.Conv2d(24, 48, 3, stride=2, padding=1), nn.GELU(),
+        nn.Conv2d(48, 48, 3, padding=1), nn.GELU(),
+        nn.Conv2d(48, 96, 3, stride=2, padding=1), nn.GELU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 10),
+    )
+'''
+
+
+@pytest.fixture(scope="module")
+def strided_net(fashion_weights: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], Path]]:
+    """Another architecture, trained briefly on the same real images, as a user's package.module:factory."""
+    import importlib
+    import sys
+
+    _, root = fashion_weights
+    folder = tmp_path_factory.mktemp("strided")
+    (folder / "strided_net.py").write_text(STRIDED_NET)
+    sys.path.insert(0, str(folder))
+    dataset = open_source(ImagesConfig(source="torchvision:FashionMNIST", root=root)).dataset()  # type: ignore[attr-defined]
+    images = dataset.data[:6144].float().div(255).sub(0.5).div(0.5).unsqueeze(1)
+    targets = dataset.targets[:6144]
+    torch.manual_seed(0)
+    model = importlib.import_module("strided_net").make()
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for start in range(0, len(images), 64):
+        loss = torch.nn.functional.cross_entropy(model(images[start : start + 64]), targets[start : start + 64])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    weights = folder / "strided.pt"
+    torch.save(model.state_dict(), weights)
+    yield ["--model", "strided_net:make", "--layer", "5", "--set", f"model.weights={weights}", "--set", f"images.root={root}"], root
+    sys.path.remove(str(folder))
+
+
+def test_default_render_settings_are_faithful_on_another_architecture(strided_net: tuple[list[str], Path], tmp_path: Path) -> None:
+    """Default render settings (probe, the model's own input size, receptive-field crop) on a model nobody tuned them
+    for. Issue 14 asks for top-1 >= 0.9 at the coarsest grid and >= 0.7 at the finer one with mean cosine >= 0.8.
+    The cosine bar holds (0.95 / 0.96 here); top-1 does not yet (0.52 / 0.43: neighbouring cells of this 48-channel
+    layer point within a few degrees of each other, so the icon points the right way but not uniquely). This test
+    holds the cosine bar and a top-1 far above chance (1/25, 1/58), so a regression on either shows."""
+    args, _ = strided_net
+    code = main([
+        "run", *args, "--images", "torchvision:FashionMNIST?split=test", "--out", str(tmp_path), "--name", "strided",
+        "--scheduler", "sync", "--set", "collect.n_images=1500", "--set", "collect.shard_size=500",
+        "--set", "collect.positions_per_image=2", "--set", "grid.sizes=[8,16]",
+    ])  # fmt: skip
+    assert code == 0
+    manifest = json.loads((tmp_path / "strided" / "manifest.json").read_text())
+    render = manifest["render"]
+    assert render["chosen_by"] == "probe" and render["steps"] == 128 and render["icon_size"] == 80
+    field = render["receptive_field"]
+    # rendered at the model's own 28 px; the field of a 5x5 and three 3x3s, one strided before the layer: 11 px
+    assert render["frame"] == {"canvas": 28, "icon": 80, "views": True} and field["crops"] and field["size"] == 11
+    coarse, fine = (level["fidelity"] for level in manifest["levels"])
+    assert coarse["mean_cosine"] >= 0.8 and fine["mean_cosine"] >= 0.8, render
+    assert coarse["top1"] >= 10 / 25 and fine["top1"] >= 15 / 58, render
+    assert (tmp_path / "strided" / "levels" / "16" / "views").is_dir()
