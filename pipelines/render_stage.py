@@ -214,6 +214,26 @@ def render_batch_task(
     return len(batch.icons)
 
 
+def probe_task(
+    targets: np.ndarray,
+    whitening: np.ndarray,
+    seeds: list[int],
+    starts: np.ndarray | None,
+    spectrum: np.ndarray | None,
+    model_config: ModelConfig,
+    config: RenderConfig,
+    settings: RenderSettings,
+    canvas: int,
+    threads: int,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Runs on a worker: render probe cells under one candidate; the renders as the saved 8-bit PNGs would hold them."""
+    use_threads(threads)
+    model, layer = model_and_layer(model_config, device)
+    result = render_cells(model, layer, targets, whitening, seeds, config, settings, ParamInputs(spectrum, starts), canvas)
+    return (torch.round(result.images.float().cpu() * 255.0) / 255.0).numpy()
+
+
 def plan_batches(bundle: Bundle, sizes: tuple[int, ...], batch_size: int, seed: int) -> list[IconBatch]:
     batches = []
     for size in sizes:
@@ -315,8 +335,8 @@ def run_spectrum(run: RunInputs, canvas: int) -> np.ndarray:
 def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray | None = None) -> tuple[RenderSettings, list[Trial]]:
     """The settings every icon of this run is rendered with: the config's, or for ``auto`` the probe's choice.
 
-    The probe renders a fixed sample of cells with the real seeds on this process and scores them like fidelity
-    does; its choice is kept under the stage key, so a resumed run renders its remaining batches the same way.
+    The probe renders a fixed sample of cells with the real seeds on the workers and scores them like fidelity does;
+    its choice is kept under the stage key, so a resumed run renders its remaining batches the same way.
     """
     config, bundle = run.config.render, run.bundle
     if not config.probes():
@@ -334,25 +354,42 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
     directions = {size: bundle.directions(size) for size in sizes}
     per_grid = max(1, config.probe_cells // (1 if len(sizes) == 1 else 2))
     sample = probe_cells([len(cells[size]) for size in sizes], per_grid, run.config.seed)
-    whitening = bundle.whitening()
     prep = run.model.preprocessing
+    ex = run.executor()
+    whitening_ref = ex.scatter(bundle.whitening())
+    spectrum_ref = ex.scatter(spectrum)
+    work = []  # per sampled grid: its rows, their directions, seeds and (accentuate) start images
+    for level, rows in sample:
+        size = sizes[level]
+        seeds = [derive_seed(run.config.seed, size, cells[size][r]["i"], cells[size][r]["j"]) for r in rows]
+        starts = start_images(bundle, [cells[size][r] for r in rows], prep.channels, canvas) if config.param == "accentuate" else None
+        work.append((size, rows, ex.scatter(directions[size][rows]), seeds, starts))
 
-    def evaluate(settings: RenderSettings) -> tuple[float, float]:
-        cosines, ranks = [], []
-        for level, rows in sample:
-            size = sizes[level]
-            seeds = [derive_seed(run.config.seed, size, cells[size][r]["i"], cells[size][r]["j"]) for r in rows]
-            starts = start_images(bundle, [cells[size][r] for r in rows], prep.channels, canvas) if config.param == "accentuate" else None
-            inputs = ParamInputs(spectrum, starts)
-            result = render_cells(run.model, run.layer, directions[size][rows], whitening, seeds, config, settings, inputs, canvas)
-            images = torch.round(result.images.float().cpu() * 255.0) / 255.0  # as the saved PNGs hold them
-            activations = centre_activations(run.model.module, run.layer, images, prep.mean, prep.std)
-            fidelity = direction_fidelity(activations, directions[size], own=np.asarray(rows))
-            cosines.append(fidelity.cosine)
-            ranks.append(fidelity.rank)
-        rank, cosine = np.concatenate(ranks), np.concatenate(cosines)
-        run.log(f"[render] probe {settings}: top-1 {np.mean(rank == 0):.2f}, mean cosine {cosine.mean():.2f}")
-        return float(np.mean(rank == 0)), float(cosine.mean())
+    def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+        """Every candidate's probe cells render side by side as worker tasks (with the workers' own model); the
+        driver feeds the results back and ranks them against all of their grid's directions."""
+        futures = [
+            [
+                ex.submit(
+                    probe_task, targets, whitening_ref, seeds, starts, spectrum_ref, run.config.model, config, settings, canvas,
+                    ex.threads_per_task, str(run.device),
+                )
+                for _, _, targets, seeds, starts in work
+            ]
+            for settings in candidates
+        ]  # fmt: skip
+        scores = []
+        for settings, parts in zip(candidates, futures, strict=True):
+            cosines, ranks = [], []
+            for (size, rows, _, _, _), future in zip(work, parts, strict=True):
+                activations = centre_activations(run.model.module, run.layer, torch.from_numpy(future.result()), prep.mean, prep.std)
+                fidelity = direction_fidelity(activations, directions[size], own=np.asarray(rows))
+                cosines.append(fidelity.cosine)
+                ranks.append(fidelity.rank)
+            rank, cosine = np.concatenate(ranks), np.concatenate(cosines)
+            run.log(f"[render] probe {settings}: top-1 {np.mean(rank == 0):.2f}, mean cosine {cosine.mean():.2f}")
+            scores.append((float(np.mean(rank == 0)), float(cosine.mean())))
+        return scores
 
     count = sum(len(rows) for _, rows in sample)
     run.log(

@@ -17,7 +17,7 @@ from pipelines.cli import main
 
 
 def test_nothing_auto_means_no_probe() -> None:
-    def evaluate(settings: RenderSettings) -> tuple[float, float]:
+    def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
         raise AssertionError("probed although every setting was given")
 
     settings, trials = choose_settings("full", 3.0, 0.02, evaluate)
@@ -28,24 +28,27 @@ def test_search_keeps_the_best_of_each_setting_and_ties_keep_the_default() -> No
     table = {("dot", 4.0, 0.05): (0.9, 0.80), ("off", 4.0, 0.05): (0.9, 0.85), ("full", 4.0, 0.05): (1.0, 0.60),
              ("off", 2.0, 0.05): (0.9, 0.85), ("off", 4.0, 0.1): (0.95, 0.86)}  # fmt: skip
     seen: list[tuple[str, float, float]] = []
+    batches: list[int] = []
 
-    def evaluate(s: RenderSettings) -> tuple[float, float]:
-        seen.append((s.whiten, s.cossim_power, s.learning_rate))
-        return table[seen[-1]]
+    def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+        batches.append(len(candidates))
+        seen.extend((s.whiten, s.cossim_power, s.learning_rate) for s in candidates)
+        return [table[seen[k]] for k in range(len(seen) - len(candidates), len(seen))]
 
     settings, trials = choose_settings("auto", "auto", "auto", evaluate)
     # off beats dot and full (1.75 > 1.70 > 1.60); power 2 only ties 4, so 4 stays; lr 0.1 wins (1.81)
     assert settings == RenderSettings("off", 4.0, 0.1)
     assert seen == [("dot", 4.0, 0.05), ("off", 4.0, 0.05), ("full", 4.0, 0.05), ("off", 2.0, 0.05), ("off", 4.0, 0.1)]
     assert [t.settings for t in trials] == [RenderSettings(*k) for k in seen]  # each tried once, in order
+    assert batches == [3, 1, 1]  # each step's new candidates scored together (the best so far is not re-run)
 
 
 def test_only_the_auto_settings_are_searched() -> None:
     seen: list[RenderSettings] = []
 
-    def evaluate(s: RenderSettings) -> tuple[float, float]:
-        seen.append(s)
-        return (1.0, 0.5 + s.cossim_power / 100)
+    def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+        seen.extend(candidates)
+        return [(1.0, 0.5 + s.cossim_power / 100) for s in candidates]
 
     settings, _ = choose_settings("off", "auto", 0.2, evaluate)
     assert settings == RenderSettings("off", 4.0, 0.2) and {s.whiten for s in seen} == {"off"} and len(seen) == 2

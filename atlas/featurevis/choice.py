@@ -65,9 +65,10 @@ def choose_settings(
     whiten: str,
     cossim_power: float | str,
     learning_rate: float | str,
-    evaluate: Callable[[RenderSettings], tuple[float, float]],
+    evaluate: Callable[[list[RenderSettings]], list[tuple[float, float]]],
 ) -> tuple[RenderSettings, list[Trial]]:
-    """One setting at a time, keep the candidate whose probe ``evaluate`` (-> top-1, mean cosine) scores highest.
+    """One setting at a time, keep the candidate whose probe scores highest; ``evaluate`` scores a list of candidates
+    at once (-> top-1, mean cosine each), so the candidates of one step can render side by side.
 
     Nothing ``auto``: the config's settings, with no probe at all.
     """
@@ -77,19 +78,15 @@ def choose_settings(
         return best, []
     trials: list[Trial] = []
     tried: dict[RenderSettings, Trial] = {}
-
-    def trial(settings: RenderSettings) -> Trial:
-        if settings not in tried:
-            top1, cosine = evaluate(settings)
-            tried[settings] = Trial(settings, top1, cosine)
-            trials.append(tried[settings])
-        return tried[settings]
-
     for name, values in steps:
         if len(values) == 1:
             continue
-        scored = [trial(replace(best, **{name: value})) for value in values]
-        best = max(scored, key=lambda t: t.score).settings  # max keeps the first of equal scores
+        candidates = [replace(best, **{name: value}) for value in values]
+        new = [c for c in candidates if c not in tried]
+        for settings, (top1, cosine) in zip(new, evaluate(new) if new else [], strict=True):
+            tried[settings] = Trial(settings, top1, cosine)
+            trials.append(tried[settings])
+        best = max((tried[c] for c in candidates), key=lambda t: t.score).settings  # max keeps the first of equal scores
     return best, trials
 
 
