@@ -95,7 +95,10 @@ class DaskExecutor:
         return self.client.submit(fn, *args, pure=False)
 
     def scatter(self, value: Any) -> Any:
-        return self.client.scatter(value, broadcast=True)
+        """hash=False: equal values scattered twice (render's probe and its batches both send the whitening) get keys
+        of their own; with content-hashed keys, the first reference to go out of scope would delete the data under
+        the second ("lost dependencies")."""
+        return self.client.scatter(value, broadcast=True, hash=False)
 
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
         from distributed import as_completed
