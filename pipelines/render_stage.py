@@ -463,6 +463,8 @@ def render_settings(run: RunInputs) -> list[Any]:
             del section[name]
     if config.param != "accentuate":
         del section["proximity"]
+    if not config.probes():
+        del section["probe_cells"]  # without an 'auto' setting there is no probe
     section["whiten"] = {"full": True, "off": False}.get(config.whiten, config.whiten)  # the key's old true/false
     return [section, run.config.seed, *key_part(run.device)]
 
