@@ -148,6 +148,8 @@ def _icons(root: Path, grid: int, folder: str = "icons") -> dict[str, np.ndarray
 
 
 def test_maco_with_alpha_and_accentuate_render_in_a_run(photo_folder: Path, runs: Path) -> None:
+    if not (runs / "fixed" / "manifest.json").exists():  # run alone: make the fourier bundle it compares with
+        _run(photo_folder, runs, "fixed", *FIXED)
     fourier_icons = _icons(runs / "fixed", 2)
     until = ["--until", "render", "--set", "grid.sizes=[2]"]
     maco_root = _run(photo_folder, runs, "maco", *FIXED, *until, "--set", "render.param=maco", "--set", "render.alpha=true")
