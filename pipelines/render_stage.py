@@ -3,9 +3,10 @@
 A batch is done when its marker (holding the stage key) exists, written after
 its PNGs, so a re-run renders only the batches a kill interrupted. Before the
 batches, settings left to ``auto`` are chosen by a probe render of a few cells
-(atlas.featurevis.choice), and the centre position's receptive field is measured
-(atlas.featurevis.receptive): when it is clearly smaller than the icon, the icon
-shows that square and the whole render is kept as its full view.
+on the workers (atlas.featurevis.choice), icons are rendered no larger than the
+model's input, and the centre position's receptive field is measured
+(atlas.featurevis.receptive): when the icon is not exactly what the model was
+fed (a crop to that field, or another size), the render is kept as its full view.
 """
 
 from __future__ import annotations
