@@ -57,6 +57,7 @@ class IconBatch:
     icons: tuple[str, ...]  # bundle paths
     seeds: tuple[int, ...]
     rows: tuple[int, ...]  # positions in directions.npy
+    starts: tuple[str | None, ...] = ()  # each cell's best example patch (accentuate's start), None without one
 
     @property
     def marker(self) -> str:
@@ -126,15 +127,21 @@ def render_cells(
     )  # fmt: skip
 
 
-def start_images(bundle: Bundle, cells: list[dict[str, Any]], channels: int, size: int) -> np.ndarray:
-    """[N, C, size, size] in [0, 1]: each cell's best example patch (its first), grey where it has none readable."""
+def first_patch(cell: dict[str, Any]) -> str | None:
+    """The patch of a cell's best example (its first), where accentuate starts; None for a cell without examples."""
+    if not cell["examples"]:
+        return None
+    first = cell["examples"][0]
+    return patch_file(first["image_id"], first["y"], first["x"])
+
+
+def start_images(bundle: Bundle, patches: tuple[str | None, ...] | list[str | None], channels: int, size: int) -> np.ndarray:
+    """[N, C, size, size] in [0, 1]: the given patches, grey where there is none or it cannot be read."""
     mode = "L" if channels == 1 else "RGB"
-    starts = np.full((len(cells), channels, size, size), 0.5, np.float32)
-    for n, cell in enumerate(cells):
-        if not cell["examples"]:
+    starts = np.full((len(patches), channels, size, size), 0.5, np.float32)
+    for n, name in enumerate(patches):
+        if name is None:
             continue
-        first = cell["examples"][0]
-        name = patch_file(first["image_id"], first["y"], first["x"])
         try:
             patch = bundle.image(name).convert(mode).resize((size, size), Image.Resampling.BICUBIC)
         except (OSError, ValueError):
@@ -197,9 +204,8 @@ def render_batch_task(
     use_threads(threads)
     model, layer = model_and_layer(model_config, device)
     starts = None
-    if config.param == "accentuate":
-        cells = bundle.grid_cells(batch.grid)
-        starts = start_images(bundle, [cells[row] for row in batch.rows], model.preprocessing.channels, frame.canvas)
+    if config.param == "accentuate":  # the patches named when the batch was planned: no grid.json read per task
+        starts = start_images(bundle, batch.starts, model.preprocessing.channels, frame.canvas)
     inputs = ParamInputs(spectrum, starts)
     targets = directions[list(batch.rows)]
     result = render_cells(model, layer, targets, whitening, list(batch.seeds), config, settings, inputs, frame.canvas)
@@ -247,6 +253,7 @@ def plan_batches(bundle: Bundle, sizes: tuple[int, ...], batch_size: int, seed: 
                     tuple(c["icon"] for c in chunk),
                     tuple(derive_seed(seed, size, c["i"], c["j"]) for c in chunk),
                     tuple(range(start, start + len(chunk))),
+                    tuple(first_patch(c) for c in chunk),
                 )
             )  # fmt: skip
     return batches
@@ -363,7 +370,11 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
     for level, rows in sample:
         size = sizes[level]
         seeds = [derive_seed(run.config.seed, size, cells[size][r]["i"], cells[size][r]["j"]) for r in rows]
-        starts = start_images(bundle, [cells[size][r] for r in rows], prep.channels, canvas) if config.param == "accentuate" else None
+        starts = (
+            start_images(bundle, [first_patch(cells[size][r]) for r in rows], prep.channels, canvas)
+            if config.param == "accentuate"
+            else None
+        )
         work.append((size, rows, ex.scatter(directions[size][rows]), seeds, starts))
 
     def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:

@@ -16,6 +16,17 @@ from atlas.models.zoo import fashion_cnn
 from pipelines.cli import main
 
 
+def _train_one_epoch(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.nn.Module:
+    """One pass of Adam in batches of 64: brief, but a real classifier's features."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for start in range(0, len(images), 64):
+        loss = torch.nn.functional.cross_entropy(model(images[start : start + 64]), targets[start : start + 64])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model
+
+
 @pytest.fixture(scope="module")
 def fashion_weights(fashion_available: bool, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Briefly train the zoo CNN on real Fashion-MNIST images and save its state dict."""
@@ -26,13 +37,7 @@ def fashion_weights(fashion_available: bool, tmp_path_factory: pytest.TempPathFa
     images = dataset.data[:4096].float().div(255).sub(0.5).div(0.5).unsqueeze(1)
     targets = dataset.targets[:4096]
     torch.manual_seed(0)
-    model = fashion_cnn()
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for start in range(0, len(images), 64):
-        loss = torch.nn.functional.cross_entropy(model(images[start : start + 64]), targets[start : start + 64])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    model = _train_one_epoch(fashion_cnn(), images, targets)
     weights = root / "fashion_cnn.pt"
     torch.save(model.state_dict(), weights)
     return weights, root
@@ -97,13 +102,7 @@ def strided_net(fashion_weights: tuple[Path, Path], tmp_path_factory: pytest.Tem
     images = dataset.data[:6144].float().div(255).sub(0.5).div(0.5).unsqueeze(1)
     targets = dataset.targets[:6144]
     torch.manual_seed(0)
-    model = importlib.import_module("strided_net").make()
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for start in range(0, len(images), 64):
-        loss = torch.nn.functional.cross_entropy(model(images[start : start + 64]), targets[start : start + 64])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    model = _train_one_epoch(importlib.import_module("strided_net").make(), images, targets)
     weights = folder / "strided.pt"
     torch.save(model.state_dict(), weights)
     yield ["--model", "strided_net:make", "--layer", "5", "--set", f"model.weights={weights}", "--set", f"images.root={root}"], root

@@ -129,13 +129,13 @@ def save(out: Path, name: str, images: torch.Tensor | np.ndarray) -> None:
 
 def side_ours(args: dict[str, Any]) -> dict[str, Any]:
     from atlas.config import RenderConfig
-    from pipelines.render_stage import ParamInputs, render_cells, start_images
+    from pipelines.render_stage import ParamInputs, first_patch, render_cells, start_images
 
     atlas = Atlas(args)
     out = Path(args["out"])
     settings = atlas.settings(args)
     spectrum = atlas.spectrum()
-    starts = start_images(atlas.bundle, atlas.cells, atlas.channels, atlas.size)
+    starts = start_images(atlas.bundle, [first_patch(cell) for cell in atlas.cells], atlas.channels, atlas.size)
     inputs = ParamInputs(spectrum, starts)
 
     def run(param: str, steps: int, tries: int, rows: slice = slice(None)) -> Any:
@@ -190,6 +190,40 @@ def side_ours(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def one_at_a_time(
+    side: str,
+    label: str,
+    default_name: str,
+    args: dict[str, Any],
+    guard: Guard,
+    render_one: Callable[[int, int], np.ndarray],
+    count: int,
+    out: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An outside library, one icon per call: its default steps, and the steps that take as long per icon as the
+    reference setting (from a timed probe). Each icon is timed alone; the icons are saved for scoring.
+    Returns the runs and the probe."""
+    probe_steps = args["probe_steps"]
+    probe_s, _, _ = guard.time(f"{side}_probe", lambda: render_one(0, probe_steps))
+    equal_steps = min(MAX_EQUAL_STEPS, max(1, round(probe_steps * args["reference_seconds_per_icon"] / probe_s)))
+    runs: dict[str, Any] = {}
+    for name, steps in [(default_name, args["steps"]), (f"{side}_equal", equal_steps)]:
+        times, cleans, icons = [], [], []
+        for k in range(count):
+            seconds, image, clean = guard.time(f"{name}_{k}", lambda k=k, steps=steps: render_one(k, steps))
+            times.append(seconds)
+            cleans.append(clean)
+            icons.append(image)
+        timed = [t for t, c in zip(times, cleans) if c] or times
+        runs[name] = {"side": side, "param": label, "steps": steps, "tries": 1, "batch": 1,
+                      "seconds": times, "seconds_per_icon": float(np.mean(timed)), "clean": all(cleans)}  # fmt: skip
+        if name == f"{side}_equal":
+            runs[name]["equal_time_to"] = "reference"
+        save(out, name, np.stack(icons))
+        print(f"[{side}] {name}: {np.mean(timed):.3f} s/icon at {steps} steps", file=sys.stderr, flush=True)
+    return runs, {"steps": probe_steps, "seconds": probe_s}
+
+
 # --------------------------------------------------------------------------- lucent
 
 
@@ -227,28 +261,9 @@ def side_lucent(args: dict[str, Any]) -> dict[str, Any]:
 
     guard = Guard(args["quiet_budget_s"])
     render_one(0, 4)  # warm-up
-    probe_steps = args["probe_steps"]
-    probe_s, _, _ = guard.time("lucent_probe", lambda: render_one(0, probe_steps))
-    runs: dict[str, Any] = {}
-    plan = [("lucent_default", args["steps"])]
-    equal_steps = min(MAX_EQUAL_STEPS, max(1, round(probe_steps * args["reference_seconds_per_icon"] / probe_s)))
-    plan.append(("lucent_equal", equal_steps))
-    for name, steps in plan:
-        times, cleans, icons = [], [], []
-        for k in range(len(atlas.seeds)):
-            seconds, image, clean = guard.time(f"{name}_{k}", lambda k=k, steps=steps: render_one(k, steps))
-            times.append(seconds)
-            cleans.append(clean)
-            icons.append(image)
-        timed = [t for t, c in zip(times, cleans) if c] or times
-        runs[name] = {"side": "lucent", "param": "lucent fft", "steps": steps, "tries": 1, "batch": 1,
-                      "seconds": times, "seconds_per_icon": float(np.mean(timed)), "clean": all(cleans)}  # fmt: skip
-        if name == "lucent_equal":
-            runs[name]["equal_time_to"] = "reference"
-        save(out, name, np.stack(icons))
-        print(f"[lucent] {name}: {np.mean(timed):.3f} s/icon at {steps} steps", file=sys.stderr, flush=True)
+    runs, probe = one_at_a_time("lucent", "lucent fft", "lucent_default", args, guard, render_one, len(atlas.seeds), out)
     return {"side": "lucent", "threads": torch.get_num_threads(), "lucent_file": lib["lucent"].__file__,
-            "kornia": lib["kornia"].__version__, "probe": {"steps": probe_steps, "seconds": probe_s},
+            "kornia": lib["kornia"].__version__, "probe": probe,
             "runs": runs, "noise": guard.report()}  # fmt: skip
 
 
@@ -306,29 +321,9 @@ def side_horama(args: dict[str, Any]) -> dict[str, Any]:
     maco_fv.tqdm = lambda iterable, *a, **k: original(iterable, *a, **{**k, "disable": True})
     guard = Guard(args["quiet_budget_s"])
     render_one(0, 2)  # warm-up
-    probe_steps = args["probe_steps"]
-    probe_s, _, _ = guard.time("horama_probe", lambda: render_one(0, probe_steps))
-    runs: dict[str, Any] = {}
-    plan = [
-        ("horama_maco", args["steps"]),
-        ("horama_equal", min(MAX_EQUAL_STEPS, max(1, round(probe_steps * args["reference_seconds_per_icon"] / probe_s)))),
-    ]
-    for name, steps in plan:
-        times, cleans, icons = [], [], []
-        for k in range(len(atlas.seeds)):
-            seconds, image, clean = guard.time(f"{name}_{k}", lambda k=k, steps=steps: render_one(k, steps))
-            times.append(seconds)
-            cleans.append(clean)
-            icons.append(image)
-        timed = [t for t, c in zip(times, cleans) if c] or times
-        runs[name] = {"side": "horama", "param": "horama maco", "steps": steps, "tries": 1, "batch": 1,
-                      "seconds": times, "seconds_per_icon": float(np.mean(timed)), "clean": all(cleans)}  # fmt: skip
-        if name == "horama_equal":
-            runs[name]["equal_time_to"] = "reference"
-        save(out, name, np.stack(icons))
-        print(f"[horama] {name}: {np.mean(timed):.3f} s/icon at {steps} steps", file=sys.stderr, flush=True)
+    runs, probe = one_at_a_time("horama", "horama maco", "horama_maco", args, guard, render_one, len(atlas.seeds), out)
     return {"side": "horama", "threads": torch.get_num_threads(), "horama": horama.__version__, "horama_file": horama.__file__,
-            "spectrum": spectrum_from, "value_range": value_range, "probe": {"steps": probe_steps, "seconds": probe_s},
+            "spectrum": spectrum_from, "value_range": value_range, "probe": probe,
             "runs": runs, "noise": guard.report()}  # fmt: skip
 
 
