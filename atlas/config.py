@@ -171,7 +171,10 @@ RENDER_BATCH = {"cpu": 64, "cuda": 256}  # render.batch_size 'auto': cells per r
 class RenderConfig(Section):
     steps: int = Field(default=128, ge=1, le=100_000, description="at most 100,000 (the article used 1,024)")
     icon_size: int = Field(default=80, ge=1, le=MAX_ICON, description=f"px per side, at most {MAX_ICON}")
-    tries: int = Field(default=1, ge=1, le=64, description="at most 64")
+    tries: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        default="auto",
+        description="renders per icon, the best kept; 1 to 64; auto: 1, or 4 where a probe render finds icons missing their cell",
+    )
     batch_size: Batch | Literal["auto"] = Field(default="auto", description="cells per render task; auto: 64 on CPU, 256 on a GPU")
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | Literal["auto"] = Field(
         default="auto", description="Adam's step, above 0 and at most 10; auto: chosen by a probe render (see whiten)"
@@ -183,6 +186,11 @@ class RenderConfig(Section):
         default="auto",
         description="full: whitened direction; dot: grow along it but point along the cell's own; off: the cell's own;"
         " true/false mean full/off; auto: whichever a probe render of a few cells finds most faithful",
+    )
+    contrast: Literal["auto"] | bool = Field(
+        default="auto",
+        description="also push each icon away from its neighbouring cells (a retrieval term, for grids whose neighbours"
+        " point almost the same way); auto: whichever a probe render finds more faithful",
     )
     probe_cells: int = Field(
         default=16,
@@ -212,7 +220,7 @@ class RenderConfig(Section):
 
     def probes(self) -> bool:
         """Whether a probe render chooses any setting."""
-        return "auto" in (self.whiten, self.cossim_power, self.learning_rate)
+        return "auto" in (self.whiten, self.cossim_power, self.learning_rate, self.contrast, self.tries)
 
     def batch_size_on(self, device_type: str) -> int:
         """Cells per task: the setting, or for 'auto' what keeps the device busy (a GPU wants far larger batches)."""

@@ -12,6 +12,7 @@ fed (a crop to that field, or another size), the render is kept as its full view
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,9 +28,11 @@ from atlas.devices import key_part
 from atlas.errors import AtlasError
 from atlas.featurevis import (
     Direction,
+    Log,
     Objective,
     Proximity,
     RenderResult,
+    Retrieval,
     accentuate,
     derive_seed,
     estimate_spectrum,
@@ -74,12 +77,21 @@ def load_icons(bundle: Bundle, icons: list[str], channels: int, size: int) -> to
     return torch.from_numpy(stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2).copy())
 
 
-def objective_for(targets: np.ndarray, whitening: np.ndarray | None, settings: RenderSettings) -> Direction:
-    """The cells' objective under ``settings.whiten``: full (whitened), dot (whitened growth, own cosine) or off."""
+def objective_for(directions: np.ndarray, rows: Sequence[int], whitening: np.ndarray | None, settings: RenderSettings) -> Objective:
+    """The objective of the cells at ``rows`` of a grid's ``directions`` under ``settings``.
+
+    ``whiten``: full (whitened), dot (whitened growth, own cosine) or off. ``contrast`` adds the retrieval term over
+    all of the grid's directions, balanced against the direction term as a sum of logs (a product of the two).
+    """
+    targets = directions[list(rows)]
     if settings.whiten == "off" or whitening is None:
-        return Direction(targets, cossim_power=settings.cossim_power)
-    cosine = "raw" if settings.whiten == "dot" else "whitened"
-    return Direction.whitened(targets, whitening, cosine=cosine, cossim_power=settings.cossim_power)
+        direction = Direction(targets, cossim_power=settings.cossim_power)
+    else:
+        cosine = "raw" if settings.whiten == "dot" else "whitened"
+        direction = Direction.whitened(targets, whitening, cosine=cosine, cossim_power=settings.cossim_power)
+    if not settings.contrast:
+        return direction
+    return Log(direction) + Retrieval(directions, list(rows))
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,8 @@ class ParamInputs:
 def render_cells(
     model: LoadedModel,
     layer: torch.nn.Module,
-    targets: np.ndarray,
+    directions: np.ndarray,
+    rows: Sequence[int],
     whitening: np.ndarray | None,
     seeds: list[int],
     config: RenderConfig,
@@ -101,11 +114,12 @@ def render_cells(
     inputs: ParamInputs = ParamInputs(),
     canvas: int | None = None,
 ) -> RenderResult:
-    """Render the cells on a ``canvas`` px square (default the icon size): ``images`` is the whole render of each, as
-    the model is fed it (before any crop to the receptive field or scaling to the icon size)."""
+    """Render the cells at ``rows`` of a grid's ``directions`` on a ``canvas`` px square (default the icon size):
+    ``images`` is the whole render of each, as the model is fed it (before any crop to the receptive field or
+    scaling to the icon size)."""
     prep = model.preprocessing
     size = canvas or config.icon_size
-    objective: Objective = objective_for(targets, whitening, settings)
+    objective = objective_for(directions, rows, whitening, settings)
     if config.param == "maco":
         if inputs.spectrum is None:
             raise ValueError("render.param maco needs the run's spectrum")
@@ -123,7 +137,7 @@ def render_cells(
     return render(
         model.module, layer, objective, param,
         seeds=seeds, mean=prep.mean, std=prep.std,
-        steps=config.steps, lr=settings.learning_rate, tries=config.tries, precision=config.precision, alpha=config.alpha,
+        steps=config.steps, lr=settings.learning_rate, tries=settings.tries, precision=config.precision, alpha=config.alpha,
     )  # fmt: skip
 
 
@@ -207,8 +221,7 @@ def render_batch_task(
     if config.param == "accentuate":  # the patches named when the batch was planned: no grid.json read per task
         starts = start_images(bundle, batch.starts, model.preprocessing.channels, frame.canvas)
     inputs = ParamInputs(spectrum, starts)
-    targets = directions[list(batch.rows)]
-    result = render_cells(model, layer, targets, whitening, list(batch.seeds), config, settings, inputs, frame.canvas)
+    result = render_cells(model, layer, directions, batch.rows, whitening, list(batch.seeds), config, settings, inputs, frame.canvas)
     images = result.images.cpu()
     icons = frame.shown(images) if frame.keeps_views else None
     for n, name in enumerate(batch.icons):
@@ -222,7 +235,8 @@ def render_batch_task(
 
 
 def probe_task(
-    targets: np.ndarray,
+    directions: np.ndarray,
+    rows: list[int],
     whitening: np.ndarray,
     seeds: list[int],
     starts: np.ndarray | None,
@@ -237,7 +251,8 @@ def probe_task(
     """Runs on a worker: render probe cells under one candidate; the renders as the saved 8-bit PNGs would hold them."""
     use_threads(threads)
     model, layer = model_and_layer(model_config, device)
-    result = render_cells(model, layer, targets, whitening, seeds, config, settings, ParamInputs(spectrum, starts), canvas)
+    inputs = ParamInputs(spectrum, starts)
+    result = render_cells(model, layer, directions, rows, whitening, seeds, config, settings, inputs, canvas)
     return (torch.round(result.images.float().cpu() * 255.0) / 255.0).numpy()
 
 
@@ -302,7 +317,7 @@ def render_icons(call: StageCall) -> Report:
             run.log(f"[render] grid {size}: no cells, no icons")
         levels.append({"grid": size, "icon_size": config.icon_size, "fidelity": summary})
     report: dict[str, Any] = {
-        "steps": config.steps, "icon_size": config.icon_size, "tries": config.tries, "param": config.param, **asdict(settings),
+        "steps": config.steps, "icon_size": config.icon_size, "param": config.param, **asdict(settings),
         "chosen_by": "probe" if trials else ("default" if config.probes() else "config"), "probe": [t.to_json() for t in trials],
         "receptive_field": None if frame.field is None else frame.field.to_json(), "frame": frame.to_json(), "alpha": config.alpha,
     }  # fmt: skip
@@ -348,12 +363,12 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
     """
     config, bundle = run.config.render, run.bundle
     if not config.probes():
-        return first_candidates(config.whiten, config.cossim_power, config.learning_rate), []
+        return first_candidates(config.whiten, config.cossim_power, config.learning_rate, config.contrast, config.tries), []
     sizes = run.config.grid.sizes
     cells = {size: bundle.grid_cells(size) for size in sizes}
     total = sum(len(c) for c in cells.values())
     if config.probe_cells == 0 or total < PROBE_MIN_RATIO * config.probe_cells:
-        settings = first_candidates(config.whiten, config.cossim_power, config.learning_rate)
+        settings = first_candidates(config.whiten, config.cossim_power, config.learning_rate, config.contrast, config.tries)
         run.log(f"[render] {total} cells: too few to probe render.probe_cells={config.probe_cells} of them; 'auto' takes {settings}")
         return settings, []
     saved = bundle.render_probe()
@@ -366,7 +381,7 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
     ex = run.executor()
     whitening_ref = ex.scatter(bundle.whitening())
     spectrum_ref = ex.scatter(spectrum)
-    work = []  # per sampled grid: its rows, their directions, seeds and (accentuate) start images
+    work = []  # per sampled grid: its rows, all its directions (the retrieval term needs them), seeds, start images
     for level, rows in sample:
         size = sizes[level]
         seeds = [derive_seed(run.config.seed, size, cells[size][r]["i"], cells[size][r]["j"]) for r in rows]
@@ -375,7 +390,7 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
             if config.param == "accentuate"
             else None
         )
-        work.append((size, rows, ex.scatter(directions[size][rows]), seeds, starts))
+        work.append((size, rows, ex.scatter(directions[size]), seeds, starts))
 
     def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
         """Every candidate's probe cells render side by side as worker tasks (with the workers' own model); the
@@ -383,10 +398,10 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
         futures = [
             [
                 ex.submit(
-                    probe_task, targets, whitening_ref, seeds, starts, spectrum_ref, run.config.model, config, settings, canvas,
-                    ex.threads_per_task, str(run.device),
+                    probe_task, grid_directions, rows, whitening_ref, seeds, starts, spectrum_ref, run.config.model, config,
+                    settings, canvas, ex.threads_per_task, str(run.device),
                 )
-                for _, _, targets, seeds, starts in work
+                for _, rows, grid_directions, seeds, starts in work
             ]
             for settings in candidates
         ]  # fmt: skip
@@ -405,9 +420,9 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
 
     count = sum(len(rows) for _, rows in sample)
     run.log(
-        f"[render] choosing render settings ({', '.join(k for k in ('whiten', 'cossim_power', 'learning_rate') if getattr(config, k) == 'auto')}) with a probe of {count} cells"
+        f"[render] choosing render settings ({', '.join(k for k in ('whiten', 'contrast', 'cossim_power', 'learning_rate', 'tries') if getattr(config, k) == 'auto')}) with a probe of {count} cells"
     )
-    settings, trials = choose_settings(config.whiten, config.cossim_power, config.learning_rate, evaluate)
+    settings, trials = choose_settings(config.whiten, config.cossim_power, config.learning_rate, evaluate, config.contrast, config.tries)
     run.log(f"[render] chose {settings}")
     bundle.write_render_probe({"key": key, "chosen": asdict(settings), "trials": [t.to_json() for t in trials], "cells": count})
     return settings, trials

@@ -112,9 +112,12 @@ def strided_net(fashion_weights: tuple[Path, Path], tmp_path_factory: pytest.Tem
 def test_default_render_settings_are_faithful_on_another_architecture(strided_net: tuple[list[str], Path], tmp_path: Path) -> None:
     """Default render settings (probe, the model's own input size, receptive-field crop) on a model nobody tuned them
     for. Issue 14 asks for top-1 >= 0.9 at the coarsest grid and >= 0.7 at the finer one with mean cosine >= 0.8.
-    The cosine bar holds (0.95 / 0.96 here); top-1 does not yet (0.52 / 0.43: neighbouring cells of this 48-channel
-    layer point within a few degrees of each other, so the icon points the right way but not uniquely). This test
-    holds the cosine bar and a top-1 far above chance (1/25, 1/58), so a regression on either shows."""
+    Neighbouring cells of this 48-channel layer point within a few degrees of each other, so a plain direction
+    objective reached the right region but not the right cell (top-1 0.52 / 0.43). The probe now adds the retrieval
+    term and, as its top-1 stays below 0.9, four tries: measured 0.92 / 0.90 top-1, cosine 0.94 / 0.97. The coarse
+    grid has 25 cells, so 0.9 is 23 of them; the bar below sits two cells lower so that another CPU's rounding in 128
+    chaotic optimisation steps cannot fail CI, and still fails if the retrieval term or the tries step stops working
+    (0.52 without them)."""
     args, _ = strided_net
     code = main([
         "run", *args, "--images", "torchvision:FashionMNIST?split=test", "--out", str(tmp_path), "--name", "strided",
@@ -130,5 +133,5 @@ def test_default_render_settings_are_faithful_on_another_architecture(strided_ne
     assert render["frame"] == {"canvas": 28, "icon": 80, "views": True} and field["crops"] and field["size"] == 11
     coarse, fine = (level["fidelity"] for level in manifest["levels"])
     assert coarse["mean_cosine"] >= 0.8 and fine["mean_cosine"] >= 0.8, render
-    assert coarse["top1"] >= 10 / 25 and fine["top1"] >= 15 / 58, render
+    assert coarse["top1"] >= 21 / 25 and fine["top1"] >= 0.7, render
     assert (tmp_path / "strided" / "levels" / "16" / "views").is_dir()

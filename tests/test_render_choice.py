@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from atlas.bundle import patch_file
-from atlas.featurevis import Direction
+from atlas.featurevis import Direction, Log, Objective, Retrieval
 from atlas.featurevis.choice import RenderSettings, choose_settings, probe_cells
 from pipelines.cli import main
 
@@ -25,22 +25,40 @@ def test_nothing_auto_means_no_probe() -> None:
 
 
 def test_search_keeps_the_best_of_each_setting_and_ties_keep_the_default() -> None:
-    table = {("dot", 4.0, 0.05): (0.9, 0.80), ("off", 4.0, 0.05): (0.9, 0.85), ("full", 4.0, 0.05): (1.0, 0.60),
-             ("off", 2.0, 0.05): (0.9, 0.85), ("off", 4.0, 0.1): (0.95, 0.86)}  # fmt: skip
-    seen: list[tuple[str, float, float]] = []
+    table = {("dot", 4.0, 0.05, False): (0.9, 0.80), ("off", 4.0, 0.05, False): (0.9, 0.85), ("full", 4.0, 0.05, False): (1.0, 0.60),
+             ("off", 4.0, 0.05, True): (0.95, 0.84), ("off", 2.0, 0.05, True): (0.95, 0.84),
+             ("off", 4.0, 0.1, True): (0.95, 0.86)}  # fmt: skip
+    seen: list[tuple[str, float, float, bool]] = []
     batches: list[int] = []
 
     def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
         batches.append(len(candidates))
-        seen.extend((s.whiten, s.cossim_power, s.learning_rate) for s in candidates)
+        seen.extend((s.whiten, s.cossim_power, s.learning_rate, s.contrast) for s in candidates)
         return [table[seen[k]] for k in range(len(seen) - len(candidates), len(seen))]
 
-    settings, trials = choose_settings("auto", "auto", "auto", evaluate)
-    # off beats dot and full (1.75 > 1.70 > 1.60); power 2 only ties 4, so 4 stays; lr 0.1 wins (1.81)
-    assert settings == RenderSettings("off", 4.0, 0.1)
-    assert seen == [("dot", 4.0, 0.05), ("off", 4.0, 0.05), ("full", 4.0, 0.05), ("off", 2.0, 0.05), ("off", 4.0, 0.1)]
+    settings, trials = choose_settings("auto", "auto", "auto", evaluate, contrast="auto")
+    # off beats dot and full (1.75 > 1.70 > 1.60); the retrieval term wins (1.79); power 2 only ties 4, so 4 stays;
+    # lr 0.1 wins (1.81)
+    assert settings == RenderSettings("off", 4.0, 0.1, True)
+    assert seen == [("dot", 4.0, 0.05, False), ("off", 4.0, 0.05, False), ("full", 4.0, 0.05, False),
+                    ("off", 4.0, 0.05, True), ("off", 2.0, 0.05, True), ("off", 4.0, 0.1, True)]  # fmt: skip
     assert [t.settings for t in trials] == [RenderSettings(*k) for k in seen]  # each tried once, in order
-    assert batches == [3, 1, 1]  # each step's new candidates scored together (the best so far is not re-run)
+    assert batches == [3, 1, 1, 1]  # each step's new candidates scored together (the best so far is not re-run)
+
+
+def test_four_tries_are_probed_only_where_the_best_icons_miss_their_cell() -> None:
+    def search(top1: float) -> tuple[RenderSettings, list[int]]:
+        seen: list[int] = []
+
+        def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+            seen.extend(s.tries for s in candidates)
+            return [(top1 + (0.05 if s.tries == 4 else 0.0), 0.9) for s in candidates]
+
+        settings, _ = choose_settings("off", "auto", 0.05, evaluate, contrast=False, tries="auto")
+        return settings, seen
+
+    assert search(0.95) == (RenderSettings("off", 4.0, 0.05, False, 1), [1, 1])  # good enough: never four times the cost
+    assert search(0.6) == (RenderSettings("off", 4.0, 0.05, False, 4), [1, 1, 4])
 
 
 def test_only_the_auto_settings_are_searched() -> None:
@@ -82,6 +100,40 @@ def test_dot_mode_grows_along_the_whitened_vector_and_points_along_the_cells_own
         Direction.whitened(raw, matrix, cosine="sideways")
 
 
+def test_retrieval_is_the_log_probability_of_the_own_cell_and_separates_near_neighbours() -> None:
+    """Two cells 3 degrees apart: the direction objective alone is as happy with either; adding the retrieval term
+    (as a sum of logs) moves each activation to its own cell's side, which is what fidelity's top-1 asks."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=8)
+    nudge = rng.normal(size=8)
+    nudge -= nudge.dot(base) / base.dot(base) * base
+    nudge *= np.tan(np.radians(3)) * np.linalg.norm(base) / np.linalg.norm(nudge)
+    directions = np.stack([base + nudge, base - nudge, rng.normal(size=8)]).astype(np.float32)
+    own = [0, 1]
+    acts = torch.from_numpy(np.stack([base, base]).astype(np.float32))[:, :, None, None]  # halfway between the two
+    retrieval = Retrieval(directions, own, temperature=0.02)
+    unit = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    logits = (np.stack([base, base]) / np.linalg.norm(base)) @ unit.T / 0.02
+    expected = logits[[0, 1], own] - np.log(np.exp(logits).sum(axis=1))
+    assert np.allclose(retrieval(acts, acts).numpy(), expected, atol=1e-4)
+
+    def ranks(objective: Objective) -> np.ndarray:
+        point = acts[:, :, 0, 0].clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([point], lr=0.01)
+        for _ in range(200):
+            optimiser.zero_grad()
+            (-objective(point[:, :, None, None], point[:, :, None, None]).sum()).backward()
+            optimiser.step()
+        cosines = (point.detach().numpy() / np.linalg.norm(point.detach().numpy(), axis=1, keepdims=True)) @ unit.T
+        return (cosines > cosines[[0, 1], own][:, None]).sum(axis=1)
+
+    plain = Direction(directions[own], cossim_power=4.0)
+    assert (ranks(plain) > 0).any()  # growing along its own direction, one ends nearer the other cell
+    assert (ranks(Log(plain) + retrieval) == 0).all()
+    with pytest.raises(ValueError, match="own rows"):
+        Retrieval(directions, [3])
+
+
 # --- in a run -----------------------------------------------------------------------------------------------------
 
 SMALL = [
@@ -95,7 +147,8 @@ SMALL = [
     "--set", "render.icon_size=48",
 ]  # fmt: skip
 PROBE = ["--set", "render.probe_cells=2"]  # one cell of each grid: this small atlas has too few cells for the default 16
-FIXED = ["--set", "render.whiten=off", "--set", "render.cossim_power=4", "--set", "render.learning_rate=0.05"]
+FIXED = ["--set", "render.whiten=off", "--set", "render.cossim_power=4", "--set", "render.learning_rate=0.05", "--set", "render.contrast=false",
+         "--set", "render.tries=1"]  # fmt: skip
 
 
 def _run(photo_folder: Path, out: Path, name: str, *extra: str) -> Path:
@@ -114,10 +167,13 @@ def test_auto_settings_are_chosen_by_a_probe_recorded_and_kept_on_resume(
     root = _run(photo_folder, runs, "auto", *PROBE)
     render_report = json.loads((root / "manifest.json").read_text())["render"]
     trials = render_report["probe"]
-    assert render_report["chosen_by"] == "probe" and len(trials) == 5  # 3 whitening modes, 1 more power, 1 more rate
-    assert [t["whiten"] for t in trials[:3]] == ["dot", "off", "full"]
-    chosen = {k: render_report[k] for k in ("whiten", "cossim_power", "learning_rate")}
-    scores = {(t["whiten"], t["cossim_power"], t["learning_rate"]): t["top1"] + t["mean_cosine"] for t in trials}
+    # 3 whitening modes, then with the retrieval term, 1 more power, 1 more rate, and 4 tries only below top-1 0.9
+    assert render_report["chosen_by"] == "probe" and len(trials) in (6, 7)
+    assert [t["whiten"] for t in trials[:3]] == ["dot", "off", "full"] and [t["contrast"] for t in trials[:4]] == [False] * 3 + [True]
+    before_tries = max(trials[:6], key=lambda t: t["top1"] + t["mean_cosine"])
+    assert (len(trials) == 7) == (before_tries["top1"] < 0.9) and all(t["tries"] == 1 for t in trials[:6])
+    chosen = {k: render_report[k] for k in ("whiten", "cossim_power", "learning_rate", "contrast", "tries")}
+    scores = {(t["whiten"], t["cossim_power"], t["learning_rate"], t["contrast"], t["tries"]): t["top1"] + t["mean_cosine"] for t in trials}
     assert scores[tuple(chosen.values())] == max(scores.values())  # the search kept the best it tried
     saved = json.loads((root / "render" / "probe.json").read_text())
     counts = [len(json.loads((root / "levels" / str(g) / "grid.json").read_text())) for g in (2, 4)]
@@ -181,4 +237,5 @@ def test_an_atlas_too_small_to_probe_takes_the_usual_defaults(photo_folder: Path
     root = _run(photo_folder, runs, "tiny", "--until", "render", "--set", "grid.sizes=[2]")
     report = json.loads((root / "manifest.json").read_text())["render"]
     assert report["chosen_by"] == "default" and report["probe"] == []
-    assert (report["whiten"], report["cossim_power"], report["learning_rate"]) == ("dot", 4.0, 0.05)
+    usual = {"whiten": "dot", "cossim_power": 4.0, "learning_rate": 0.05, "contrast": False, "tries": 1}
+    assert {k: report[k] for k in usual} == usual

@@ -12,7 +12,8 @@ Each image of a batch has its own target and its own seed, and renders the same
 alone or in a batch. Besides ``fourier`` and ``pixels``: ``maco(channels, size,
 estimate_spectrum(images, size))`` (phase only, MaCo) and ``accentuate(channels, size,
 starts)`` with ``+ Proximity(starts, weight)`` (feature accentuation); ``render(...,
-alpha=True)`` adds MaCo's transparency map.
+alpha=True)`` adds MaCo's transparency map. ``Log(Direction(...)) + Retrieval(all_directions,
+own_rows)`` also pushes each icon away from the cells next to its own (what fidelity's top-1 asks).
 """
 
 from atlas.featurevis.capture import LayerCapture, layer_output
@@ -20,9 +21,11 @@ from atlas.featurevis.objectives import (
     Channel,
     Direction,
     Lambda,
+    Log,
     Neuron,
     Objective,
     Proximity,
+    Retrieval,
     Scaled,
     Sum,
     TotalVariation,
@@ -54,6 +57,7 @@ __all__ = [
     "ImageParam",
     "Lambda",
     "LayerCapture",
+    "Log",
     "MacoParam",
     "Neuron",
     "Objective",
@@ -62,6 +66,7 @@ __all__ = [
     "Proximity",
     "RandomViews",
     "RenderResult",
+    "Retrieval",
     "Scaled",
     "Sum",
     "TotalVariation",

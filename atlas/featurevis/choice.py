@@ -4,8 +4,10 @@ Whether whitening helps depends on the model. It helps EfficientNet-Lite0's atla
 same objective costs a 64-channel Fashion-MNIST CNN a fifth of its fidelity. No fixed default suits every model,
 so a probe decides. It renders a small, fixed sample of cells under a few candidate settings, feeds the results
 back and scores them as icon fidelity scores the real icons (top-1 rate plus mean cosine). The search goes one
-setting at a time: the whitening mode first, then the cosine power, then the learning rate. Each step keeps the
-best so far, and a tie keeps the earlier candidate, so the defaults win unless something beats them.
+setting at a time: the whitening mode first, then whether to add the retrieval term (each icon pushed away from
+its neighbouring cells), then the cosine power, then the learning rate, and last, only where the best icons still
+miss their cell, four tries per icon instead of one. Each step keeps the best so far, and a tie keeps the earlier
+candidate, so the defaults win unless something beats them.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from typing import Any
 WHITEN_MODES = ("dot", "off", "full")  # probe order: the usual winner first, so a tie keeps it
 DEFAULT_POWER, OTHER_POWERS = 4.0, (2.0,)
 DEFAULT_RATE, OTHER_RATES = 0.05, (0.1,)
+MORE_TRIES = 4
+TRIES_ONLY_BELOW = 0.9  # probe top-1: four tries cost four times the render, worth it only where icons miss their cell
 
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """The three settings a probe may choose; ``whiten`` is ``full``, ``dot`` or ``off``."""
+    """The settings a probe may choose; ``whiten`` is ``full``, ``dot`` or ``off``; ``contrast``: add the retrieval term."""
 
     whiten: str
     cossim_power: float
     learning_rate: float
+    contrast: bool = False
+    tries: int = 1
 
 
 @dataclass(frozen=True)
@@ -43,22 +49,35 @@ class Trial:
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> Trial:
-        settings = RenderSettings(record["whiten"], float(record["cossim_power"]), float(record["learning_rate"]))
+        settings = RenderSettings(
+            record["whiten"],
+            float(record["cossim_power"]),
+            float(record["learning_rate"]),
+            bool(record.get("contrast", False)),
+            int(record.get("tries", 1)),
+        )
         return cls(settings, float(record["top1"]), float(record["mean_cosine"]))
 
 
-def candidate_steps(whiten: str, cossim_power: float | str, learning_rate: float | str) -> list[tuple[str, list[Any]]]:
+def candidate_steps(
+    whiten: str, cossim_power: float | str, learning_rate: float | str, contrast: bool | str = False, tries: int | str = 1
+) -> list[tuple[str, list[Any]]]:
     """Per setting, the values to try (one value: fixed by the config, nothing to probe)."""
     return [
         ("whiten", list(WHITEN_MODES) if whiten == "auto" else [whiten]),
+        ("contrast", [False, True] if contrast == "auto" else [bool(contrast)]),
         ("cossim_power", [DEFAULT_POWER, *OTHER_POWERS] if cossim_power == "auto" else [float(cossim_power)]),
         ("learning_rate", [DEFAULT_RATE, *OTHER_RATES] if learning_rate == "auto" else [float(learning_rate)]),
+        ("tries", [1, MORE_TRIES] if tries == "auto" else [int(tries)]),
     ]
 
 
-def first_candidates(whiten: str, cossim_power: float | str, learning_rate: float | str) -> RenderSettings:
+def first_candidates(
+    whiten: str, cossim_power: float | str, learning_rate: float | str, contrast: bool | str = False, tries: int | str = 1
+) -> RenderSettings:
     """The settings a probe starts from (the config's where given): what a caller without a probe uses."""
-    return RenderSettings(**{name: values[0] for name, values in candidate_steps(whiten, cossim_power, learning_rate)})
+    steps = candidate_steps(whiten, cossim_power, learning_rate, contrast, tries)
+    return RenderSettings(**{name: values[0] for name, values in steps})
 
 
 def choose_settings(
@@ -66,20 +85,22 @@ def choose_settings(
     cossim_power: float | str,
     learning_rate: float | str,
     evaluate: Callable[[list[RenderSettings]], list[tuple[float, float]]],
+    contrast: bool | str = False,
+    tries: int | str = 1,
 ) -> tuple[RenderSettings, list[Trial]]:
     """One setting at a time, keep the candidate whose probe scores highest; ``evaluate`` scores a list of candidates
     at once (-> top-1, mean cosine each), so the candidates of one step can render side by side.
 
     Nothing ``auto``: the config's settings, with no probe at all.
     """
-    steps = candidate_steps(whiten, cossim_power, learning_rate)
-    best = first_candidates(whiten, cossim_power, learning_rate)
+    steps = candidate_steps(whiten, cossim_power, learning_rate, contrast, tries)
+    best = first_candidates(whiten, cossim_power, learning_rate, contrast, tries)
     if all(len(values) == 1 for _, values in steps):
         return best, []
     trials: list[Trial] = []
     tried: dict[RenderSettings, Trial] = {}
     for name, values in steps:
-        if len(values) == 1:
+        if len(values) == 1 or (name == "tries" and best in tried and tried[best].top1 >= TRIES_ONLY_BELOW):
             continue
         candidates = [replace(best, **{name: value}) for value in values]
         new = [c for c in candidates if c not in tried]

@@ -197,6 +197,58 @@ class Direction(Objective):
         return f"Direction({tuple(self.vectors.shape)}, cossim_power={self.cossim_power}, floor={self.floor}{towards})"
 
 
+class Log(Objective):
+    """``log(max(term, eps))``: a product of objectives as a sum of logs, so neither term's scale decides the balance.
+
+    Below ``eps`` the gradient through ``term`` is zero; add a term that still moves such images (``Retrieval``).
+    """
+
+    def __init__(self, term: Objective, eps: float = 1e-6) -> None:
+        self.term, self.eps = term, eps
+
+    def __call__(self, activation: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.term(activation, pixels).clamp_min(self.eps))
+
+    def __repr__(self) -> str:
+        return f"Log({self.term!r})"
+
+
+RETRIEVAL_TEMPERATURE = 0.01  # in cosine units: a neighbour 0.01 closer than the own cell is e times as likely
+
+
+class Retrieval(Objective):
+    """Log-probability that the centre activation picks its own row of ``directions`` among all rows, by cosine.
+
+    ``log_softmax(cos(activation, directions) / temperature)[own]``: what icon fidelity's top-1 asks, made smooth.
+    Where neighbouring cells of a grid point within a few degrees of each other, a plain direction objective reaches
+    the right region but not the right cell; this term pushes each icon away from the cells next to its own.
+    ``directions`` [N, C] are all of a grid's cells; ``own`` [B] the row of each image's cell.
+    """
+
+    def __init__(self, directions: ArrayLike, own: Sequence[int] | torch.Tensor, temperature: float = RETRIEVAL_TEMPERATURE) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be above 0, got {temperature}")
+        matrix = _as_matrix(directions, "directions")
+        self.directions = matrix / matrix.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.own = _indices(own)
+        if len(self.own) and (int(self.own.min()) < 0 or int(self.own.max()) >= len(self.directions)):
+            raise ValueError(f"own rows must lie in 0..{len(self.directions) - 1}")
+        self.temperature = float(temperature)
+
+    def __call__(self, activation: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        acts = centre(activation)
+        directions = self.directions.to(device=acts.device, dtype=acts.dtype)
+        if directions.shape[1] != acts.shape[1]:
+            raise ValueError(f"directions have {directions.shape[1]} channels but the layer has {acts.shape[1]}")
+        own = _per_image(self.own.to(acts.device), acts.shape[0], "own")
+        cosines = (acts / acts.norm(dim=1, keepdim=True).clamp_min(1e-8)) @ directions.T
+        log_p = torch.log_softmax(cosines / self.temperature, dim=1)
+        return log_p[torch.arange(acts.shape[0], device=acts.device), own]
+
+    def __repr__(self) -> str:
+        return f"Retrieval({tuple(self.directions.shape)}, temperature={self.temperature:g})"
+
+
 def _as_matrix(values: ArrayLike, what: str) -> torch.Tensor:
     matrix = _as_tensor(values, torch.float32)
     if matrix.ndim == 1:
@@ -304,9 +356,11 @@ __all__ = [
     "Channel",
     "Direction",
     "Lambda",
+    "Log",
     "Neuron",
     "Objective",
     "Proximity",
+    "Retrieval",
     "Scaled",
     "Sum",
     "TotalVariation",

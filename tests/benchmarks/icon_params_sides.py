@@ -34,6 +34,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,8 @@ class Atlas:
     def objective(self, args: dict[str, Any], rows: slice | list[int] | None = None) -> Any:
         from pipelines.render_stage import objective_for
 
-        targets = self.directions if rows is None else self.directions[rows]
-        return objective_for(targets, self.whitening, self.settings(args))
+        picked = np.arange(len(self.directions))[slice(None) if rows is None else rows]
+        return objective_for(self.directions, picked.tolist(), self.whitening, self.settings(args))
 
     def spectrum(self) -> np.ndarray:
         """maco's magnitude as ``run_spectrum`` estimates it: up to 256 of the run's images, in the model's frame."""
@@ -144,7 +145,9 @@ def side_ours(args: dict[str, Any]) -> dict[str, Any]:
             cossim_power=settings.cossim_power, learning_rate=settings.learning_rate, crop_to_field=False,
         )  # fmt: skip
         part = ParamInputs(inputs.spectrum, inputs.starts[rows])
-        return render_cells(atlas.model, atlas.layer, atlas.directions[rows], atlas.whitening, atlas.seeds[rows], config, settings, part)
+        picked = np.arange(len(atlas.directions))[rows].tolist()
+        these = replace(settings, tries=tries)
+        return render_cells(atlas.model, atlas.layer, atlas.directions, picked, atlas.whitening, atlas.seeds[rows], config, these, part)
 
     guard = Guard(args["quiet_budget_s"])
     for param in args["params"]:  # warm-up outside the timings: thread pools, allocator, kernels for these shapes

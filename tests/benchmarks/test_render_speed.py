@@ -241,7 +241,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     render_cfg = default_config.render.model_dump(mode="json")
     # The sides render the default objective as it was measured (whitened); settings left to a probe take its first candidates.
     first = first_candidates(render_cfg["whiten"], render_cfg["cossim_power"], render_cfg["learning_rate"])
-    render_cfg.update(cossim_power=first.cossim_power, learning_rate=first.learning_rate)
+    render_cfg.update(cossim_power=first.cossim_power, learning_rate=first.learning_rate, tries=first.tries, contrast=first.contrast)
     work = tmp_path_factory.mktemp("render_speed")
     cells = prepare_cells(find_bundle(), default_config.render.batch_size_on("cpu"), work)  # 'auto' is 64 on CPU
     model = load_model(default_config.model)
