@@ -376,9 +376,9 @@ def subset_config(config: AtlasConfig, parent: Bundle, subset: Subset) -> AtlasC
 def inherited_render(config: AtlasConfig, parent: Bundle) -> RenderConfig:
     """Settings left to a probe ('auto') take what the parent's probe chose: same layer, same directions' kind, and
     no probe per class atlas (it would cost more than a small atlas's own icons)."""
-    chosen = parent.manifest.get("render") or {}
+    chosen = {"contrast": False, "tries": 1, **(parent.manifest.get("render") or {})}  # a parent from before those two
     settings = config.render.model_dump()
-    for name in ("whiten", "cossim_power", "learning_rate"):
+    for name in ("whiten", "contrast", "cossim_power", "learning_rate", "tries"):
         if settings[name] == "auto" and chosen.get(name) is not None:
             settings[name] = chosen[name]
     return RenderConfig.model_validate(settings)

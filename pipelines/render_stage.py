@@ -478,14 +478,14 @@ def measure_fidelity(
 
 def render_settings(run: RunInputs) -> list[Any]:
     """The render section as it keys the stage, so that a run that renders as before keeps its key: ``batch_size`` as
-    resolved ('auto' is 64 on CPU, the old default), ``precision``, ``param``, ``alpha`` and ``crop_to_field`` only
-    away from the values that render as before, and the device only off the CPU (GPU icons differ from CPU icons in
+    resolved ('auto' is 64 on CPU, the old default), ``precision``, ``param``, ``alpha``, ``crop_to_field`` and
+    ``contrast`` only away from the values that render as before, and the device only off the CPU (GPU icons differ from CPU icons in
     the last bits; bf16 ones more). The defaults of issue 14 (settings chosen by a probe, icons cropped to the
     receptive field) render differently, so a default run re-renders an older default bundle."""
     config = run.config.render
     section = {**config.model_dump(mode="json"), "batch_size": config.batch_size_on(run.device.type)}
     # Settings added later leave the key alone at the value that renders as before, so older bundles stay cached.
-    for name, before in (("precision", "fp32"), ("param", "fourier"), ("alpha", False), ("crop_to_field", False)):
+    for name, before in (("precision", "fp32"), ("param", "fourier"), ("alpha", False), ("crop_to_field", False), ("contrast", False)):
         if section[name] == before:
             del section[name]
     if config.param != "accentuate":

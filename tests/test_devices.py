@@ -68,13 +68,14 @@ def test_cpu_render_key_is_the_one_from_before_devices() -> None:
     render.batch_size was the number 64 and neither precision, device, param nor the probe existed: every CPU bundle
     made before stays cached when its settings are given. Issue 14's defaults render differently, so they key anew."""
     before = [{"steps": 128, "icon_size": 80, "tries": 1, "batch_size": 64, "learning_rate": 0.05, "cossim_power": 4.0, "whiten": True}, 0]
-    old_default = {"whiten": True, "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False}
+    old_default = {"whiten": True, "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False, "contrast": False, "tries": 1}
     assert render_settings(_run(CPU, **old_default)) == before  # type: ignore[arg-type]
     assert render_settings(_run(CPU, batch_size=64, **old_default)) == before  # type: ignore[arg-type]
     assert key_part(CPU) == []
     now = render_settings(_run(CPU))[0]  # type: ignore[arg-type]
     assert (now["whiten"], now["cossim_power"], now["learning_rate"], now["crop_to_field"]) == ("auto", "auto", "auto", True)
-    for changed in ({"param": "maco"}, {"alpha": True}, {"param": "accentuate"}, {"whiten": "dot"}):
+    assert (now["contrast"], now["tries"]) == ("auto", "auto")
+    for changed in ({"param": "maco"}, {"alpha": True}, {"param": "accentuate"}, {"whiten": "dot"}, {"contrast": True}, {"tries": 4}):
         assert render_settings(_run(CPU, **{**old_default, **changed})) != before, changed  # type: ignore[arg-type]
 
 
