@@ -218,9 +218,14 @@ class RenderConfig(Section):
         """true/false (the key's old form, and YAML's on/off) mean full/off."""
         return {True: "full", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
+    def probed(self) -> list[str]:
+        """The settings a probe render chooses: those left to 'auto'."""
+        names = ("whiten", "contrast", "cossim_power", "learning_rate", "tries")
+        return [name for name in names if getattr(self, name) == "auto"]
+
     def probes(self) -> bool:
         """Whether a probe render chooses any setting."""
-        return "auto" in (self.whiten, self.cossim_power, self.learning_rate, self.contrast, self.tries)
+        return bool(self.probed())
 
     def batch_size_on(self, device_type: str) -> int:
         """Cells per task: the setting, or for 'auto' what keeps the device busy (a GPU wants far larger batches)."""

@@ -419,9 +419,7 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
         return scores
 
     count = sum(len(rows) for _, rows in sample)
-    run.log(
-        f"[render] choosing render settings ({', '.join(k for k in ('whiten', 'contrast', 'cossim_power', 'learning_rate', 'tries') if getattr(config, k) == 'auto')}) with a probe of {count} cells"
-    )
+    run.log(f"[render] choosing render settings ({', '.join(config.probed())}) with a probe of {count} cells")
     settings, trials = choose_settings(config.whiten, config.cossim_power, config.learning_rate, evaluate, config.contrast, config.tries)
     run.log(f"[render] chose {settings}")
     bundle.write_render_probe({"key": key, "chosen": asdict(settings), "trials": [t.to_json() for t in trials], "cells": count})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -37,3 +39,12 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def fashion_available() -> bool:
     return (FASHION_DEBIAN / "t10k-images-idx3-ubyte.gz").exists()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread (``pytestmark = pytest.mark.usefixtures("one_thread")``): deterministic sums, and no OpenMP spin-waits when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,6 @@ patch and partly (20%) another patch's, and accentuation starts from the first p
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -43,14 +42,7 @@ from atlas.featurevis.param import correlated_to_decorrelated, inside_unit
 from atlas.featurevis.transforms import Transforms
 from atlas.models import load_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: deterministic sums, and no OpenMP spin-waits when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def photo_patches(count: int, size: int, seed: int, grey: bool = False) -> torch.Tensor:
