@@ -78,7 +78,7 @@ class Atlas:
         self.grid = args["grid"]
         self.rows = list(args["rows"])
         self.cells = [self.bundle.grid_cells(self.grid)[r] for r in self.rows]
-        self.directions = self.bundle.directions(self.grid)[self.rows]
+        self.directions = self.bundle.directions(self.grid)  # the whole grid's: the retrieval term ranks among all
         self.whitening = self.bundle.whitening()
         self.seeds = [derive_seed(self.config["seed"], self.grid, c["i"], c["j"]) for c in self.cells]
         self.size = args["icon_size"]
@@ -93,7 +93,7 @@ class Atlas:
     def objective(self, args: dict[str, Any], rows: slice | list[int] | None = None) -> Any:
         from pipelines.render_stage import objective_for
 
-        picked = np.arange(len(self.directions))[slice(None) if rows is None else rows]
+        picked = np.asarray(self.rows)[slice(None) if rows is None else rows]
         return objective_for(self.directions, picked.tolist(), self.whitening, self.settings(args))
 
     def spectrum(self) -> np.ndarray:
@@ -145,7 +145,7 @@ def side_ours(args: dict[str, Any]) -> dict[str, Any]:
             cossim_power=settings.cossim_power, learning_rate=settings.learning_rate, crop_to_field=False,
         )  # fmt: skip
         part = ParamInputs(inputs.spectrum, inputs.starts[rows])
-        picked = np.arange(len(atlas.directions))[rows].tolist()
+        picked = np.asarray(atlas.rows)[rows].tolist()
         these = replace(settings, tries=tries)
         return render_cells(atlas.model, atlas.layer, atlas.directions, picked, atlas.whitening, atlas.seeds[rows], config, these, part)
 

@@ -4,12 +4,13 @@ On two finished atlases, read-only:
 
 - ``outputs/default`` (``atlas run``: EfficientNet-Lite0 ``blocks.4``, built-in photos, 80 px icons): 16 cells of
   grid 20, evenly spaced in cell order (the grid's rows, top to bottom);
-- ``outputs/fashion_classes`` (the ReLU CNN of ``configs/compare_activations.yaml``, ``features.act5``, 28 px,
-  1 channel): 16 cells of its grid 16 (its finest; it has no grid 20).
+- ``outputs/compare_activations/variants/relu`` (``atlas compare configs/compare_activations.yaml``: the ReLU CNN,
+  ``features.act5``, 28 px, 1 channel): 16 cells of its grid 16 (its finest; it has no grid 20).
 
-Every setting renders the same cells with the pipeline's seeds towards the same objective: ``whiten: dot``,
-``cossim_power: 4``, ``learning_rate: 0.05`` (stated rather than probed: neither bundle was made by a run that
-recorded ``render.chosen_by``). Settings (``icon_params_sides.py`` has the details of each side):
+Every setting renders the same cells with the pipeline's seeds towards the same objective: the whitening, retrieval
+term, cosine power and learning rate the bundle's own render used (its manifest's ``render``, chosen by its probe);
+a bundle from before the probe takes ``whiten: dot``, ``cossim_power: 4``, ``learning_rate: 0.05``. Settings
+(``icon_params_sides.py`` has the details of each side):
 
 - ``render.param`` fourier, maco and accentuate at 128 and 512 steps with 1 and 4 tries (all four pairs), the
   cells as one batch, exactly as the render stage renders a batch (``pipelines.render_stage.render_cells``);
@@ -82,11 +83,16 @@ PROBE_STEPS = 8 if SMALL else 32  # one icon, to find the steps of equal wall ti
 THREADS = int(os.environ.get("ATLAS_BENCH_ICON_THREADS", "1"))
 QUIET_WAIT_S = float(os.environ.get("ATLAS_BENCH_QUIET_WAIT", "150"))
 PARAMS = ("fourier", "maco", "accentuate")
-RENDER_SETTINGS = {"whiten": "dot", "cossim_power": 4.0, "learning_rate": 0.05}
+RENDER_SETTINGS = {"whiten": "dot", "cossim_power": 4.0, "learning_rate": 0.05}  # for a bundle from before the probe
 
 ATLASES = {
     "default": {"bundle": REPO / "outputs" / "default", "grid": 20, "sheet": REPO / "docs" / "icons.png", "scale": 1},
-    "fashion": {"bundle": REPO / "outputs" / "fashion_classes", "grid": 16, "sheet": REPO / "docs" / "icons_fashion.png", "scale": 2},
+    "fashion": {
+        "bundle": REPO / "outputs" / "compare_activations" / "variants" / "relu",
+        "grid": 16,
+        "sheet": REPO / "docs" / "icons_fashion.png",
+        "scale": 2,
+    },
 }
 CHOSEN = [name for name in os.environ.get("ATLAS_BENCH_ICON_ATLASES", "default,fashion").split(",") if name]
 
@@ -280,6 +286,14 @@ def label_of(name: str, run: dict[str, Any]) -> str:
     return f"{run['param']} {run['steps']} steps{tries}{equal}"
 
 
+def bundle_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The objective the bundle's icons were rendered towards (tries are the benchmark's own), or the stated one."""
+    render = manifest.get("render") or {}
+    if render.get("chosen_by") is None:
+        return RENDER_SETTINGS
+    return {k: render[k] for k in ("whiten", "cossim_power", "learning_rate")} | {"contrast": bool(render.get("contrast", False))}
+
+
 def bench_atlas(name: str, spec: dict[str, Any], sites: dict[str, Path | None]) -> dict[str, Any]:
     bundle = spec["bundle"]
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -288,7 +302,7 @@ def bench_atlas(name: str, spec: dict[str, Any], sites: dict[str, Path | None]) 
     out = RESULTS / ("icon-params-small" if SMALL else "icon-params") / name
     shutil.rmtree(out, ignore_errors=True)
     common = {"bundle": str(bundle), "grid": spec["grid"], "rows": rows, "icon_size": manifest["config"]["render"]["icon_size"],
-              "render_settings": RENDER_SETTINGS, "threads": THREADS, "quiet_budget_s": QUIET_WAIT_S, "out": str(out)}  # fmt: skip
+              "render_settings": bundle_settings(manifest), "threads": THREADS, "quiet_budget_s": QUIET_WAIT_S, "out": str(out)}  # fmt: skip
     print(f"\n[{name}] {len(rows)} cells of grid {spec['grid']} ({count} cells), icons {common['icon_size']} px", flush=True)
     sides: dict[str, Any] = {}
     ours_args = {**common, "params": list(PARAMS), "settings": [list(x) for x in SETTINGS], "reference": ["fourier", *SETTINGS[0]]}
@@ -328,6 +342,7 @@ def bench_atlas(name: str, spec: dict[str, Any], sites: dict[str, Path | None]) 
         "rows": rows,
         "cells": [{"i": scorer.cells[r]["i"], "j": scorer.cells[r]["j"], "count": scorer.cells[r]["count"]} for r in rows],
         "icon_size": size,
+        "render_settings": common["render_settings"],
         "path_layers": scorer.path_layer_names,
         "reference_seconds_per_icon": reference,
         "equal_steps": sides["ours"]["equal_steps"],
@@ -361,7 +376,7 @@ def test_icon_params() -> None:
     available = {name: ATLASES[name] for name in CHOSEN if (ATLASES[name]["bundle"] / "manifest.json").exists()}
     if not available:
         pytest.skip(
-            f"none of {[str(ATLASES[n]['bundle']) for n in CHOSEN]} exists; run `atlas run` (and configs/fashion_classes.yaml) first"
+            f"none of {[str(ATLASES[n]['bundle']) for n in CHOSEN]} exists; run `atlas run` (and `atlas compare configs/compare_activations.yaml`) first"
         )
     sites: dict[str, Path | None] = {}
     skipped: dict[str, str] = {}
@@ -374,8 +389,7 @@ def test_icon_params() -> None:
     data = {
         "command": ("ATLAS_BENCH_SMALL=1 " if SMALL else "") + COMMAND,
         "small": SMALL,
-        "render_settings": RENDER_SETTINGS,
-        "settings_source": "stated (whiten dot, cossim_power 4, learning_rate 0.05): no bundle recorded render.chosen_by",
+        "settings_source": "each bundle's manifest render (its probe's choice), else whiten dot, cossim_power 4, lr 0.05",
         "skipped_sides": skipped,
         "atlases": atlases,
     }
