@@ -34,7 +34,7 @@ Writes ``outputs/benchmarks/icon_params.json``, prints a Markdown table, and sav
 ``docs/icons.png`` (default atlas) and ``docs/icons_fashion.png``: a row per setting (the cells' first example
 patch on top), a column per cell.
 
-Run: ``python -m pytest -q -s -m benchmark tests/benchmarks/test_icon_params.py`` (about 25 minutes on 2 cores).
+Run: ``python -m pytest -q -s -m benchmark tests/benchmarks/test_icon_params.py`` (about 33 minutes on 2 quiet cores).
 ``ATLAS_BENCH_SMALL=1``: 4 cells, 8x1, 16x1 and 8x2 (steps x tries), lucent 16 and Horama 8 steps (checks the
 harness; writes ``icon_params_small.json`` and no contact sheet; 5 minutes on a quiet machine). Knobs:
 ``ATLAS_BENCH_ICON_CELLS`` (16), ``ATLAS_BENCH_ICON_SETTINGS`` (``128x1,512x1,128x4,512x4``: steps x tries, the first
