@@ -4,7 +4,7 @@
 current GPU" (index left open), which is what lets one setting serve every
 worker of a one-worker-per-GPU cluster: each worker sees only its own GPU, as
 ``cuda:0``. Library code never reads the setting: a model is moved to a device
-once (``pipelines/worker_state.py``, the driver in ``pipelines/run.py``) and
+once (``pipelines/engine/worker_state.py``, the driver in ``pipelines/commands/run.py``) and
 collection, rendering and fidelity follow the device of the model's weights.
 """
 

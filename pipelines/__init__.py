@@ -1,1 +1,1 @@
-"""Orchestration: wires atlas library stages into Dask graphs, caches and resumes them."""
+"""Orchestration, installed as ``atlas_pipelines``: the engine, the stages and the commands that wire the atlas library into Dask graphs."""

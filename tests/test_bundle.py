@@ -22,7 +22,7 @@ from atlas.images import load_image
 from atlas.images.preprocess import to_tensor
 from atlas.io import read_json
 from atlas.models import load_model, resolve_layer, run_to_layer
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 ARGS = [
     "--scheduler", "sync",

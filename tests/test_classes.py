@@ -12,7 +12,7 @@ from atlas.bundle import Bundle, open_bundle
 from atlas.classes import ClassRef, class_counts, difference_axis, pair_rows, paste, resolve_class, select_rows, wilson_interval
 from atlas.classes.patches import PATCH_KINDS, resize_patch, run_patch_experiment
 from atlas.errors import AtlasError
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 SMALL = [
     "--set", "collect.n_images=60",

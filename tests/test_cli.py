@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from atlas.config import load_config, packaged_default_config
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -70,7 +70,7 @@ def test_a_wheel_in_a_fresh_venv_runs_the_documented_default_in_an_empty_folder(
     empty = tmp_path / "empty"
     empty.mkdir()
     where = subprocess.run(
-        [str(python), "-c", "import atlas, pipelines, atlas.config as c; print(atlas.__file__, pipelines.__file__, c.packaged_default_config())"],
+        [str(python), "-c", "import atlas, atlas_pipelines, atlas.config as c; print(atlas.__file__, atlas_pipelines.__file__, c.packaged_default_config())"],
         cwd=empty, check=True, capture_output=True, text=True, env=_clean_env(),
     ).stdout.split()  # fmt: skip
     assert all(path.startswith(str(venv)) for path in where), f"the wheel's code, not the repository's: {where}"
@@ -82,7 +82,9 @@ def test_a_wheel_in_a_fresh_venv_runs_the_documented_default_in_an_empty_folder(
     editable_dir = tmp_path / "editable"
     editable_dir.mkdir()
     env = {**_clean_env(), "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", *QUICK], cwd=editable_dir, capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "atlas_pipelines.commands.cli", "run", *QUICK], cwd=editable_dir, capture_output=True, text=True, env=env
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     from_editable = json.loads((editable_dir / "outputs" / "default" / "manifest.json").read_text())
 

@@ -189,7 +189,7 @@ def _atlas(args: list[str], env: dict[str, str], cwd: Path | None = None) -> sub
 
 def _start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", *args],
+        [sys.executable, "-m", "atlas_pipelines.commands.cli", "run", *args],
         cwd=cwd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -237,7 +237,7 @@ def test_cluster_run_on_object_storage_equals_the_local_run(
     assert not any(driver.iterdir()), "the driver wrote to its working folder"
 
     # Viewing: `atlas serve s3://...` copies the viewer's files down (never the activation store) and serves them.
-    from pipelines.serve import local_copy
+    from atlas.viewer.serve import local_copy
 
     copy = local_copy(f"s3://{BUCKET}/runs/clean", tmp_path / "view")
     assert (copy / "index.html").is_file() and (copy / "tiles" / "4.dzi").is_file()

@@ -130,7 +130,7 @@ def compared(fashion: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     """`atlas compare configs/compare_activations.yaml` on the quick setting, as a command."""
     out = tmp_path_factory.mktemp("compare")
     sets = [a for s in [*QUICK, f"output.dir={out}"] for a in ("--set", s)]
-    command = [sys.executable, "-m", "pipelines.cli", "compare", "configs/compare_activations.yaml", *sets]
+    command = [sys.executable, "-m", "atlas_pipelines.commands.cli", "compare", "configs/compare_activations.yaml", *sets]
     proc = subprocess.run(command, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "compare_activations", proc.stdout
@@ -330,7 +330,7 @@ def test_comparison_page_in_chromium(compared: tuple[Path, str], compare_url: st
 def test_atlas_train_command_skips_trained_variants_and_names_bad_activations(
     fashion: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipelines.cli import main
+    from atlas_pipelines.commands.cli import main
 
     sets = [
         "train.activations=[relu, elu]", "train.epochs=1", "train.limit_train_images=256", "train.limit_test_images=64",

@@ -37,9 +37,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import atlas.models
-import pipelines.classes_run
-import pipelines.run
-import pipelines.train_run
+import atlas_pipelines.commands.classes
+import atlas_pipelines.commands.run
+import atlas_pipelines.commands.train
 from atlas.config import (
     MAX_CANVAS,
     MAX_SHARD_ROWS,
@@ -48,7 +48,7 @@ from atlas.config import (
     ExperimentConfig,
     load_config,
 )
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = os.geteuid() == 0  # root reads and writes through any permission bits: chmod cases need another user
@@ -649,9 +649,9 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         return tripped
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(pipelines.run, "bundle_lock", trip("the bundle lock of atlas run"))
-    patch.setattr(pipelines.classes_run, "bundle_lock", trip("the bundle lock of atlas classes"))
-    patch.setattr(pipelines.train_run, "load_training_data", trip("the training data"))
+    patch.setattr(atlas_pipelines.commands.run, "bundle_lock", trip("the bundle lock of atlas run"))
+    patch.setattr(atlas_pipelines.commands.classes, "bundle_lock", trip("the bundle lock of atlas classes"))
+    patch.setattr(atlas_pipelines.commands.train, "load_training_data", trip("the training data"))
     patch.setattr(atlas.models, "list_layers", trip("atlas layers' listing"))
     patch.chdir(work)  # output.dir defaults to ./outputs: keep it out of the repository
     yield Bench(bundle, snapshot(bundle), places, work)
@@ -806,7 +806,7 @@ def test_faults_found_after_loading_the_model_leave_the_bundle_alone(bench: Benc
 
 
 def test_no_traceback_reaches_a_real_terminal(bench: Bench) -> None:
-    """A few faults through a real ``python -m pipelines.cli`` process: what a user's terminal shows."""
+    """A few faults through a real ``python -m atlas_pipelines.commands.cli`` process: what a user's terminal shows."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     experiment = str(REPO / "configs" / "compare_activations.yaml")
     cases = {
@@ -818,7 +818,7 @@ def test_no_traceback_reaches_a_real_terminal(bench: Bench) -> None:
     }
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", *argv], cwd=bench.work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "atlas_pipelines.commands.cli", *argv], cwd=bench.work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for name, (argv, _) in cases.items()
     }  # fmt: skip

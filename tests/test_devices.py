@@ -12,9 +12,9 @@ import torch
 from atlas.config import AtlasConfig, RenderConfig, load_config
 from atlas.devices import CPU, key_part, resolve_device
 from atlas.errors import AtlasError
-from pipelines.cli import main
-from pipelines.executor import gpu_worker_envs, gpu_worker_specs, start_gpu_cluster
-from pipelines.render_stage import render_settings
+from atlas_pipelines.commands.cli import main
+from atlas_pipelines.engine.executor import gpu_worker_envs, gpu_worker_specs, start_gpu_cluster
+from atlas_pipelines.stages.render import render_settings
 
 NO_CUDA = not torch.cuda.is_available()
 

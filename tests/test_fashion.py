@@ -13,7 +13,7 @@ import torch
 from atlas.config import ImagesConfig
 from atlas.images import open_source
 from atlas.models.zoo import fashion_cnn
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 
 def _train_one_epoch(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.nn.Module:

@@ -48,8 +48,8 @@ import pytest
 from atlas.bundle import Bundle
 from atlas.errors import AtlasError
 from atlas.io import out_of_space, partial_file, write_bytes, write_json, write_npy
-from pipelines.run import STAGE_NAMES
-from pipelines.stage import Stage, run_stages
+from atlas_pipelines.commands.run import STAGE_NAMES
+from atlas_pipelines.engine.stage import Stage, run_stages
 
 RENDER_BATCH = 4  # several icon batches, so a render cut short has some done and some not
 SMALL = [
@@ -77,7 +77,7 @@ IGNORED = {"manifest.json", ".lock", ".lock.json"}  # timings, cached flags, the
 
 def main(argv: list[str]) -> int:
     """``atlas`` in this process (imported late: a run's subprocess imports this module before runpy runs the CLI)."""
-    from pipelines.cli import main as atlas
+    from atlas_pipelines.commands.cli import main as atlas
 
     return atlas(argv)
 
@@ -377,14 +377,16 @@ def run_here(photos: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra
 
 
 def run_subprocess(photos: Path, out: Path, *extra: str) -> tuple[int, str]:
-    """``atlas run`` as its own process (``python -m pipelines.cli``), with the layer, when the test set one, in it
+    """``atlas run`` as its own process (``python -m atlas_pipelines.commands.cli``), with the layer, when the test set one, in it
     and in its Dask workers: its exit code and its stderr, the workers' included."""
     startup = out.parent / "startup"
     startup.mkdir(exist_ok=True)
     (startup / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(startup), os.environ.get("PYTHONPATH")]))}
     args = ["run", "--images", str(photos), "--out", str(out), "--name", NAME, *SMALL, *extra]
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "atlas_pipelines.commands.cli", *args], capture_output=True, text=True, timeout=600, env=env
+    )
     return done.returncode, done.stderr
 
 
@@ -719,10 +721,10 @@ def test_full_disk_on_dask_workers_then_freed_gives_a_clean_bundle(photo_folder:
     threads as the in-process run, so the arithmetic, hence every byte, matches the clean run's.
 
     The tiles case runs on a worker that rendered first (render resumes in the same run), where
-    pipelines.worker_state has already quietened Dask's own log of a user error; a worker that runs nothing but
+    atlas_pipelines.engine.worker_state has already quietened Dask's own log of a user error; a worker that runs nothing but
     tiles tasks is quiet only once the local cluster's preload installs that too (hence no libvips case here).
     """
-    from pipelines.executor import cores
+    from atlas_pipelines.engine.executor import cores
 
     extra = ("--set", "scheduler.workers=1", "--set", f"scheduler.threads_per_worker={cores()}")
     chain(

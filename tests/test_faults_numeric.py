@@ -31,8 +31,8 @@ from atlas.errors import AtlasError
 from atlas.images import FolderSource, to_tensor
 from atlas.models import load_model
 from atlas.models.record import Preprocessing
-from pipelines.cli import main
-from pipelines.collect_stage import collect_settings
+from atlas_pipelines.commands.cli import main
+from atlas_pipelines.stages.collect import collect_settings
 
 TINY = [
     "--scheduler", "sync",

@@ -22,7 +22,7 @@ import pytest
 
 from atlas.bundle import Bundle
 from atlas.lock import OWNER_FILE
-from pipelines.render_stage import plan_batches
+from atlas_pipelines.stages.render import plan_batches
 
 pytestmark = pytest.mark.faults
 
@@ -51,7 +51,20 @@ COMPARED = ("activations", "layout", "levels", "examples", "tiles")  # everythin
 
 
 def command(images: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "run", "--images", str(images), "--out", str(out), "--name", name, *ARGS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "atlas_pipelines.commands.cli",
+        "run",
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--name",
+        name,
+        *ARGS,
+        *extra,
+    ]
 
 
 def start(cmd: list[str], logs: Path) -> subprocess.Popen[bytes]:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from atlas.images import FolderSource
 from atlas.images.folder import INDEX_NAME, listing_line, read_listing_line
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 MAX_PIXELS = 10**8
 POSITIONS = 2

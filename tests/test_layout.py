@@ -22,8 +22,8 @@ from atlas.compare.align import aligned_layouts, independent_layouts
 from atlas.config import LayoutConfig
 from atlas.errors import AtlasError
 from atlas.layout import AtlasLayout, Whitening
-from pipelines.executor import InProcessExecutor
-from pipelines.layout_stage import compute_layout, shard_groups
+from atlas_pipelines.engine.executor import InProcessExecutor
+from atlas_pipelines.stages.layout import compute_layout, shard_groups
 
 # LayoutConfig fields that are not the estimator's: how the stage samples and chunks, the whitening, given coords.
 NOT_LAYOUT_PARAMS = {"fit_sample", "chunk_size", "whitening_eps", "coords"}

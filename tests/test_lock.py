@@ -18,7 +18,7 @@ import pytest
 from atlas import lock
 from atlas.lock import LOCK_FILE, OWNER_FILE, BundleLocked, Owner, bundle_lock, read_owner, sweep_temporaries
 from atlas.storage import location
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 HOLDER = """
 import sys, time

@@ -15,8 +15,8 @@ from atlas.config import ModelConfig
 from atlas.errors import AtlasError
 from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
 from atlas.models import LoadedModel, load_model, resolve_layer
-from pipelines.cli import main
-from pipelines.path_stage import cell_patches, fed_image
+from atlas_pipelines.commands.cli import main
+from atlas_pipelines.stages.path import cell_patches, fed_image
 
 ARGS = [
     "--scheduler", "sync",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 SMALL = [
     "--set", "model.input_size=128",
@@ -116,7 +116,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_kill_and_resume_gives_identical_activations(tmp_path: Path) -> None:
     args = [
-        sys.executable, "-m", "pipelines.cli", "run", "--scheduler", "sync", "--until", "collect",
+        sys.executable, "-m", "atlas_pipelines.commands.cli", "run", "--scheduler", "sync", "--until", "collect",
         "--set", "collect.n_images=48", "--set", "collect.shard_size=3", *SMALL[:4], *SMALL[6:],
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

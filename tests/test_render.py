@@ -13,7 +13,7 @@ from PIL import Image
 from atlas.config import ModelConfig
 from atlas.featurevis.fidelity import centre_activations, direction_fidelity
 from atlas.models import load_model, resolve_layer
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 ARGS = [
     "--scheduler", "sync",

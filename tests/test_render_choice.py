@@ -13,7 +13,7 @@ from PIL import Image
 from atlas.bundle import patch_file
 from atlas.featurevis import Direction, Log, Objective, Retrieval
 from atlas.featurevis.choice import RenderSettings, choose_settings, probe_cells
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 
 def test_nothing_auto_means_no_probe() -> None:

@@ -1,4 +1,4 @@
-"""atlas serve (``pipelines.serve``): a server that serves the bundle and nothing else."""
+"""atlas serve (``atlas.viewer.serve``): a server that serves the bundle and nothing else."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from atlas.errors import AtlasError
-from pipelines.serve import open_server
+from atlas.viewer.serve import open_server
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ import pytest
 from test_pipeline import SMALL
 from test_viewer_browser import atlas_serve
 
-from pipelines.cli import main
-from pipelines.serve import open_server
+from atlas.viewer.serve import open_server
+from atlas_pipelines.commands.cli import main
 
 LIVENESS_SECONDS = 5.0  # a request made while stalled clients hold connections completes within this: liveness, not speed
 SHORT_TIMEOUT = 1.0  # the in-process server's connection timeout, so the tests see stalled connections closed

@@ -28,7 +28,7 @@ from PIL import Image
 from atlas.images import load_image
 from atlas.tiles import patch_box
 from atlas.tiles.patches import model_view
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -67,7 +67,19 @@ def child_env() -> dict[str, str]:
 def run_output(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """`atlas run` as a command, on the real photo folder; returns the bundle and what the run printed."""
     out = tmp_path_factory.mktemp("viewer")
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--images", str(photo_folder), "--out", str(out), "--name", "browse", *ARGS]
+    command = [
+        sys.executable,
+        "-m",
+        "atlas_pipelines.commands.cli",
+        "run",
+        "--images",
+        str(photo_folder),
+        "--out",
+        str(out),
+        "--name",
+        "browse",
+        *ARGS,
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "browse", proc.stdout
@@ -150,7 +162,7 @@ def test_patches_are_the_region_each_example_was_sampled_from(photo_folder: Path
 def atlas_serve(folder: Path) -> Iterator[str]:
     """`atlas serve` in its own process, as a user starts it; yields the URL it prints."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", str(folder), "--port", "0"],
+        [sys.executable, "-m", "atlas_pipelines.commands.cli", "serve", str(folder), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
     )  # fmt: skip
     try:

@@ -23,7 +23,7 @@ from test_viewer_browser import CHROMIUM, CHROMIUM_ARGS, Visit, atlas_serve
 from atlas.bundle import open_bundle
 from atlas.classes import ClassRef, class_counts
 from atlas.images.builtin_photos import BuiltinPhotos
-from pipelines.cli import main
+from atlas_pipelines.commands.cli import main
 
 SMALL = [
     "--set", "collect.n_images=60",

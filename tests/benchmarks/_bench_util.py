@@ -40,7 +40,7 @@ def child_env() -> dict[str, str]:
         try:
             sys.path.insert(0, str(REPO))
             from atlas.runtime import MALLOC_ENVIRON
-        except ImportError:  # older trees: the values pipelines/cli.py used to set
+        except ImportError:  # older trees: the values pipelines/commands/cli.py used to set
             MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
         finally:
             sys.path.remove(str(REPO))

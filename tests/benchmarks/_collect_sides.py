@@ -9,7 +9,7 @@ object as its last line of stdout.
 - ``bare``: a plain PyTorch loop in one process, torch threads = cores: read the
   same built-in photos, preprocess with ``atlas.images.preprocess.to_tensor``,
   sample the same positions, ``atlas.collect.activations_at``. No Dask, no store.
-- ``pipeline``: ``pipelines.run.run_atlas(config, until="collect")`` with the
+- ``pipeline``: ``atlas_pipelines.commands.run.run_atlas(config, until="collect")`` with the
   default local cluster, timed from outside and from the log lines it prints.
 - ``profile``: the same collect stage taken apart: cluster start, per-worker
   model and photo load, then ``run_collect`` on the warm cluster (steady state)
@@ -119,7 +119,7 @@ def bare(args: dict) -> dict:
 
 
 def pipeline(args: dict) -> dict:
-    from pipelines.run import run_atlas
+    from atlas_pipelines.commands.run import run_atlas
 
     config = _config(args)
     events: list[tuple[float, str]] = []
@@ -155,7 +155,7 @@ def _warm_worker(model_json: str, source) -> dict:
     import torch
 
     from atlas.config import ModelConfig
-    from pipelines.worker_state import model_and_layer
+    from atlas_pipelines.engine.worker_state import model_and_layer
 
     t1 = time.perf_counter()
     model_and_layer(ModelConfig.model_validate_json(model_json))
@@ -170,7 +170,7 @@ def _warm_worker(model_json: str, source) -> dict:
 def _timed_shard(shard, source, model_config, collect, seed, store_path, layer_hw, n_classes, threads) -> dict:
     """``collect_shard_task`` with its parts timed (same library calls, same order)."""
     from atlas.collect import ActivationStore, collect_records
-    from pipelines.worker_state import model_and_layer, use_threads
+    from atlas_pipelines.engine.worker_state import model_and_layer, use_threads
 
     t0 = time.perf_counter()
     use_threads(threads)
@@ -204,8 +204,8 @@ def profile(args: dict) -> dict:
     from atlas.collect import ActivationStore, StoreLayout, layer_shape
     from atlas.images import open_source
     from atlas.models import load_model, resolve_layer
-    from pipelines.collect_stage import collect_shard_task
-    from pipelines.executor import open_executor
+    from atlas_pipelines.engine.executor import open_executor
+    from atlas_pipelines.stages.collect import collect_shard_task
 
     config = _config(args)
     model = load_model(config.model)

@@ -6,8 +6,8 @@
 - ``plain``: ``umap.UMAP(n_neighbors=30, min_dist=0.05, metric="cosine",
   random_state=0).fit_transform`` on every row; the clock starts before
   ``import umap`` so numba's JIT (paid once per fresh process) is inside.
-- ``ours``: ``pipelines.layout_stage.compute_layout`` with a fresh default local
-  cluster from ``pipelines.executor.open_executor`` (started lazily, as
+- ``ours``: ``atlas_pipelines.stages.layout.compute_layout`` with a fresh default local
+  cluster from ``atlas_pipelines.engine.executor.open_executor`` (started lazily, as
   ``run_atlas`` does); the clock includes cluster start and each worker's JIT.
   The rows are first written to an activation store (untimed), which the
   workers read, as in a run.
@@ -32,7 +32,7 @@ def collect(args: dict) -> dict:
 
     from atlas.collect import ActivationStore
     from atlas.config import load_config
-    from pipelines.run import run_atlas
+    from atlas_pipelines.commands.run import run_atlas
 
     config = load_config(
         REPO / "configs" / "default.yaml",
@@ -75,8 +75,8 @@ def ours(args: dict) -> dict:
     import numpy as np
 
     from atlas.config import LayoutConfig, SchedulerConfig
-    from pipelines.executor import open_executor
-    from pipelines.layout_stage import compute_layout
+    from atlas_pipelines.engine.executor import open_executor
+    from atlas_pipelines.stages.layout import compute_layout
 
     x = np.load(args["npy"])
     config = LayoutConfig(**args.get("layout", {}))

@@ -71,8 +71,8 @@ def imagenet(args: dict[str, Any]) -> dict[str, Any]:
     from atlas.bundle import Bundle
     from atlas.config import AtlasConfig, GridConfig, LayoutConfig, SchedulerConfig
     from atlas.grid import build_grids
-    from pipelines.executor import open_executor
-    from pipelines.layout_stage import compute_layout
+    from atlas_pipelines.engine.executor import open_executor
+    from atlas_pipelines.stages.layout import compute_layout
 
     bundle = Bundle(Path(args["out"]))
     store = bundle.store()

@@ -5,11 +5,11 @@ setting's icons (8-bit ``[K, C, H, W]``, exactly as the saved PNGs hold them) go
 
 Every side renders the same cells of one atlas (``ARGS["bundle"]``, grid ``ARGS["grid"]``, rows ``ARGS["rows"]``)
 with the pipeline's seeds (``derive_seed(seed, grid, i, j)``) towards the same objective: the cells' directions under
-``whiten: dot`` (``pipelines.render_stage.objective_for``: grow along the whitened direction, point along the cell's
+``whiten: dot`` (``atlas_pipelines.stages.render.objective_for``: grow along the whitened direction, point along the cell's
 own), ``cossim_power`` and the model's own mean and std. Timed units wait for a quiet machine and are re-run when
 other processes were busy (``render_sides.Guard``); set-up (model loading, warm-up) is never timed.
 
-- ``ours``: ``pipelines.render_stage.render_cells`` exactly as the render stage calls it, one batch of the cells,
+- ``ours``: ``atlas_pipelines.stages.render.render_cells`` exactly as the render stage calls it, one batch of the cells,
   for ``render.param`` fourier, maco and accentuate at each (steps, tries) of ``ARGS["settings"]``, and each
   param once more at equal wall time: the steps that take as long per icon as fourier at the reference setting,
   from the two params' measured seconds in this same process. maco's magnitude spectrum is estimated as
@@ -91,7 +91,7 @@ class Atlas:
         return RenderSettings(**args["render_settings"])
 
     def objective(self, args: dict[str, Any], rows: slice | list[int] | None = None) -> Any:
-        from pipelines.render_stage import objective_for
+        from atlas_pipelines.stages.render import objective_for
 
         picked = np.asarray(self.rows)[slice(None) if rows is None else rows]
         return objective_for(self.directions, picked.tolist(), self.whitening, self.settings(args))
@@ -130,7 +130,7 @@ def save(out: Path, name: str, images: torch.Tensor | np.ndarray) -> None:
 
 def side_ours(args: dict[str, Any]) -> dict[str, Any]:
     from atlas.config import RenderConfig
-    from pipelines.render_stage import ParamInputs, first_patch, render_cells, start_images
+    from atlas_pipelines.stages.render import ParamInputs, first_patch, render_cells, start_images
 
     atlas = Atlas(args)
     out = Path(args["out"])

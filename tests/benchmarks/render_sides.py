@@ -5,12 +5,12 @@ object, and the rendered icons (8-bit, ``[K, 3, H, W]``) go to ``ARGS["out"]``.
 
 Both sides: EfficientNet-Lite0 (``atlas.models.load_model(ModelConfig())``)
 with channels_last weights, as a pipeline worker holds it
-(``pipelines/worker_state.py``), the same number of torch threads, the same
+(``pipelines/engine/worker_state.py``), the same number of torch threads, the same
 glibc malloc settings (set by the parent), the same cells and whitened
 directions (``ARGS["cells"]``, an ``.npz`` written by the test), 80 px icons
 fed to the model at 80 px, the model's own mean/std (0.5/0.5).
 
-- ``ours``: ``atlas.featurevis.render`` exactly as ``pipelines/render_stage.py``
+- ``ours``: ``atlas.featurevis.render`` exactly as ``pipelines/stages/render.py``
   calls it (default RenderConfig / configs/default.yaml values), one batch of
   cells; plus the bare forward+backward loop of the truncated model at the same
   batch size, before and after.

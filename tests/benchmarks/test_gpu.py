@@ -42,7 +42,7 @@ from atlas.devices import resolve_device
 from atlas.featurevis import Direction, fourier, render
 from atlas.featurevis.choice import first_candidates
 from atlas.models import load_model, resolve_layer
-from pipelines.run import STAGE_NAMES
+from atlas_pipelines.commands.run import STAGE_NAMES
 
 TARGET_BARE_FRACTION = 0.8  # fp32, batch >= 256
 ARTICLE = REPO / "configs" / "article.yaml"
@@ -104,7 +104,7 @@ def _timed(device: torch.device, fn: Callable[[], Any], repeats: int) -> float:
 def render_throughput(device: torch.device, size: Size, precisions: tuple[str, ...], icon_px: int = 80) -> dict[str, Any]:
     """(a): images x steps per second of the render loop and of the bare loop, per batch and precision."""
     model = load_model(ModelConfig())
-    model.module.to(device=device, memory_format=torch.channels_last)  # as pipelines/worker_state.py holds it
+    model.module.to(device=device, memory_format=torch.channels_last)  # as pipelines/engine/worker_state.py holds it
     layer = resolve_layer(model, LAYER)
     truncated = Truncated(model.module).eval()
     rows = [
@@ -153,7 +153,7 @@ def article_end_to_end(device: str, size: Size, out: Path, name: str, precision:
     """(b): ``atlas run configs/article.yaml`` cold, as a user runs it; seconds per stage from its manifest."""
     subprocess.run(["rm", "-rf", str(out / name)], check=True)
     sets = [*size.article, f"device={device}", f"render.precision={precision}"]
-    command = [sys.executable, "-m", "pipelines.cli", "run", str(ARTICLE), "--out", str(out), "--name", name,
+    command = [sys.executable, "-m", "atlas_pipelines.commands.cli", "run", str(ARTICLE), "--out", str(out), "--name", name,
                "--scheduler", size.scheduler, *[a for s in sets for a in ("--set", s)]]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=4 * 3600)

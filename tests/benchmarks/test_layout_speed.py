@@ -7,7 +7,7 @@ cached in ``outputs/benchmarks/`` so reruns skip collection.
 
 - plain: ``umap.UMAP(n_neighbors=30, min_dist=0.05, metric="cosine",
   random_state=0).fit_transform`` on all 100k rows, in a fresh process.
-- ours: ``pipelines.layout_stage.compute_layout`` (defaults: PCA 50, UMAP fit on
+- ours: ``atlas_pipelines.stages.layout.compute_layout`` (defaults: PCA 50, UMAP fit on
   ``layout.fit_sample`` = 20,000 rows, the rest placed in chunks) with a fresh
   default local cluster from ``open_executor``.
 

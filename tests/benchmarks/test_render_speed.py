@@ -152,7 +152,7 @@ def find_bundle() -> Path:
     for candidate in (os.environ.get("ATLAS_BENCH_RENDER_RUN"), REPO / "outputs" / "default", RESULTS / "render-bench"):
         if candidate and _has_levels(Path(candidate)):
             return Path(candidate)
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--scheduler", "sync", "--out", str(RESULTS), "--name",
+    cmd = [sys.executable, "-m", "atlas_pipelines.commands.cli", "run", "--scheduler", "sync", "--out", str(RESULTS), "--name",
            "render-bench", "--set", "collect.n_images=300", "--set", "grid.sizes=[6]", "--until", "grid"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"building the benchmark atlas failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}"

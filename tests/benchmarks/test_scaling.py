@@ -97,7 +97,7 @@ def trained_model() -> Path:
     variant = WORK / "compare_activations" / "train" / "relu"
     if not (variant / "metrics.json").exists():
         subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "train", str(REPO / "configs" / "compare_activations.yaml"),
+            [sys.executable, "-m", "atlas_pipelines.commands.cli", "train", str(REPO / "configs" / "compare_activations.yaml"),
              "--set", "train.activations=[relu]", "--set", f"output.dir={WORK}"],
             cwd=REPO, env=child_env(), check=True, timeout=1800,
         )  # fmt: skip
@@ -109,7 +109,7 @@ def fashion_run(rows: int, model: Path) -> dict[str, Any]:
     out = WORK / "runs"
     images = min(FASHION_TRAIN_IMAGES, -(-rows // POSITIONS))
     command = [
-        sys.executable, "-m", "pipelines.cli", "run", "--model", str(model), "--layer", "features.act5",
+        sys.executable, "-m", "atlas_pipelines.commands.cli", "run", "--model", str(model), "--layer", "features.act5",
         "--images", "torchvision:FashionMNIST", "--name", name, "--out", str(out),
         "--set", f"collect.n_images={images}", "--set", f"collect.positions_per_image={POSITIONS}",
         "--set", "collect.batch_size=256", "--set", "collect.shard_size=500",
@@ -204,7 +204,7 @@ def test_photos_every_position() -> None:
     out, name = WORK / "runs", "photos-all"
     subprocess.run(["rm", "-rf", str(out / name)], check=True)
     command = [
-        sys.executable, "-m", "pipelines.cli", "run", "--name", name, "--out", str(out),
+        sys.executable, "-m", "atlas_pipelines.commands.cli", "run", "--name", name, "--out", str(out),
         "--set", "collect.positions_per_image=144", "--set", "render.steps=16",  # 144: every interior position of 14 x 14
     ]  # fmt: skip
     measured = run_measured(command, timeout=5400)

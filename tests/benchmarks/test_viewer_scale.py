@@ -50,7 +50,7 @@ def viewer_bundle() -> Path:
     if 320 not in [level["grid"] for level in manifest["levels"]]:
         config = manifest["config"]
         command = [
-            sys.executable, "-m", "pipelines.cli", "run", "--model", config["model"]["spec"], "--layer", config["model"]["layer"],
+            sys.executable, "-m", "atlas_pipelines.commands.cli", "run", "--model", config["model"]["spec"], "--layer", config["model"]["layer"],
             "--images", config["images"]["source"], "--name", SOURCE.name, "--out", str(SOURCE.parent),
             "--set", f"collect.n_images={config['collect']['n_images']}", "--set", "collect.positions_per_image=16",
             "--set", "collect.batch_size=256", "--set", "collect.shard_size=500",

@@ -106,7 +106,7 @@ class DaskExecutor:
         yield from as_completed(list(futures))
 
 
-WORKER_PRELOAD = "pipelines.worker_signals"  # local workers leave Ctrl-C to the driver
+WORKER_PRELOAD = "atlas_pipelines.engine.worker_signals"  # local workers leave Ctrl-C to the driver
 
 
 def cores() -> int:

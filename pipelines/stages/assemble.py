@@ -7,7 +7,7 @@ grid whole.
 ``cells.json`` of a grid is the grid stage's cells, with render's fidelity and the path
 stage's check per cell and the examples stage's patches linked, for whichever of those stages
 this run reached; the manifest is a base describing the run, merged with what
-every stage reported (:func:`pipelines.stage.merge_reports`).
+every stage reported (:func:`atlas_pipelines.engine.stage.merge_reports`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 from atlas.bundle import FORMAT, VIEWER, Bundle, alpha_file, cells_file, full_view_file, patch_file
 from atlas.io import read_json
 from atlas.viewer import install_viewer
-from pipelines.context import RunInputs
-from pipelines.stage import StageRecord, merge_reports
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.stage import StageRecord, merge_reports
 
 VERSIONED = ("activation-atlas", "torch", "torchvision", "timm", "umap-learn", "dask", "distributed", "numpy", "scikit-learn", "zarr")
 

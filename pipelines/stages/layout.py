@@ -18,10 +18,10 @@ from atlas.config import LayoutConfig
 from atlas.errors import AtlasError
 from atlas.layout import AtlasLayout, Whitening
 from atlas.storage import Location
-from pipelines.context import RunInputs
-from pipelines.executor import Executor
-from pipelines.stage import Report, Stage, StageCall, file_fingerprint
-from pipelines.worker_state import use_threads
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.executor import Executor
+from atlas_pipelines.engine.stage import Report, Stage, StageCall, file_fingerprint
+from atlas_pipelines.engine.worker_state import use_threads
 
 
 def fit_layout_task(store_path: Location, sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> bytes:

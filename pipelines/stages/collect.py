@@ -15,9 +15,9 @@ from atlas.images.folder import read_listing_line
 from atlas.images.source import ImageSource, Shard, display_name, one_line
 from atlas.models import model_files_identity
 from atlas.storage import Location
-from pipelines.context import RunInputs
-from pipelines.stage import Report, Stage, StageCall, file_fingerprint, file_identity
-from pipelines.worker_state import model_and_layer, use_threads
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.stage import Report, Stage, StageCall, file_fingerprint, file_identity
+from atlas_pipelines.engine.worker_state import model_and_layer, use_threads
 
 MIN_ROWS = 4  # UMAP and the grid need a few rows to mean anything
 MANIFEST_LIST = 1000  # the manifest names at most this many skipped files, and as many images with non-finite rows

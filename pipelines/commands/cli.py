@@ -40,7 +40,7 @@ def _default_config() -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.run import run_atlas
+    from atlas_pipelines.commands.run import run_atlas
 
     path = args.config if args.config is not None else _default_config()
     # Flag values are strings already: they go into the config as given, never through YAML (`--layer 3`).
@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     check_files(config)  # paths that do not exist or cannot be read or written: one line before any work
     run_dir = run_atlas(config, until=args.until)
     if args.until is None and (config.classes.classes or config.classes.pairs):
-        from pipelines.classes_run import build_classes
+        from atlas_pipelines.commands.classes import build_classes
 
         build_classes(run_dir)
     if (run_dir / "index.html").exists():
@@ -67,8 +67,8 @@ def _train(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from atlas.devices import resolve_device
-    from pipelines.executor import LazyExecutor
-    from pipelines.train_run import experiment_dir, run_training
+    from atlas_pipelines.commands.train import experiment_dir, run_training
+    from atlas_pipelines.engine.executor import LazyExecutor
 
     config = _experiment(args)
     with ExitStack() as stack:
@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pipelines.compare_run import run_compare
+    from atlas_pipelines.commands.compare import run_compare
 
     run_compare(_experiment(args))
     return 0
@@ -89,7 +89,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _classes(args: argparse.Namespace) -> int:
     from atlas.bundle import Bundle
     from atlas.config import parse_assignment
-    from pipelines.classes_run import build_classes, parent_config
+    from atlas_pipelines.commands.classes import build_classes, parent_config
 
     assignments = [parse_assignment(text) for text in args.set or []]
     if args.classes or args.compare:  # classes named on the command line replace the config's lists
@@ -105,7 +105,7 @@ def _classes(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pipelines.serve import serve
+    from atlas.viewer.serve import serve
 
     try:
         serve(args.run_dir, args.host, args.port, args.verbose, args.cache)

@@ -35,8 +35,8 @@ from atlas.tiles import (
     save_pyramid,
     write_band,
 )
-from pipelines.context import RunInputs
-from pipelines.stage import Report, Stage, StageCall
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.stage import Report, Stage, StageCall
 
 
 def cell_scale(config: TilesConfig, icon_px: int) -> int:

@@ -1,6 +1,6 @@
 """`atlas run`: images -> collect -> layout -> grid -> examples -> render -> path -> tiles, then assemble, into one resumable bundle.
 
-The stages are declared in their own modules (:class:`pipelines.stage.Stage`);
+The stages are declared in their own modules (:class:`atlas_pipelines.engine.stage.Stage`);
 this module lists them in order, prepares what they read (:class:`RunInputs`)
 and hands them to the one stage loop.
 """
@@ -26,18 +26,18 @@ from atlas.lock import bundle_lock
 from atlas.models import LoadedModel, load_model, resolve_layer
 from atlas.runtime import tune_allocator
 from atlas.storage import Location, location
-from pipelines.assemble import assemble
-from pipelines.collect_stage import COLLECT
-from pipelines.context import RunInputs
-from pipelines.examples_stage import EXAMPLES_STAGE
-from pipelines.executor import Executor, LazyExecutor
-from pipelines.grid_stage import GRID
-from pipelines.layout_stage import LAYOUT
-from pipelines.path_stage import PATH
-from pipelines.render_stage import RENDER
-from pipelines.stage import Stage, check_order, run_stages
-from pipelines.tiles_stage import TILES_STAGE
-from pipelines.worker_state import warm_worker
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.executor import Executor, LazyExecutor
+from atlas_pipelines.engine.stage import Stage, check_order, run_stages
+from atlas_pipelines.engine.worker_state import warm_worker
+from atlas_pipelines.stages.assemble import assemble
+from atlas_pipelines.stages.collect import COLLECT
+from atlas_pipelines.stages.examples import EXAMPLES_STAGE
+from atlas_pipelines.stages.grid import GRID
+from atlas_pipelines.stages.layout import LAYOUT
+from atlas_pipelines.stages.path import PATH
+from atlas_pipelines.stages.render import RENDER
+from atlas_pipelines.stages.tiles import TILES_STAGE
 
 STAGES: tuple[Stage, ...] = (COLLECT, LAYOUT, GRID, EXAMPLES_STAGE, RENDER, PATH, TILES_STAGE)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

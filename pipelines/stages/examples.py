@@ -16,8 +16,8 @@ from tqdm import tqdm
 from atlas.bundle import EXAMPLES, Bundle
 from atlas.images.source import ImageSource
 from atlas.tiles import PATCH_STRIDES, save_patches
-from pipelines.context import RunInputs
-from pipelines.stage import Report, Stage, StageCall
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.stage import Report, Stage, StageCall
 
 IMAGES_PER_PATCH_TASK = 64
 

@@ -25,9 +25,9 @@ from atlas.storage import location, require_local
 from atlas.train.data import TrainingData, load_training_data
 from atlas.train.trainer import CHECKPOINT, METRICS, PROGRESS, Variant, train_variant, variant_of
 from atlas.train.trainer import VERSION as TRAINER_VERSION
-from pipelines.executor import Executor
-from pipelines.stage import fingerprint
-from pipelines.worker_state import use_threads
+from atlas_pipelines.engine.executor import Executor
+from atlas_pipelines.engine.stage import fingerprint
+from atlas_pipelines.engine.worker_state import use_threads
 
 KEY_FILE = ".key"
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from atlas.bundle import attribution_file, cells_file, directions_file
 from atlas.grid import build_grids
-from pipelines.context import RunInputs
-from pipelines.stage import Report, Stage, StageCall
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.stage import Report, Stage, StageCall
 
 
 def grid_settings(run: RunInputs) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from pipelines.worker_state import quiet_user_errors
+from atlas_pipelines.engine.worker_state import quiet_user_errors
 
 
 def dask_setup(worker: Any) -> None:

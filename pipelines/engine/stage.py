@@ -28,7 +28,7 @@ from atlas.markers import is_fresh, read_marker, write_marker
 from atlas.storage import Location
 
 if TYPE_CHECKING:
-    from pipelines.context import RunInputs
+    from atlas_pipelines.engine.context import RunInputs
 
 Report = dict[str, Any]  # what a stage adds to the manifest; "levels" entries are merged by "grid"
 

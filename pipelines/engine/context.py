@@ -1,6 +1,6 @@
 """What every stage of one run may read: the validated config, the bundle, the model's facts, the images, the cluster.
 
-Made once by :func:`pipelines.run.run_atlas` and frozen: stages hand each other
+Made once by :func:`atlas_pipelines.commands.run.run_atlas` and frozen: stages hand each other
 nothing through it; they read each other's outputs from the bundle.
 """
 
@@ -16,7 +16,7 @@ from atlas.config import AtlasConfig
 from atlas.devices import CPU
 from atlas.images.source import ImageSource, Shard
 from atlas.models import LoadedModel
-from pipelines.executor import Executor
+from atlas_pipelines.engine.executor import Executor
 
 
 @dataclass(frozen=True)

@@ -53,16 +53,16 @@ from atlas.lock import bundle_lock
 from atlas.markers import read_marker
 from atlas.models import load_model, resolve_layer
 from atlas.storage import Location
-from pipelines.assemble import assemble
-from pipelines.context import RunInputs
-from pipelines.examples_stage import EXAMPLES_STAGE
-from pipelines.executor import Executor, LazyExecutor
-from pipelines.grid_stage import GRID
-from pipelines.layout_stage import compute_layout
-from pipelines.path_stage import PATH
-from pipelines.render_stage import RENDER, load_icons
-from pipelines.stage import Report, Stage, StageCall, run_stages
-from pipelines.tiles_stage import TILES_STAGE
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.executor import Executor, LazyExecutor
+from atlas_pipelines.engine.stage import Report, Stage, StageCall, run_stages
+from atlas_pipelines.stages.assemble import assemble
+from atlas_pipelines.stages.examples import EXAMPLES_STAGE
+from atlas_pipelines.stages.grid import GRID
+from atlas_pipelines.stages.layout import compute_layout
+from atlas_pipelines.stages.path import PATH
+from atlas_pipelines.stages.render import RENDER, load_icons
+from atlas_pipelines.stages.tiles import TILES_STAGE
 
 PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
 ROWS_PER_SHARD = 4096  # rows per chunk of a sub-bundle's store

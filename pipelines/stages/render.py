@@ -48,9 +48,9 @@ from atlas.images.preprocess import to_pixels
 from atlas.lock import sweep_temporaries
 from atlas.markers import is_fresh, write_marker
 from atlas.models import LoadedModel
-from pipelines.context import RunInputs
-from pipelines.stage import Report, Stage, StageCall
-from pipelines.worker_state import model_and_layer, use_threads
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.stage import Report, Stage, StageCall
+from atlas_pipelines.engine.worker_state import model_and_layer, use_threads
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ from atlas.markers import clear_marker, is_fresh, read_marker, write_marker
 from atlas.models.zoo import DEFAULT_LAYERS
 from atlas.storage import require_local
 from atlas.train.data import TrainingData
-from pipelines.executor import Executor, LazyExecutor
-from pipelines.run import run_atlas
-from pipelines.stage import fingerprint
-from pipelines.train_run import experiment_dir, run_training, variant_dir
-from pipelines.worker_state import use_threads
+from atlas_pipelines.commands.run import run_atlas
+from atlas_pipelines.commands.train import experiment_dir, run_training, variant_dir
+from atlas_pipelines.engine.executor import Executor, LazyExecutor
+from atlas_pipelines.engine.stage import fingerprint
+from atlas_pipelines.engine.worker_state import use_threads
 
 FORMAT = "atlas-compare/1"
 

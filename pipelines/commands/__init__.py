@@ -1,0 +1,1 @@
+"""The commands: ``atlas run``, ``classes``, ``train``, ``compare`` and the command line that parses them."""
