@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 from atlas.config import load_config, packaged_default_config
+from atlas.dependency_warnings import silence_dependency_warnings
 from atlas_pipelines.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +47,20 @@ def test_the_default_config_ships_inside_the_package() -> None:
     assert (REPO / "configs" / "default.yaml").resolve() == shipped.resolve(), "configs/default.yaml is that same file"
     config = load_config(shipped)
     assert config.name == "default" and config.grid.sizes == (10, 20, 40) and config.collect.positions_per_image == 4
+
+
+def test_only_the_dependency_warnings_a_user_cannot_act_on_are_silenced() -> None:
+    deprecated = "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`."
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        silence_dependency_warnings()  # what the command and each worker do at start-up
+        warnings.warn_explicit(deprecated, FutureWarning, "_script.py", 1, module="torch.jit._script")
+        warnings.warn_explicit(deprecated, FutureWarning, "mine.py", 1, module="mine")  # the same words from elsewhere
+        warnings.warn_explicit("image is 200 MP: decompression bomb?", UserWarning, "decode.py", 1, module="atlas.images.decode")
+        before = len(warnings.filters)
+        silence_dependency_warnings()
+        assert len(warnings.filters) == before, "called by every task: the filters do not pile up"
+    assert [str(w.message) for w in shown] == [deprecated, "image is 200 MP: decompression bomb?"]
 
 
 def _clean_env() -> dict[str, str]:

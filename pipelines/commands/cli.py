@@ -19,6 +19,7 @@ from atlas.config import (
     packaged_default_config,
     validate_tree,
 )
+from atlas.dependency_warnings import silence_dependency_warnings
 from atlas.errors import AtlasError
 from atlas.models.specs import SPEC_HELP
 from atlas.runtime import MALLOC_ENVIRON, tune_allocator
@@ -198,6 +199,7 @@ def one_line(message: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()
+    silence_dependency_warnings()
     for key, value in MALLOC_ENVIRON.items():  # worker processes read these at start-up
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)

@@ -10,6 +10,7 @@ from functools import lru_cache
 import torch
 
 from atlas.config import ModelConfig
+from atlas.dependency_warnings import silence_dependency_warnings
 from atlas.errors import AtlasError
 from atlas.io import DISK_FULL
 from atlas.models import LoadedModel, load_model, model_files_identity, resolve_layer
@@ -19,6 +20,7 @@ from atlas.runtime import tune_allocator
 def use_threads(threads: int) -> None:
     """Called by every task: right-size PyTorch's thread pool and malloc for this worker process."""
     tune_allocator()
+    silence_dependency_warnings()
     quiet_user_errors()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
