@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +14,38 @@ import torch
 from PIL import Image
 
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _environment_outside_the_repository() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+@pytest.fixture
+def outside_env() -> dict[str, str]:
+    """This process's environment without what points Python at the repository or at this virtual environment."""
+    return _environment_outside_the_repository()
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built once from a copy of the sources.
+
+    A copy, because an in-tree build leaves build/ in the repository and a later build would pack its stale files.
+    """
+    sources = tmp_path_factory.mktemp("sources")
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for folder in ("atlas", "pipelines"):
+        shutil.copytree(REPO / folder, sources / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, sources / name)
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(sources)],
+        check=True, capture_output=True, env=_environment_outside_the_repository(),
+    )  # fmt: skip
+    (wheel,) = wheels.glob("activation_atlas-*.whl")
+    return wheel
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import site
 import subprocess
 import sys
 import warnings
@@ -49,6 +49,10 @@ def test_the_default_config_ships_inside_the_package() -> None:
     assert config.name == "default" and config.grid.sizes == (10, 20, 40) and config.collect.positions_per_image == 4
 
 
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.replace("\r", "\n").splitlines() if "Warning" in line or "warnings.warn" in line]
+
+
 def test_only_the_dependency_warnings_a_user_cannot_act_on_are_silenced() -> None:
     deprecated = "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`."
     with warnings.catch_warnings(record=True) as shown:
@@ -63,45 +67,64 @@ def test_only_the_dependency_warnings_a_user_cannot_act_on_are_silenced() -> Non
     assert [str(w.message) for w in shown] == [deprecated, "image is 200 MP: decompression bomb?"]
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+def _site_packages_of_this_interpreter() -> list[str]:
+    """Where this interpreter's dependencies live: its venv's site-packages inside a venv, the system's outside one.
+
+    A nested ``venv --system-site-packages`` would see the base interpreter's packages instead, which inside a venv
+    lack torch and every other dependency.
+    """
+    folders = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    return [folder for folder in folders if Path(folder).is_dir()]
 
 
-def test_a_wheel_in_a_fresh_venv_runs_the_documented_default_in_an_empty_folder(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
-        check=True, capture_output=True, env=_clean_env(),
-    )  # fmt: skip
-    (wheel,) = wheels.glob("activation_atlas-*.whl")
+def _where_atlas_imports_from(python: Path | str, cwd: Path, env: dict[str, str]) -> list[str]:
+    check = "import atlas, atlas_pipelines, atlas.config as c; print(atlas.__file__, atlas_pipelines.__file__, c.packaged_default_config())"
+    return subprocess.run([str(python), "-c", check], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout.split()
+
+
+def test_a_wheel_in_a_fresh_venv_runs_the_documented_default_in_an_empty_folder(
+    tmp_path: Path, built_wheel: Path, outside_env: dict[str, str]
+) -> None:
     venv = tmp_path / "venv"
-    # The dependencies (torch alone is gigabytes) come from this interpreter's site-packages; atlas itself only from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
-        check=True, capture_output=True, env=_clean_env(),
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(built_wheel)],
+        check=True, capture_output=True, env=outside_env,
     )  # fmt: skip
+    # The dependencies (torch alone is gigabytes) come from this interpreter's site-packages, after the venv's own, so
+    # atlas itself comes only from the wheel. A .pth file adds folders to the path without running their own .pth files,
+    # so an editable install of atlas in this interpreter stays out of the venv.
+    (venv_site,) = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    (Path(venv_site) / "dependencies-of-the-test-interpreter.pth").write_text("\n".join(_site_packages_of_this_interpreter()) + "\n")
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    where = subprocess.run(
-        [str(python), "-c", "import atlas, atlas_pipelines, atlas.config as c; print(atlas.__file__, atlas_pipelines.__file__, c.packaged_default_config())"],
-        cwd=empty, check=True, capture_output=True, text=True, env=_clean_env(),
-    ).stdout.split()  # fmt: skip
+    where = _where_atlas_imports_from(python, empty, outside_env)
     assert all(path.startswith(str(venv)) for path in where), f"the wheel's code, not the repository's: {where}"
 
-    done = subprocess.run([str(venv / "bin" / "atlas"), "run", *QUICK], cwd=empty, capture_output=True, text=True, env=_clean_env())
+    done = subprocess.run([str(venv / "bin" / "atlas"), "run", *QUICK], cwd=empty, capture_output=True, text=True, env=outside_env)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert not _warnings(done.stderr), "a run prints no warning the user cannot act on"
     from_wheel = json.loads((empty / "outputs" / "default" / "manifest.json").read_text())
 
+    # The repository's code as it stands, whatever (if anything) is installed: pipelines/ imports as atlas_pipelines.
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "atlas").symlink_to(REPO / "atlas")
+    (checkout / "atlas_pipelines").symlink_to(REPO / "pipelines")
+    env = {**outside_env, "PYTHONPATH": str(checkout)}
     editable_dir = tmp_path / "editable"
     editable_dir.mkdir()
-    env = {**_clean_env(), "PYTHONPATH": str(REPO)}
+    where = _where_atlas_imports_from(sys.executable, editable_dir, env)
+    assert all(path.startswith(str(checkout)) for path in where), f"the repository's code, not an installed one: {where}"
     done = subprocess.run(
         [sys.executable, "-m", "atlas_pipelines.commands.cli", "run", *QUICK], cwd=editable_dir, capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert not _warnings(done.stderr)
     from_editable = json.loads((editable_dir / "outputs" / "default" / "manifest.json").read_text())
 
     documented = load_config(REPO / "configs" / "default.yaml", [*QUICK[5::2], "scheduler.address=sync"]).model_dump(mode="json")
