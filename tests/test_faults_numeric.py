@@ -25,6 +25,7 @@ import pytest
 import torch
 import zarr
 
+from atlas.bundle import fidelity_file
 from atlas.collect import collect_records
 from atlas.config import AtlasConfig, ModelConfig
 from atlas.errors import AtlasError
@@ -241,6 +242,17 @@ def test_icons_of_a_model_that_gives_nan_get_a_finite_fidelity(faulty_run: Simpl
     root = faulty_run.root
     for path in [*root.rglob("fidelity.json"), *root.rglob("cells.json"), *root.rglob("blocks/*.json"), root / "manifest.json"]:
         _strict_json(path)
+    # The model gives NaN for bright inputs, and some icons are bright: each grid counts them, and scores each one
+    # cosine 0 at the last rank (pointing nowhere), never a NaN that would compare as a perfect match.
+    for level in _strict_json(root / "manifest.json")["levels"]:
+        scores = _strict_json(root / fidelity_file(level["grid"]))
+        summary = level["fidelity"]
+        assert 1 <= summary["nonfinite"] <= len(scores), (level["grid"], summary)
+        last_rank = len(scores) - 1
+        assert sum(score == {"cosine": 0.0, "rank": last_rank} for score in scores) >= summary["nonfinite"], scores
+        assert math.isfinite(summary["mean_cosine"]) and summary["mean_cosine"] <= 1 - summary["nonfinite"] / len(scores), summary
+        cells = _strict_json(root / level["cells"])
+        assert [cell["fidelity"] for cell in cells] == scores, "each cell carries its icon's score"
 
 
 def test_stop_names_the_first_bad_image_and_the_fix(faulty_run: SimpleNamespace, brightness: dict[str, float]) -> None:
