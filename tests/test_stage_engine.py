@@ -54,9 +54,11 @@ class Pipeline:
             for name in ("collect", "layout", "notes", "grid")
         ]
 
+    def inputs(self) -> RunInputs:
+        return cast(RunInputs, FakeRun(Bundle(self.root), dict(self.settings), self.lines.append))
+
     def run(self, until: str | None = None) -> dict[str, StageRecord]:
-        run = FakeRun(Bundle(self.root), dict(self.settings), self.lines.append)
-        return run_stages(self.stages(), cast(RunInputs, run), until)
+        return run_stages(self.stages(), self.inputs(), until)
 
     def keys(self) -> dict[str, str]:
         return {name: record.key for name, record in self.run().items()}
@@ -116,7 +118,7 @@ def test_a_stage_listed_before_what_it_reads_is_refused_before_anything_runs(pip
     with pytest.raises(ValueError, match="stage 'grid' reads \\['layout'\\]"):
         check_order([collect, grid, layout, notes])
     with pytest.raises(ValueError, match="stage 'layout' reads \\['collect'\\]"):  # a bug in the stage list, not a user error
-        run_stages([layout, collect], cast(RunInputs, FakeRun(Bundle(pipeline.root), pipeline.settings, pipeline.lines.append)))
+        run_stages([layout, collect], pipeline.inputs())
     assert not pipeline.calls
     check_order([collect, notes, layout, grid])  # any order that puts what a stage reads first
 
@@ -127,7 +129,7 @@ def test_a_stage_that_fails_leaves_no_marker_and_runs_again(pipeline: Pipeline) 
 
     collect, layout, notes, grid = pipeline.stages()
     broken = dataclasses.replace(layout, work=fail)
-    run = cast(RunInputs, FakeRun(Bundle(pipeline.root), pipeline.settings, pipeline.lines.append))
+    run = pipeline.inputs()
     with pytest.raises(RuntimeError, match="cut short"):
         run_stages([collect, broken, notes, grid], run)
     records = pipeline.run()
@@ -139,7 +141,7 @@ def test_a_full_disk_in_a_stage_is_one_line_naming_the_stage(pipeline: Pipeline)
         raise OSError(errno.ENOSPC, "No space left on device", "cells.json")
 
     collect, *_ = pipeline.stages()
-    run = cast(RunInputs, FakeRun(Bundle(pipeline.root), pipeline.settings, pipeline.lines.append))
+    run = pipeline.inputs()
     with pytest.raises(AtlasError) as raised:
         run_stages([dataclasses.replace(collect, work=full)], run)
     message = str(raised.value)
