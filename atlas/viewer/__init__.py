@@ -36,6 +36,7 @@ MODULES = (
     "panel.js",
     "picker.js",
     "subset.js",
+    "title.js",
     "url_state.js",
 )
 ASSETS = ("index.html", *MODULES, "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt")

@@ -4,7 +4,7 @@ import { test } from "node:test";
 
 import { classArgument, classCount, classLabel, findClass, pickerItems } from "../../atlas/viewer/assets/classes.js";
 import { escapeHtml, fmt, percent, rowsText } from "../../atlas/viewer/assets/format.js";
-import { SWITCH, emptyLevels, gridForZoom, maxZoom, tiledLevels } from "../../atlas/viewer/assets/grids.js";
+import { SWITCH, emptyLevels, gridForZoom, levelOf, maxZoom, tiledLevels } from "../../atlas/viewer/assets/grids.js";
 import { pairClasses, pairColumnText, parentBase, subsetClassIndex, subsetKind, writtenTo } from "../../atlas/viewer/assets/subset.js";
 
 const LABELS = ["tench", "goldfish", "great white shark", "tiger shark", "Goldfish"];
@@ -79,6 +79,8 @@ test("the grid shown switches to a finer one once its cells would be SWITCH time
   const levels = tiledLevels(m);
   assert.deepEqual(levels.map((l) => l.grid), [10, 40, 80]);
   assert.deepEqual(emptyLevels(m).map((l) => l.grid), [20]);
+  assert.equal(levelOf(levels, 40).dzi, "b");
+  assert.equal(levelOf(levels, 20), undefined, "an empty grid has no layer");
   assert.equal(gridForZoom(levels, 1), 0);
   assert.equal(gridForZoom(levels, 4 * SWITCH - 1e-9), 0);
   assert.equal(gridForZoom(levels, 4 * SWITCH), 1);

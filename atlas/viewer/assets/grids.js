@@ -14,6 +14,10 @@ export function emptyLevels(manifest) {
   return (manifest.levels || []).filter((l) => l.n_cells === 0);
 }
 
+export function levelOf(levels, grid) {
+  return levels.find((l) => l.grid === grid);
+}
+
 // The position in levels of the grid to show at a zoom relative to the whole atlas (1 at home).
 export function gridForZoom(levels, relative) {
   let pick = 0;

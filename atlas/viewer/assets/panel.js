@@ -4,11 +4,8 @@
 import { cellAtIndex, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
 import { escapeHtml, fmt, plural } from "./format.js";
+import { levelOf } from "./grids.js";
 import { pairColumnText } from "./subset.js";
-
-export function levelOf(app, grid) {
-  return app.levels.find((l) => l.grid === grid);
-}
 
 function fidelityText(cell, level) {
   if (!cell.fidelity) return "";
@@ -95,7 +92,7 @@ function showExamples(cell) {
 
 // Open the side panel on cell (i, j) of a grid, loading its block first; a position with no cell closes it.
 export function selectCell(app, grid, i, j) {
-  const level = levelOf(app, grid);
+  const level = levelOf(app.levels, grid);
   if (!level) return;
   loadCells(level, app.fail).then(() => loadBlock(level, i, j, app.fail)).then(() => {
     const cell = cellAtIndex(level, i, j);

@@ -6,8 +6,8 @@
  * icon and the dataset example patches (panel.js). A grid's cells are never loaded whole (cells.js); the
  * class heatmap reads one class's column of attribution.npy by HTTP Range (heatmap.js, attribution.js).
  * The view lives in the URL hash (url_state.js). The classes picker (picker.js) links to the class atlases
- * and comparisons built; a sub-bundle names itself and links back to its parent; a comparison labels its
- * axis and shows its patch experiment (pair.js).
+ * and comparisons built; a sub-bundle names itself and links back to its parent (title.js); a comparison
+ * labels its axis and shows its patch experiment (pair.js).
  *
  * The page's state is the one object `app` below, handed to each module; window.atlas is what tests and
  * scripts read. ES modules do not load from file:// URLs: the bundle is served (`atlas serve RUN_DIR`).
@@ -15,14 +15,14 @@
 
 import { blocksToFetch, cellAtIndex, cellIndex, keptCells, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
-import { escapeHtml } from "./format.js";
-import { emptyLevels, gridForZoom, maxZoom, tiledLevels } from "./grids.js";
+import { emptyLevels, gridForZoom, levelOf, maxZoom, tiledLevels } from "./grids.js";
 import { fillClassList, setClass } from "./heatmap.js";
+import { fetchOk } from "./net.js";
 import { drawOverlay } from "./overlay.js";
 import { setupPair } from "./pair.js";
-import { closePanel, levelOf, selectCell, showTip } from "./panel.js";
+import { closePanel, selectCell, showTip } from "./panel.js";
 import { newPicker, setupPicker, togglePicker } from "./picker.js";
-import { pairClasses, parentBase } from "./subset.js";
+import { showTitle } from "./title.js";
 import { readHash, viewHash } from "./url_state.js";
 
 const MAX_PREFETCH = 64;  // blocks requested for one view at most
@@ -47,8 +47,8 @@ const app = {
 };
 atlas.picker = app.picker;
 
-fetch("manifest.json")
-  .then((r) => { if (!r.ok) throw new Error("manifest.json: HTTP " + r.status); return r.json(); })
+fetchOk("manifest.json")
+  .then((r) => r.json())
   .then(start)
   .catch((err) => {
     fail("Cannot read this atlas (" + err.message + "). Serve the run folder with `atlas serve RUN_DIR` and open the address it prints.");
@@ -296,26 +296,6 @@ function applyHash(hash, immediately) {
   else if (app.selected) closePanel(app);
 }
 
-/* ---- what this bundle is: the whole atlas, a class atlas or a comparison (atlas classes) ---- */
-
-function showTitle(m) {
-  const detail = [m.model, m.layer].filter(Boolean).join(" \u00b7 ");
-  let title = [m.name, detail].filter(Boolean).join(" \u00b7 ") || "Activation atlas";
-  if (m.subset) {
-    const pair = pairClasses(m), names = (m.subset.classes || []).map((c) => c.name);
-    const what = pair ? "Comparison: " + pair.a.name + " vs " + pair.b.name : "Class atlas: " + (names.join(", ") || m.name);
-    byId("title").innerHTML = escapeHtml(what) + (detail ? " <span class=\"muted\">\u00b7 " + escapeHtml(detail) + "</span>" : "");
-    byId("title").title = what + (detail ? " \u00b7 " + detail : "");
-    const back = byId("back");
-    back.href = parentBase(m) + "index.html";
-    back.hidden = false;
-    title = what;
-  } else {
-    byId("title").textContent = title;
-  }
-  document.title = title + " \u2014 activation atlas";
-}
-
 /* ---- for tests and scripts: where a cell is on the page ---- */
 
 atlas.cellCenter = (grid, i, j) => {
@@ -327,7 +307,7 @@ atlas.cellCenter = (grid, i, j) => {
 atlas.currentGrid = () => (app.levels[app.current] ? app.levels[app.current].grid : null);
 // The kept cells of a loaded grid, as {i, j} (from its cell index: no cell details are needed).
 atlas.keptCells = (grid) => {
-  const level = levelOf(app, grid);
+  const level = levelOf(app.levels, grid);
   return level ? keptCells(level.index, grid) : [];
 };
 atlas.selected = () => app.selected;
