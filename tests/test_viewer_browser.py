@@ -425,3 +425,13 @@ def test_the_page_loads_cells_by_block_and_one_class_at_a_time(browser: Any, ser
     assert len(ranges) == 2 and max(ranges) < attribution.stat().st_size, (ranges, attribution.stat().st_size)
     visit.assert_clean()
     visit.close()
+
+
+def test_a_page_opened_as_a_file_says_to_serve_it(browser: Any, bundle: Path) -> None:
+    """Browsers run no ES module from file://, so the page says how to open it instead of loading for ever."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(bundle.joinpath("index.html").as_uri())
+    page.locator("#message").wait_for(state="visible")
+    assert "atlas serve RUN_DIR" in page.inner_text("#message")
+    context.close()

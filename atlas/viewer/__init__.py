@@ -5,7 +5,10 @@ page reads ``manifest.json``, shows each grid's Deep Zoom pyramid with
 OpenSeadragon (vendored: ``openseadragon.min.js`` 6.1.1 from the npm package
 ``openseadragon``, BSD-3-Clause, its license alongside, source-map comment
 removed), switches to finer grids as one zooms in, and fetches a grid's
-``cells.json`` and ``attribution.npy`` when it needs them.
+``cells.json`` and ``attribution.npy`` when it needs them. The script is native
+ES modules (``MODULES``), so the page must be served over HTTP (``atlas serve``
+or any static server): browsers do not load modules from file:// URLs. The
+modules without DOM are tested by node (tests/js/).
 """
 
 from __future__ import annotations
@@ -16,7 +19,27 @@ from atlas.bundle import VIEWER, VIEWER_ASSETS, Bundle
 from atlas.io import write_bytes
 from atlas.storage import Location
 
-ASSETS = ("index.html", "viewer.js", "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt")
+# The page's native ES modules, no bundler: viewer.js is the entry index.html loads; the others it imports.
+MODULES = (
+    "viewer.js",
+    "attribution.js",
+    "cells.js",
+    "classes.js",
+    "dom.js",
+    "format.js",
+    "grids.js",
+    "heatmap.js",
+    "net.js",
+    "npy.js",
+    "overlay.js",
+    "pair.js",
+    "panel.js",
+    "picker.js",
+    "subset.js",
+    "title.js",
+    "url_state.js",
+)
+ASSETS = ("index.html", *MODULES, "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt")
 
 
 def asset_bytes(name: str) -> bytes:
