@@ -31,7 +31,7 @@ def use_threads(threads: int) -> None:
 @lru_cache(maxsize=2)
 def _model(model_json: str, files: str | None, device: str) -> LoadedModel:
     """``model_json``: the model section without its layer, so two layers of one model share one copy; ``files``: the
-    identity of a file or folder spec, so a retrained model is loaded again, not served stale.
+    identity of the files behind it, so a retrained model is loaded again, not served stale.
 
     The model moves to ``device`` once, here; collection, rendering and fidelity follow its weights. channels_last:
     1.3-1.6x faster convolutions on CPU, and cuDNN's NHWC kernels (tensor cores) on a GPU.
@@ -58,7 +58,15 @@ def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
     ``device``: the run's resolved device (``atlas.devices.resolve_device``), as a string: ``cpu``, ``cuda``, ``cuda:N``.
     """
     model_json = config.model_dump_json(exclude={"layer"})
-    return _view(model_json, model_files_identity(config.spec), device, config.layer)
+    return _view(model_json, _files_identity(config), device, config.layer)
+
+
+def _files_identity(config: ModelConfig) -> str | None:
+    """The spec's files, and the weights and classes files a config adds: rewriting any of them (``atlas train``
+    retrains in place) loads the model again in a long-lived process."""
+    extra = [model_files_identity(str(path)) for path in (config.weights, config.classes) if path is not None]
+    parts = [part for part in (model_files_identity(config.spec), *extra) if part is not None]
+    return "|".join(parts) or None
 
 
 def warm_worker(config: ModelConfig, threads: int, device: str = "cpu") -> None:
