@@ -13,6 +13,7 @@ from torch import nn
 import atlas.models.resolve
 from atlas.collect import activations_at
 from atlas.errors import AtlasError
+from atlas.featurevis import Channel, fourier, render, score_images
 from atlas.models import ChannelsFirst, ModelView, Preprocessing
 from atlas.models.view import centre
 from atlas_pipelines.commands.cli import main
@@ -91,6 +92,21 @@ def test_a_view_of_a_bare_module_measures_its_layer_once() -> None:
     assert ModelView.of_module(model, "1").layer is model[1]
     with pytest.raises(AtlasError, match="is not a layer of"):
         ModelView.of_module(model, "33")
+
+
+def test_render_takes_a_view_or_a_bare_module_alike() -> None:
+    model = small_cnn()
+    view = ModelView.of_module(model, model[3], mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
+    given = {"mean": (0.4, 0.5, 0.6), "std": (0.2, 0.3, 0.25)}
+    through_view = render(view, Channel([1, 4]), fourier(3, 16), seeds=[1, 2], steps=3)
+    bare = render(model, Channel([1, 4]), fourier(3, 16), layer=model[3], seeds=[1, 2], steps=3, **given)
+    assert torch.equal(through_view.images, bare.images) and torch.equal(through_view.scores, bare.scores)
+    by_name = score_images(model, Channel([1, 4]), bare.images, layer="3", **given)
+    torch.testing.assert_close(by_name, score_images(view, Channel([1, 4]), bare.images))
+    with pytest.raises(ValueError, match="carries its layer"):
+        render(view, Channel([1]), fourier(3, 16), layer=model[3], seeds=[0], steps=1)
+    with pytest.raises(ValueError, match="needs layer="):
+        render(model, Channel([1]), fourier(3, 16), seeds=[0], steps=1)
 
 
 class _Permute(nn.Module):

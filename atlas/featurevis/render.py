@@ -31,7 +31,7 @@ from atlas.featurevis.param import ImageParam, ParamFactory, fourier
 from atlas.featurevis.seeding import derive_seed, try_seeds
 from atlas.featurevis.transforms import Transforms, resize
 from atlas.models.capture import LayerCapture
-from atlas.models.view import ModelView
+from atlas.models.view import LayerLayout, ModelView
 
 
 @dataclass
@@ -99,23 +99,25 @@ Precision = Literal["fp32", "bf16"]
 
 
 class _Forward:
-    """``capture(inputs)``, with ``precision="bf16"`` under ``torch.autocast`` and cast back to float32 for the objective.
+    """``capture(inputs)`` as the layout's spatial map, with ``precision="bf16"`` under ``torch.autocast`` and cast back
+    to float32 for the objective.
 
     bf16 runs the model's convolutions (forward and backward) on a GPU's tensor cores; pixels, the objective and
     Adam stay float32. fp32 calls the capture as it is, so the default loop is exactly the one measured before.
     """
 
-    def __init__(self, capture: LayerCapture, precision: Precision, device: torch.device) -> None:
+    def __init__(self, capture: LayerCapture, layout: LayerLayout, precision: Precision, device: torch.device) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {precision!r}: expected 'fp32' or 'bf16'")
         self.capture = capture
+        self.layout = layout
         self.autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else None
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.autocast is None:
-            return self.capture(inputs)
+            return self.layout.spatial(self.capture(inputs))
         with self.autocast:
-            return self.capture(inputs).float()
+            return self.layout.spatial(self.capture(inputs)).float()
 
 
 def _check_scores(scores: torch.Tensor, batch: int) -> torch.Tensor:
@@ -143,7 +145,7 @@ def score_images(
     images = images.to(device=view.device, dtype=_work_dtype(view.dtype))
     model_input = _ModelInput(view, input_size, channels_last)
     with _eval_mode(view.module), view.capture(stop_at_layer) as capture, torch.no_grad():
-        scores = objective(capture(model_input(images)), images)
+        scores = objective(view.layout.spatial(capture(model_input(images))), images)
     return _check_scores(scores, images.shape[0]).float()
 
 
@@ -188,7 +190,7 @@ def render(
     history = torch.zeros(steps, device=device)  # summed on device: no host sync per step
     try_scores: list[torch.Tensor] = []
     with _eval_mode(view.module), view.capture(stop_at_layer) as capture:
-        forward = _Forward(capture, precision, device)
+        forward = _Forward(capture, view.layout, precision, device)
         for attempt in range(tries):
             attempt_seeds = try_seeds(seeds, attempt)
             param: ImageParam = param_factory(attempt_seeds).to(device=device, dtype=_work_dtype(model_dtype))

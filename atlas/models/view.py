@@ -50,6 +50,10 @@ class LayerLayout(Protocol):
         """``[B, H * W, C]``: every position's activation vector, row-major."""
         ...
 
+    def spatial(self, output: Any) -> torch.Tensor:
+        """``[B, C, H, W]`` (``[B, C]`` for a layer without space): the map render's objectives read."""
+        ...
+
     def at(self, output: Any, rows: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """``[R, C]``: row ``r`` is image ``rows[r]`` at grid cell ``(ys[r], xs[r])``."""
         ...
@@ -90,6 +94,9 @@ class ChannelsFirst:
     def positions(self, output: torch.Tensor) -> torch.Tensor:
         _check(output)
         return output.flatten(2).transpose(1, 2) if output.dim() == 4 else output[:, None, :]
+
+    def spatial(self, output: torch.Tensor) -> torch.Tensor:
+        return output  # already channels first: objectives see exactly the layer's output
 
     def at(self, output: torch.Tensor, rows: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         _check(output)
