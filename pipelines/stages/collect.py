@@ -64,7 +64,7 @@ def store_layout(run: RunInputs) -> StoreLayout:
     config = run.config.collect
     h, w = run.layer_hw
     per_image = h * w if config.positions_per_image == "all" else config.positions_per_image
-    return StoreLayout(len(run.shards), config.shard_size * per_image, run.layer_shape[0], run.n_classes)
+    return StoreLayout(len(run.shards), config.shard_size * per_image, run.view.channels, run.n_classes)
 
 
 def collect_settings(run: RunInputs) -> Any:
@@ -150,7 +150,7 @@ def _check_channels(run: RunInputs) -> None:
     rendering and fidelity all work with one channel.
     """
     layout = run.config.layout
-    if run.layer_shape[0] == 1 and layout.coords is None and layout.metric in ANGULAR_METRICS:
+    if run.view.channels == 1 and layout.coords is None and layout.metric in ANGULAR_METRICS:
         raise AtlasError(
             f"layer '{run.config.model.layer}' has 1 channel: layout.metric={layout.metric} sees only the sign of "
             "1-channel activations; set layout.metric=euclidean, or pick a layer with more channels"
