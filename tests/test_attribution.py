@@ -9,6 +9,7 @@ from torch import nn
 from atlas.collect import activations_at, collect_records, sample_positions
 from atlas.images.source import ImageRecord
 from atlas.models.record import Preprocessing
+from atlas.models.view import ModelView
 
 
 def small_cnn() -> nn.Module:
@@ -41,11 +42,11 @@ def test_jvp_matches_autograd(layer_index: int) -> None:
     images = torch.randn(3, 3, 12, 12)
     rows = np.array([0, 0, 1, 2, 2])
     positions = np.array([[1, 1], [4, 5], [2, 3], [3, 3], [4, 1]])
-    out = activations_at(model, layer, images, rows, positions, with_attribution=True)
+    out = activations_at(ModelView.of_module(model, layer), images, rows, positions, with_attribution=True)
     expected = np.stack([autograd_attribution(model, layer, images[r], y, x) for r, (y, x) in zip(rows, positions)])
     assert out.attribution is not None and out.attribution.shape == (5, 7)
     np.testing.assert_allclose(out.attribution, expected, rtol=1e-4, atol=1e-6)
-    truncated = activations_at(model, layer, images, rows, positions, with_attribution=False)
+    truncated = activations_at(ModelView.of_module(model, layer), images, rows, positions, with_attribution=False)
     np.testing.assert_allclose(truncated.activation, out.activation, rtol=1e-6)
 
 
@@ -53,7 +54,7 @@ def test_truncated_forward_stops_at_the_layer() -> None:
     model = small_cnn()
     calls = []
     model[-1].register_forward_hook(lambda *_: calls.append(1))
-    activations_at(model, model[3], torch.randn(2, 3, 12, 12), np.array([0, 1]), np.array([[1, 1], [2, 2]]), False)
+    activations_at(ModelView.of_module(model, model[3]), torch.randn(2, 3, 12, 12), np.array([0, 1]), np.array([[1, 1], [2, 2]]), False)
     assert calls == []
 
 
@@ -87,7 +88,7 @@ def test_layer_inside_a_residual_branch_still_matches_autograd() -> None:
     images = torch.randn(3, 3, 10, 10)
     rows = np.array([0, 1, 1, 2])
     positions = np.array([[2, 2], [3, 4], [7, 1], [5, 5]])
-    out = activations_at(model, model.inner, images, rows, positions, with_attribution=True)
+    out = activations_at(ModelView.of_module(model, model.inner), images, rows, positions, with_attribution=True)
     expected = np.stack([autograd_attribution(model, model.inner, images[r], y, x) for r, (y, x) in zip(rows, positions)])
     np.testing.assert_allclose(out.attribution, expected, rtol=1e-4, atol=1e-6)
 
@@ -101,9 +102,9 @@ def test_an_image_with_more_positions_than_a_batch_is_split_into_passes() -> Non
     prep = Preprocessing(12, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     widths: list[int] = []
     handle = model[-1].register_forward_hook(lambda _m, _i, out: widths.append(len(out)))  # the logits: one row a position
-    small = collect_records(model, layer, prep, (12, 12), records, 9, 4, 0, True, 7)
+    small = collect_records(ModelView.of_module(model, layer, preprocessing=prep), records, 9, 4, 0, True, 7)
     handle.remove()
-    whole = collect_records(model, layer, prep, (12, 12), records, 9, 64, 0, True, 7)
+    whole = collect_records(ModelView.of_module(model, layer, preprocessing=prep), records, 9, 64, 0, True, 7)
     assert max(widths) == 4 and len(small.rows) == len(whole.rows) == 27
     for field in ("image_id", "y", "x", "label"):
         np.testing.assert_array_equal(getattr(small.rows, field), getattr(whole.rows, field))

@@ -25,7 +25,7 @@ from atlas.config import ALL_ACTIVATIONS, LayoutConfig, ModelConfig, TrainConfig
 from atlas.errors import AtlasError
 from atlas.models import load_model, resolve_layer
 from atlas.models.zoo import ARCHITECTURES, build_classifier
-from atlas.train.data import load_training_data, normalise_batch
+from atlas.train.data import load_training_data, to_model_input
 from atlas.train.trainer import CHECKPOINT, train_variant, variant_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def small_config(**overrides: Any) -> TrainConfig:
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_activation_builds_and_trains_a_step(fashion: None, architecture: str) -> None:
     data = load_training_data(small_config(limit_train_images=64, limit_test_images=8))
-    x = normalise_batch(data.train.images[:64], data.preprocessing)
+    x = to_model_input(data.train.images[:64], data.preprocessing)
     y = torch.from_numpy(data.train.labels[:64])
     for name in (*ALL_ACTIVATIONS, "Hardswish", "CELU"):
         torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_dead_units_are_counted_where_the_gradient_is_zero(fashion: None, tmp_pa
     with torch.no_grad():
         model.features.conv5.bias[:3] = -1e6  # three units that can never fire
     layers = activation_layers(model, torch.nn.ReLU)
-    stats = unit_statistics(model, layers, [normalise_batch(data.test.images, data.preprocessing)], 1e-3)
+    stats = unit_statistics(model, layers, [to_model_input(data.test.images, data.preprocessing)], 1e-3)
     last = stats["layers"][-1]
     assert last["layer"] == "features.act5"
     assert last["dead_fraction"] >= 3 / last["units"]

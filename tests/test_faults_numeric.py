@@ -32,6 +32,7 @@ from atlas.errors import AtlasError
 from atlas.images import FolderSource, to_tensor
 from atlas.models import load_model
 from atlas.models.record import Preprocessing
+from atlas.models.view import ModelView
 from atlas_pipelines.commands.cli import main
 from atlas_pipelines.stages.collect import collect_settings
 
@@ -340,14 +341,15 @@ def test_only_the_bad_positions_of_an_image_are_dropped(photo_folder: Path, tmp_
     source = FolderSource(photo_folder, 10**8)
     shards = source.plan(tmp_path, 3, 10)
     records = list(source.read(shards[0]))
-    result = collect_records(module, module.marked, prep, (8, 8), records, "all", 64, 0, True, 3)
+    view = ModelView.of_module(module, module.marked, preprocessing=prep)
+    result = collect_records(view, records, "all", 64, 0, True, 3)
     assert len(result.rows) == 3 * (64 - 1) and np.isfinite(result.rows.activation).all()
     assert not ((result.rows.y == 2) & (result.rows.x == 3)).any()
     assert [(e["name"], e["rows"], e["error"]) for e in result.nonfinite] == [(r.name, 1, "NaN in its activation") for r in records]
     assert result.n_images == 3
 
     with pytest.raises(AtlasError) as err:
-        collect_records(module, module.marked, prep, (8, 8), records, "all", 64, 0, True, 3, "stop", "marked")
+        collect_records(view, records, "all", 64, 0, True, 3, "stop")
     assert str(err.value).startswith(
         f"collect.nonfinite=stop: image '{records[0].name}' (image id 0) gives NaN in its activation at layer 'marked'"
     )

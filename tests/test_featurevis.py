@@ -79,8 +79,8 @@ def test_rendering_raises_the_objective(lite0: tuple[nn.Module, nn.Module]) -> N
         "neuron": Neuron(torch.randperm(80)[:4]),
     }
     for kind, objective in objectives.items():
-        before = score_images(model, layer, objective, FourierParam(seeds, 3, 64)(), mean=HALF, std=HALF)
-        result = render(model, layer, objective, fourier(3, 64), seeds=seeds, mean=HALF, std=HALF, steps=40)
+        before = score_images(model, objective, FourierParam(seeds, 3, 64)(), layer=layer, mean=HALF, std=HALF)
+        result = render(model, objective, fourier(3, 64), layer=layer, seeds=seeds, mean=HALF, std=HALF, steps=40)
         assert result.images.shape == (4, 3, 64, 64) and result.history.shape == (40,)
         assert float(result.images.min()) >= 0.0 and float(result.images.max()) <= 1.0
         gain = result.scores - before
@@ -109,7 +109,7 @@ def test_batched_and_one_at_a_time_agree(lite0: tuple[nn.Module, nn.Module]) -> 
     for dtype, steps, tolerance in [(torch.float64, 20, 1e-9), (torch.float32, 3, 1e-5)]:
         typed = copy.deepcopy(model).to(dtype)
         typed_layer = typed.get_submodule(next(n for n, m in model.named_modules() if m is layer))
-        run = partial(render, typed, typed_layer, param_factory=fourier(3, 36), mean=HALF, std=HALF, steps=steps,
+        run = partial(render, typed, layer=typed_layer, param_factory=fourier(3, 36), mean=HALF, std=HALF, steps=steps,
                       input_size=40)  # fmt: skip
         batched = run(objective=Direction(vectors), seeds=seeds)
         assert float((batched.images[0] - batched.images[1]).abs().max()) > 0.01, "different seeds, different images"
@@ -126,14 +126,14 @@ def test_bf16_renders_what_fp32_renders(lite0: tuple[nn.Module, nn.Module]) -> N
     seeds = [0, 1, 2, 3]
     torch.manual_seed(5)
     targets = centre_activations(model, layer, FourierParam([100, 101, 102, 103], 3, 48, sd=0.5)())
-    run = partial(render, model, layer, Direction(targets), fourier(3, 48), seeds=seeds, mean=HALF, std=HALF, steps=30)
+    run = partial(render, model, Direction(targets), fourier(3, 48), layer=layer, seeds=seeds, mean=HALF, std=HALF, steps=30)
     full, half = run(), run(precision="bf16")
-    before = score_images(model, layer, Direction(targets), FourierParam(seeds, 3, 48)(), mean=HALF, std=HALF)
+    before = score_images(model, Direction(targets), FourierParam(seeds, 3, 48)(), layer=layer, mean=HALF, std=HALF)
     assert half.images.dtype == torch.float32 and bool(torch.isfinite(half.images).all())
     assert float(half.images.min()) >= 0.0 and float(half.images.max()) <= 1.0
     assert not torch.equal(half.images, full.images), "bf16 must actually change the arithmetic"
     # scored in fp32 on the plain images: bf16's icons reach what fp32's reach, far above the start
-    after_half = score_images(model, layer, Direction(targets), half.images, mean=HALF, std=HALF)
+    after_half = score_images(model, Direction(targets), half.images, layer=layer, mean=HALF, std=HALF)
     assert float((after_half - before).mean()) > 0.8 * float((full.scores - before).mean()), (before, full.scores, after_half)
     cosine = F.cosine_similarity(centre_activations(model, layer, half.images), targets)
     assert float(cosine.mean()) > 0.8, cosine
@@ -146,7 +146,7 @@ def test_best_of_n_keeps_the_best_try() -> None:
     layer = model[5]
     seeds = [10, 20, 30, 40, 50, 60]
     objective = Channel([0, 3, 5, 8, 13, 21])
-    run = partial(render, model, layer, objective, fourier(3, 24), mean=HALF, std=HALF, steps=8)
+    run = partial(render, model, objective, fourier(3, 24), layer=layer, mean=HALF, std=HALF, steps=8)
     best = run(seeds=seeds, tries=3)
     separate = [run(seeds=try_seeds(seeds, t)) for t in range(3)]
     scores = torch.stack([r.scores for r in separate])
@@ -165,8 +165,8 @@ def test_one_channel_28px_model() -> None:
     objective = Channel([4, 9])
     param = FourierParam(seeds, 1, 28)
     with torch.no_grad():
-        before = score_images(model, layer, objective, param(), mean=(0.5,), std=(0.5,))
-    run = partial(render, model, layer, objective, seeds=seeds, mean=(0.5,), std=(0.5,))
+        before = score_images(model, objective, param(), layer=layer, mean=(0.5,), std=(0.5,))
+    run = partial(render, model, objective, layer=layer, seeds=seeds, mean=(0.5,), std=(0.5,))
     result = run(fourier(1, 28), steps=30)
     assert result.images.shape == (2, 1, 28, 28)
     assert float(result.images.min()) >= 0.0 and float(result.images.max()) <= 1.0
@@ -203,7 +203,7 @@ def test_direction_floor_keeps_a_gradient_at_negative_cosine(lite0: tuple[nn.Mod
     model, layer = lite0
     param = FourierParam([0, 1], 3, 48)
     opposite = -centre_activations(model, layer, param())
-    with LayerCapture(model, layer) as capture:
+    with LayerCapture(layer, module=model, stop=True) as capture:
         activation = capture((param() - 0.5) / 0.5)
     assert float(F.cosine_similarity(centre(activation.detach()), opposite).max()) < 0
     Direction(opposite)(activation, param()).sum().backward()
@@ -240,10 +240,10 @@ def test_capture_stops_at_the_layer() -> None:
     model = small_cnn()
     calls: list[str] = []
     model[6].register_forward_hook(lambda *_: calls.append("after"))
-    with LayerCapture(model, model[3]) as capture:
+    with LayerCapture(model[3], module=model, stop=True) as capture:
         out = capture(torch.rand(2, 3, 16, 16))
     assert out.shape == (2, 24, 8, 8) and calls == []
-    with LayerCapture(model, model[3], stop=False) as capture:
+    with LayerCapture(model[3], module=model, stop=False) as capture:
         capture(torch.rand(2, 3, 16, 16))
     assert calls == ["after"]
 

@@ -90,11 +90,11 @@ class Case:
         return mixed / mixed.norm(dim=1, keepdim=True) * length
 
     def render(self, objective: Objective, factory: ParamFactory, steps: int, **kwargs: object) -> RenderResult:
-        return render(self.model, self.layer, objective, factory, seeds=list(range(len(self.starts))), mean=self.mean,
+        return render(self.model, objective, factory, layer=self.layer, seeds=list(range(len(self.starts))), mean=self.mean,
                       std=self.mean, steps=steps, **kwargs)  # type: ignore[arg-type]  # fmt: skip
 
     def score(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:
-        return score_images(self.model, self.layer, objective, images, mean=self.mean, std=self.mean)
+        return score_images(self.model, objective, images, layer=self.layer, mean=self.mean, std=self.mean)
 
     def view_score(self, objective: Objective, images: torch.Tensor, count: int = 8) -> torch.Tensor:
         """``[B]``: the mean score over ``count`` random views (fixed seeds, none of the training's): what the loop optimises."""
@@ -180,7 +180,7 @@ def test_batched_equals_one_at_a_time_and_seeds_repeat(kind: str, case: Case) ->
     model = copy.deepcopy(case.model).double()
     typed = Case(case.name, model, case.layer_name, case.channels, case.size, case.starts[:3], case.spectrum)
     targets = typed.targets()
-    run = partial(render, model, typed.layer, mean=typed.mean, std=typed.mean, steps=6)
+    run = partial(render, model, layer=typed.layer, mean=typed.mean, std=typed.mean, steps=6)
     seeds = [5, 9, 13]
     batched = run(objective_of(kind, typed, targets), factory_of(kind, typed), seeds=seeds)
     again = run(objective_of(kind, typed, targets), factory_of(kind, typed), seeds=seeds)
@@ -281,7 +281,7 @@ def test_alpha_is_an_attribution_map_and_costs_nothing_else(tiny_case: Case) -> 
     best = run(alpha=True, tries=2)
     assert len(set(best.best_try.tolist())) > 1, "the check needs images whose best try differs"
     for attempt in range(2):
-        alone = render(case.model, case.layer, objective, maco(1, 28, case.spectrum), seeds=try_seeds(range(6), attempt),
+        alone = render(case.model, objective, maco(1, 28, case.spectrum), layer=case.layer, seeds=try_seeds(range(6), attempt),
                        mean=case.mean, std=case.mean, steps=12, alpha=True)  # fmt: skip
         kept = best.best_try == attempt
         assert alone.alpha is not None and best.alpha is not None

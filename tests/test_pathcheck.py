@@ -14,7 +14,7 @@ from atlas.bundle import Bundle, full_view_file
 from atlas.config import ModelConfig
 from atlas.errors import AtlasError
 from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
-from atlas.models import LoadedModel, load_model, resolve_layer
+from atlas.models import LoadedModel, ModelView, load_model, resolve_layer
 from atlas_pipelines.commands.cli import main
 from atlas_pipelines.stages.path import cell_patches, fed_image
 
@@ -81,7 +81,6 @@ def test_auto_layers_come_before_the_atlas_layer_and_a_wrong_name_is_one_line(mo
 
 
 def test_early_vectors_feed_each_size_and_weigh_layers_equally(model: LoadedModel) -> None:
-    prep = model.preprocessing
     layers = [resolve_layer(model, name) for name in ("blocks.0", "blocks.2")]
     generator = torch.Generator().manual_seed(0)
     images = [
@@ -89,10 +88,10 @@ def test_early_vectors_feed_each_size_and_weigh_layers_equally(model: LoadedMode
         torch.rand(3, 40, 40, generator=generator),
         torch.rand(3, 64, 64, generator=generator),
     ]
-    vectors = early_vectors(model.module, layers, images, prep.mean, prep.std, batch_size=1)
+    vectors = early_vectors(ModelView.of(model, "blocks.4"), layers, images, batch_size=1)
     assert vectors.shape == (3, 16 + 40)  # blocks.0 has 16 channels, blocks.2 40
     assert np.allclose(np.linalg.norm(vectors[:, :16], axis=1), 1.0) and np.allclose(np.linalg.norm(vectors[:, 16:], axis=1), 1.0)
-    one = early_vectors(model.module, layers, images[1:2], prep.mean, prep.std)
+    one = early_vectors(ModelView.of(model, "blocks.4"), layers, images[1:2])
     assert np.allclose(one[0], vectors[1], atol=1e-5), "batched by size equals one at a time"
 
 
@@ -108,8 +107,7 @@ def checked(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def _vectors(bundle: Bundle, names: list[str], model: LoadedModel, layers: list[torch.nn.Module]) -> np.ndarray:
     images = [torch.from_numpy(np.asarray(bundle.image(n).convert("RGB"), np.float32).transpose(2, 0, 1) / 255.0) for n in names]
-    prep = model.preprocessing
-    return early_vectors(model.module, layers, images, prep.mean, prep.std)
+    return early_vectors(ModelView.of(model, "blocks.4"), layers, images)
 
 
 def test_every_level_has_its_path_check_in_manifest_and_cells(checked: Path) -> None:
@@ -150,16 +148,12 @@ def test_examples_are_nearer_their_own_cell_and_icons_nearer_them_than_noise(che
         icons = _vectors(bundle, [fed_image(bundle, c["icon"]) for c in cells], model, layers)
         size = Image.open(bundle.path(cells[0]["icon"])).size[0]
         noise = list(torch.rand(len(cells), 3, size, size, generator=torch.Generator().manual_seed(0)))
-        noisy = path_check(early_vectors(model.module, layers, noise, *model_norm(model)), examples)
+        noisy = path_check(early_vectors(ModelView.of(model, "blocks.4"), layers, noise), examples)
         icon_check = path_check(icons, examples)
         recorded = [r["cosine"] for r in bundle.path_check(level["grid"]) or [] if r is not None]
         assert icon_check.mean_cosine == pytest.approx(np.mean(recorded), abs=1e-3), "the stage scores what the model sees"
         print(f"grid {level['grid']}: icons cosine {icon_check.mean_cosine:.3f} top-1 {icon_check.top1:.2f}; noise {noisy.mean_cosine:.3f}")
         assert icon_check.mean_cosine > noisy.mean_cosine + 0.05, "the check tells an icon from noise"
-
-
-def model_norm(model: LoadedModel) -> tuple[list[float], list[float]]:
-    return list(model.preprocessing.mean), list(model.preprocessing.std)
 
 
 def test_the_full_view_is_what_is_checked_when_render_kept_one(checked: Path) -> None:

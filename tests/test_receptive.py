@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from atlas.featurevis.receptive import field_from_gradient, measure_receptive_field
+from atlas.models.view import ModelView
 
 
 def _cnn(*layers: nn.Module) -> nn.Sequential:
@@ -26,7 +27,7 @@ def _cnn(*layers: nn.Module) -> nn.Sequential:
 )
 def test_the_whole_gradient_covers_the_field_known_by_construction(layers: tuple[nn.Module, ...], expected: int) -> None:
     model = _cnn(*layers)
-    field = measure_receptive_field(model, model[-1], 1, 28, [0.5], [0.5], mass=1.0 - 1e-9)
+    field = measure_receptive_field(ModelView.of_module(model, model[-1], mean=[0.5], std=[0.5]), 28, mass=1.0 - 1e-9)
     assert field.size == expected and field.image_size == 28
     assert field.crops and 0 < field.fraction < 0.5
     # The square is where the centre position looks: it holds the centre of the 28 px image.
@@ -35,7 +36,7 @@ def test_the_whole_gradient_covers_the_field_known_by_construction(layers: tuple
 
 def test_a_field_as_large_as_the_image_is_not_cropped() -> None:
     model = _cnn(*[m for _ in range(8) for m in (nn.Conv2d(1, 1, 5, padding=2), nn.ReLU())][:-1])
-    field = measure_receptive_field(model, model[-1], 1, 28, [0.5], [0.5])
+    field = measure_receptive_field(ModelView.of_module(model, model[-1], mean=[0.5], std=[0.5]), 28)
     assert field.size > 0.9 * 28 and not field.crops
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from atlas.config import ModelConfig
 from atlas.featurevis.fidelity import centre_activations, direction_fidelity
-from atlas.models import load_model, resolve_layer
+from atlas.models import ModelView, load_model
 from atlas_pipelines.commands.cli import main
 
 ARGS = [
@@ -49,13 +49,11 @@ def test_every_kept_cell_has_an_icon_with_its_fidelity(rendered: Path) -> None:
 
 def test_icons_beat_random_noise(rendered: Path) -> None:
     model = load_model(ModelConfig())
-    layer = resolve_layer(model, "blocks.4")
-    prep = model.preprocessing
     for size in (2, 4):
         cells = json.loads((rendered / "levels" / str(size) / "cells.json").read_text())
         directions = np.load(rendered / "levels" / str(size) / "directions.npy")
         noise = torch.rand(len(cells), 3, 64, 64, generator=torch.Generator().manual_seed(0))
-        baseline = direction_fidelity(centre_activations(model.module, layer, noise, prep.mean, prep.std), directions)
+        baseline = direction_fidelity(centre_activations(ModelView.of(model, "blocks.4"), noise), directions)
         icon_cos = np.mean([c["fidelity"]["cosine"] for c in cells])
         icon_top1 = np.mean([c["fidelity"]["rank"] == 0 for c in cells])
         assert icon_cos > baseline.mean_cosine + 0.15

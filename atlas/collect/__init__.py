@@ -1,6 +1,6 @@
 """Activation collection: sample positions, forward to the layer, attribute, store rows."""
 
-from atlas.collect.attribution import PositionRows, activations_at, layer_shape
+from atlas.collect.attribution import PositionRows, activations_at
 from atlas.collect.collector import ShardResult, collect_records
 from atlas.collect.sampling import sample_positions
 from atlas.collect.store import ROW_FIELDS, ActivationStore, RowChunk, Rows, StoreLayout
@@ -15,6 +15,5 @@ __all__ = [
     "StoreLayout",
     "activations_at",
     "collect_records",
-    "layer_shape",
     "sample_positions",
 ]

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from atlas.models.layers import LayerCapture, run_to_layer
+from atlas.models.capture import LayerCapture
+from atlas.models.view import ModelView
 
 
 @dataclass
@@ -26,23 +27,8 @@ class PositionRows:
     attribution: np.ndarray | None  # float32 [R, n_classes]
 
 
-def _gather(output: torch.Tensor, rows: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    if output.dim() == 4:
-        return output[rows, :, ys, xs]
-    if output.dim() == 2:
-        return output[rows]
-    raise ValueError(f"layer output has shape {tuple(output.shape)}; expected [B, C, H, W] or [B, C]")
-
-
-def layer_shape(module: torch.nn.Module, layer: torch.nn.Module, example: torch.Tensor) -> tuple[int, ...]:
-    """Shape of the layer's output for one example, by a forward that stops at the layer."""
-    with torch.no_grad():
-        return tuple(run_to_layer(module, layer, example[:1]).shape[1:])
-
-
 def activations_at(
-    module: torch.nn.Module,
-    layer: torch.nn.Module,
+    view: ModelView,
     images: torch.Tensor,
     rows: np.ndarray,
     positions: np.ndarray,
@@ -54,23 +40,24 @@ def activations_at(
     is one forward-mode pass whose tangent is its own activation vector placed
     at its own position and zero elsewhere.
     """
+    layer = view.layer
     device = images.device  # the caller puts images where the model is; indices follow, results come back to the CPU
     index = torch.as_tensor(rows, dtype=torch.long, device=device)
     ys = torch.as_tensor(positions[:, 0], dtype=torch.long, device=device)
     xs = torch.as_tensor(positions[:, 1], dtype=torch.long, device=device)
     if not with_attribution:
         with torch.no_grad():
-            output = run_to_layer(module, layer, images)
-        return PositionRows(_gather(output, index, ys, xs).float().cpu().numpy(), None)
+            output = view.run_to_layer(images)
+        return PositionRows(view.layout.at(output, index, ys, xs).float().cpu().numpy(), None)
 
     if len(index) == len(images) and np.array_equal(rows, np.arange(len(images))):
-        return _attribute(module, layer, images, None, ys, xs)
+        return _attribute(view, images, None, ys, xs)
     if _EXPAND_AT_LAYER.get(layer, True):
         try:
-            return _attribute(module, layer, images, index, ys, xs)
+            return _attribute(view, images, index, ys, xs)
         except RuntimeError:
             _EXPAND_AT_LAYER[layer] = False  # something after the layer still needs the original batch
-    return _attribute(module, layer, images[index], None, ys, xs)
+    return _attribute(view, images[index], None, ys, xs)
 
 
 # Layers after which the batch can be widened to one row per position (False once that failed).
@@ -78,8 +65,7 @@ _EXPAND_AT_LAYER: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.Wea
 
 
 def _attribute(
-    module: torch.nn.Module,
-    layer: torch.nn.Module,
+    view: ModelView,
     images: torch.Tensor,
     expand: torch.Tensor | None,
     ys: torch.Tensor,
@@ -99,17 +85,12 @@ def _attribute(
         if expand is not None:
             output = output[expand]
         own = torch.arange(len(output), device=output.device)
-        h = _gather(output, own, ys, xs)
+        h = view.layout.at(output, own, ys, xs)
         captured["h"] = h.detach().clone()  # later in-place ops must not change the stored rows
-        if output.dim() == 4:
-            tangent = torch.zeros_like(output)
-            tangent[own, :, ys, xs] = h
-        else:
-            tangent = output.detach().clone()
-        return fwAD.make_dual(output, tangent)
+        return fwAD.make_dual(output, view.layout.place(output, own, ys, xs, h))
 
-    with torch.no_grad(), fwAD.dual_level(), LayerCapture(layer, store=False, transform=make_dual):
-        logits = module(images)
+    with torch.no_grad(), fwAD.dual_level(), LayerCapture(view.layer, store=False, transform=make_dual):
+        logits = view.module(images)
         tangent_out = fwAD.unpack_dual(logits).tangent
     if tangent_out is None:
         raise RuntimeError("the model's output does not depend on the hooked layer; pick a layer on the path to the logits")

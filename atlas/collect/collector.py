@@ -19,11 +19,10 @@ import torch
 from atlas.collect.attribution import activations_at
 from atlas.collect.sampling import sample_positions
 from atlas.collect.store import ROW_FIELDS, Rows
-from atlas.devices import device_of
 from atlas.errors import AtlasError
 from atlas.images.preprocess import to_tensor
 from atlas.images.source import ImageRecord, display_name, one_line
-from atlas.models.record import Preprocessing
+from atlas.models.view import ModelView
 
 
 @dataclass
@@ -51,10 +50,7 @@ def _batches(records: Iterable[ImageRecord], size: int) -> Iterator[list[ImageRe
 
 
 def collect_records(
-    module: torch.nn.Module,
-    layer: torch.nn.Module,
-    preprocessing: Preprocessing,
-    layer_hw: tuple[int, int],
+    view: ModelView,
     records: Iterable[ImageRecord],
     positions_per_image: int | Literal["all"],
     batch_size: int,
@@ -62,7 +58,6 @@ def collect_records(
     with_attribution: bool,
     n_classes: int,
     nonfinite: Literal["drop", "stop"] = "drop",
-    layer_name: str | None = None,
 ) -> ShardResult:
     """Preprocess, sample positions and run the model in batches of ``batch_size`` rows.
 
@@ -74,8 +69,8 @@ def collect_records(
     skipped: list[dict[str, str]] = []
     bad_rows: dict[int, dict[str, Any]] = {}  # image id -> its report, in the order first met
     kept_ids: set[int] = set()
-    height, width = layer_hw
-    device = device_of(module)  # decoding and preprocessing stay on the CPU; the batch goes where the model is
+    height, width = view.grid
+    device = view.device  # decoding and preprocessing stay on the CPU; the batch goes where the model is
     images_per_batch = max(1, batch_size // (height * width if positions_per_image == "all" else positions_per_image))
     for batch in _batches(records, images_per_batch):
         good: list[ImageRecord] = []
@@ -85,7 +80,7 @@ def collect_records(
                 skipped.append({"name": display_name(record.name), "error": record.error or "unreadable"})
                 continue
             try:
-                tensors.append(to_tensor(record.image, preprocessing))
+                tensors.append(to_tensor(record.image, view.preprocessing))
             except (OSError, ValueError) as err:
                 skipped.append({"name": display_name(record.name), "error": str(err)})
                 continue
@@ -105,12 +100,12 @@ def collect_records(
             part, at = rows[lo : lo + batch_size], where[lo : lo + batch_size]
             used, local = np.unique(part, return_inverse=True)
             subset = images if len(used) == len(good) else images[torch.as_tensor(used, device=device)]
-            out = activations_at(module, layer, subset, local, at, with_attribution)
+            out = activations_at(view, subset, local, at, with_attribution)
             attribution = out.attribution if out.attribution is not None else np.zeros((len(part), n_classes), np.float32)
             rows_here = Rows(out.activation, attribution, ids_of[part], at[:, 0].copy(), at[:, 1].copy(), labels_of[part])
             finite = np.isfinite(rows_here.activation).all(axis=1) & np.isfinite(rows_here.attribution).all(axis=1)
             if not finite.all():
-                _report_nonfinite(rows_here, ~finite, [good[i] for i in used], bad_rows, nonfinite, layer_name)
+                _report_nonfinite(rows_here, ~finite, [good[i] for i in used], bad_rows, nonfinite, view.layer_name)
                 rows_here = Rows(*(getattr(rows_here, f)[finite] for f in ROW_FIELDS))
             kept_ids.update(rows_here.image_id.tolist())
             parts.append(rows_here)
@@ -127,7 +122,7 @@ def _report_nonfinite(
     records: list[ImageRecord],
     reports: dict[int, dict[str, Any]],
     mode: Literal["drop", "stop"],
-    layer_name: str | None,
+    layer_name: str,
 ) -> None:
     """Count the bad rows per image (``records``: this pass's images, any order); with ``stop``, raise for the first."""
     names = {r.image_id: r.name for r in records}
@@ -136,9 +131,8 @@ def _report_nonfinite(
         what = _what_is_wrong(rows.activation[row], "activation") or _what_is_wrong(rows.attribution[row], "attribution")
         name = display_name(names[image_id])
         if mode == "stop":
-            where = "the layer" if layer_name is None else f"layer {layer_name!r}"
             raise AtlasError(
-                f"collect.nonfinite=stop: image '{one_line(name)}' (image id {image_id}) gives {what} at {where}; set "
+                f"collect.nonfinite=stop: image '{one_line(name)}' (image id {image_id}) gives {what} at layer {layer_name!r}; set "
                 "collect.nonfinite=drop to drop and count such rows, or fix the model (its weights, preprocessing or layer)"
             )
         entry = reports.setdefault(image_id, {"name": name, "image_id": image_id, "rows": 0, "error": what})

@@ -5,8 +5,11 @@ Three small pieces (after lucid/lucent's ``optvis``) and one loop::
     from atlas.featurevis import Direction, fourier, render, render_channel
 
     result = render_channel(model, model.blocks[4], channel=17, size=96)   # one channel, defaults
-    result = render(model, layer, Direction.whitened(directions, whitening), fourier(3, 80),
+    result = render(model, Direction.whitened(directions, whitening), fourier(3, 80), layer=model.blocks[4],
                     seeds=range(len(directions)), mean=mean, std=std, steps=512, tries=4)
+
+``render`` takes a bare module (with ``layer=``, and ``mean``/``std`` or their defaults) or an
+:class:`atlas.models.ModelView`, which carries the layer and the preprocessing.
 
 Each image of a batch has its own target and its own seed, and renders the same
 alone or in a batch. Besides ``fourier`` and ``pixels``: ``maco(channels, size,
@@ -16,7 +19,6 @@ alpha=True)`` adds MaCo's transparency map. ``Log(Direction(...)) + Retrieval(al
 own_rows)`` also pushes each icon away from the cells next to its own (what fidelity's top-1 asks).
 """
 
-from atlas.featurevis.capture import LayerCapture, layer_output
 from atlas.featurevis.objectives import (
     Channel,
     Direction,
@@ -48,6 +50,9 @@ from atlas.featurevis.render import RenderResult, render, render_channel, score_
 from atlas.featurevis.seeding import derive_seed, try_seeds
 from atlas.featurevis.spectrum import estimate_spectrum
 from atlas.featurevis.transforms import RandomViews, Transforms, resize
+from atlas.models.capture import LayerCapture
+from atlas.models.capture import run_to_layer as layer_output
+from atlas.models.view import ModelView
 
 __all__ = [
     "AccentuateParam",
@@ -59,6 +64,7 @@ __all__ = [
     "LayerCapture",
     "Log",
     "MacoParam",
+    "ModelView",
     "Neuron",
     "Objective",
     "ParamFactory",

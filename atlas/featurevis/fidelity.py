@@ -7,16 +7,12 @@ direction of that grid (0 = the icon is closest to its own cell).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from atlas.devices import device_of
-from atlas.featurevis.objectives import centre
-from atlas.models.layers import run_to_layer
+from atlas.models.view import ModelView
 
 
 @dataclass
@@ -34,24 +30,15 @@ class Fidelity:
         return float(self.cosine.mean()) if len(self.cosine) else 0.0
 
 
-def centre_activations(
-    model: nn.Module,
-    layer: nn.Module,
-    images: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 64,
-) -> np.ndarray:
+def centre_activations(view: ModelView, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """[N, C] activation at the layer's centre for images in [0, 1], fed at their own size, on the model's device."""
-    device = device_of(model)
-    mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    device = view.device
     parts = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device).float()
-            batch = ((batch - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
-            parts.append(centre(run_to_layer(model, layer, batch)).float().cpu())
+            batch = view.normalise(images[start : start + batch_size].to(device).float())
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            parts.append(view.layout.centre(view.run_to_layer(batch)).float().cpu())
     return torch.cat(parts).numpy()
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas.featurevis.param import ACCENTUATE_MARGIN, inside_unit
+from atlas.models.view import centre
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float] | Sequence[Sequence[float]]
 
@@ -39,14 +40,6 @@ def _per_image(values: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     if values.shape[0] != batch:
         raise ValueError(f"{what} has {values.shape[0]} rows but the batch has {batch} images")
     return values
-
-
-def centre(activation: torch.Tensor, window: int = 1) -> torch.Tensor:
-    """``[B, C]``: the activation at the centre position (mean over a ``window x window`` block there)."""
-    height, width = activation.shape[-2:]
-    window_y, window_x = min(window, height), min(window, width)
-    top, left = max(height // 2 - window_y // 2, 0), max(width // 2 - window_x // 2, 0)
-    return activation[:, :, top : top + window_y, left : left + window_x].mean(dim=(2, 3))
 
 
 class Objective:

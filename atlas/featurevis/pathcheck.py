@@ -17,51 +17,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from atlas.devices import device_of
 from atlas.errors import AtlasError
-from atlas.models.layers import resolve_layer, run_to_layer
+from atlas.models.capture import zeros_input
+from atlas.models.layers import Traced, resolve_layer, trace_modules
 from atlas.models.record import LoadedModel
+from atlas.models.view import ModelView
 
 SETTING = "path_check.layers"
 
 
-@dataclass(frozen=True)
-class _Traced:
-    name: str
-    shape: tuple[int, ...]
-    calls: int
-    passthrough: bool  # returned its input tensor itself (Identity, eval Dropout, in-place activations)
-
-
-def _trace_to(model: LoadedModel, layer: nn.Module, layer_name: str) -> list[_Traced]:
+def _trace_to(model: LoadedModel, layer: nn.Module, layer_name: str) -> list[Traced]:
     """The modules that finish before ``layer`` starts, in forward order (one dummy pass, stopped at ``layer``)."""
-    order: dict[str, dict[str, Any]] = {}
-
-    def hook_for(name: str) -> Any:
-        def hook(_module: nn.Module, inputs: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor):
-                return
-            seen = order.setdefault(name, {"shape": tuple(output.shape[1:]), "calls": 0, "passthrough": False})
-            seen["calls"] += 1
-            seen["passthrough"] |= bool(inputs) and output is inputs[0]
-
-        return hook
-
-    inside = f"{layer_name}."
-    named = [(n, m) for n, m in model.module.named_modules() if n and n != layer_name and not n.startswith(inside)]
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in named]
     prep = model.preprocessing
-    param = next(model.module.parameters(), None)
-    x = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, device=device_of(model.module))
-    if param is not None and param.is_floating_point():
-        x = x.to(param.dtype)
-    try:
-        with torch.no_grad():
-            run_to_layer(model.module, layer, x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [_Traced(n, v["shape"], v["calls"], v["passthrough"]) for n, v in order.items()]
+    return trace_modules(model.module, zeros_input(model.module, prep.channels, prep.input_size), stop_at=layer, skip=layer_name)
 
 
 def choose_layers(model: LoadedModel, atlas_layer: str, setting: Sequence[str] | Literal["auto"] = "auto") -> list[str]:
@@ -80,7 +48,7 @@ def choose_layers(model: LoadedModel, atlas_layer: str, setting: Sequence[str] |
                 raise AtlasError(str(err).replace("model.layer", SETTING, 1)) from None
         return list(dict.fromkeys(setting))
     traced = _trace_to(model, resolve_layer(model, atlas_layer), atlas_layer)
-    candidates = [t.name for t in traced if len(t.shape) == 3 and t.calls == 1 and not t.passthrough]
+    candidates = [t.name for t in traced if t.shape is not None and len(t.shape) == 3 and t.calls == 1 and not t.passthrough]
     depth = atlas_layer.count(".")
     shallow = [name for name in candidates if name.count(".") <= depth]
     candidates = shallow if len(shallow) >= 2 else candidates
@@ -93,13 +61,10 @@ class _AllSeen(Exception):
     """Raised once every early layer has run, so nothing after the last of them is computed."""
 
 
-def _spatial_mean(output: torch.Tensor) -> torch.Tensor:
-    flat = output.float().flatten(2) if output.dim() > 2 else output.float().unsqueeze(-1)
-    return flat.mean(-1)
+def _batch_vectors(view: ModelView, layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """[B, sum of channels]: each layer's spatial mean, taken in its hook (before any in-place op changes it).
 
-
-def _batch_vectors(module: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """[B, sum of channels]: each layer's spatial mean, taken in its hook (before any in-place op changes it)."""
+    Several layers at once, stopping after the last of them, so not :class:`atlas.models.capture.LayerCapture`."""
     means: dict[int, torch.Tensor] = {}
     thread = threading.get_ident()
 
@@ -107,7 +72,7 @@ def _batch_vectors(module: nn.Module, layers: Sequence[nn.Module], x: torch.Tens
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if threading.get_ident() != thread or k in means or not isinstance(output, torch.Tensor):
                 return
-            means[k] = _spatial_mean(output)
+            means[k] = view.layout.spatial_mean(output.float())
             if len(means) == len(layers):
                 raise _AllSeen
 
@@ -115,7 +80,7 @@ def _batch_vectors(module: nn.Module, layers: Sequence[nn.Module], x: torch.Tens
 
     handles = [layer.register_forward_hook(hook_for(k)) for k, layer in enumerate(layers)]
     try:
-        module(x)
+        view.module(x)
     except _AllSeen:
         pass
     finally:
@@ -128,18 +93,11 @@ def _batch_vectors(module: nn.Module, layers: Sequence[nn.Module], x: torch.Tens
 
 
 def early_vectors(
-    model: nn.Module,
-    layers: Sequence[nn.Module],
-    images: Sequence[torch.Tensor] | torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 64,
+    view: ModelView, layers: Sequence[nn.Module], images: Sequence[torch.Tensor] | torch.Tensor, batch_size: int = 64
 ) -> np.ndarray:
     """[N, D]: per image in [0, 1] ([C, H, W], each fed at its own size), every early layer's spatial mean activation,
     L2-normalised per layer (so each layer weighs the same) and concatenated. Images of one size go in batches."""
-    device = device_of(model)
-    mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    device = view.device
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for n, image in enumerate(images):
         by_shape.setdefault(tuple(image.shape), []).append(n)
@@ -148,9 +106,8 @@ def early_vectors(
         for members in by_shape.values():
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
-                batch = torch.stack([images[n] for n in chunk]).to(device).float()
-                batch = ((batch - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
-                vectors = _batch_vectors(model, layers, batch).cpu().numpy()
+                batch = view.normalise(torch.stack([images[n] for n in chunk]).to(device).float())
+                vectors = _batch_vectors(view, layers, batch.contiguous(memory_format=torch.channels_last)).cpu().numpy()
                 if out is None:
                     out = np.zeros((len(images), vectors.shape[1]), np.float32)
                 out[chunk] = vectors

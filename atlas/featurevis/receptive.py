@@ -10,18 +10,14 @@ at full size, keeping the whole render as the full view.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from atlas.devices import device_of
-from atlas.featurevis.objectives import centre
 from atlas.featurevis.seeding import generator
-from atlas.models.layers import run_to_layer
+from atlas.models.view import ModelView
 
 CROP_BELOW = 0.9  # crop only when the field is clearly smaller than the image; a near-whole field is left whole
 
@@ -54,26 +50,16 @@ class ReceptiveField:
         return {**asdict(self), "fraction": round(self.fraction, 4), "crops": self.crops}
 
 
-def input_gradient(
-    model: nn.Module,
-    layer: nn.Module,
-    channels: int,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    samples: int = 8,
-    seed: int = 0,
-) -> np.ndarray:
+def input_gradient(view: ModelView, image_size: int, samples: int = 8, seed: int = 0) -> np.ndarray:
     """[H, W]: |d ||centre activation||^2 / d input|, summed over channels and ``samples`` uniform random images."""
-    device = device_of(model)
+    channels = view.preprocessing.channels
     draws = torch.rand((samples, channels, image_size, image_size), generator=generator(seed))
-    images = draws.to(device).requires_grad_(True)
-    mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    images = draws.to(view.device).requires_grad_(True)
+    model = view.module
     was_training = model.training
     model.eval()
     try:
-        activation = centre(run_to_layer(model, layer, (images - mean_t) / std_t)).float()
+        activation = view.layout.centre(view.run_to_layer(view.normalise(images))).float()
         (grad,) = torch.autograd.grad(activation.pow(2).sum(), images)
     finally:
         model.train(was_training)
@@ -100,19 +86,9 @@ def field_from_gradient(gradient: np.ndarray, mass: float = 0.99) -> ReceptiveFi
     return ReceptiveField(side_max, (height - side_max) // 2, (width - side_max) // 2, side_max, mass)
 
 
-def measure_receptive_field(
-    model: nn.Module,
-    layer: nn.Module,
-    channels: int,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    mass: float = 0.99,
-    samples: int = 8,
-    seed: int = 0,
-) -> ReceptiveField:
+def measure_receptive_field(view: ModelView, image_size: int, mass: float = 0.99, samples: int = 8, seed: int = 0) -> ReceptiveField:
     """The centre position's field on an ``image_size`` image, fed at that size as icons are."""
-    return field_from_gradient(input_gradient(model, layer, channels, image_size, mean, std, samples, seed), mass)
+    return field_from_gradient(input_gradient(view, image_size, samples, seed), mass)
 
 
 __all__ = ["ReceptiveField", "field_from_gradient", "input_gradient", "measure_receptive_field"]

@@ -1,8 +1,9 @@
 """Gradient ascent on an image parameterisation: a short loop that knows nothing about objectives.
 
 Each step: pixels from the parameterisation, one random view per image
-(batched), resize to the model's input size, normalise, forward up to the layer
-(nothing after it runs), score, backward into the parameterisation only, Adam.
+(batched), resize to the model's input size, normalise (the model view's mean
+and std), forward up to the layer (nothing after it runs), score, backward into
+the parameterisation only, Adam.
 Best of N: ``tries`` independent starts (seeds from :func:`try_seeds`), and per
 image the try whose plain image (no random view) scores highest is kept.
 
@@ -25,14 +26,12 @@ import torch
 from torch import nn
 
 from atlas.featurevis.alpha import AlphaAccumulator
-from atlas.featurevis.capture import LayerCapture
 from atlas.featurevis.objectives import Channel, Objective
 from atlas.featurevis.param import ImageParam, ParamFactory, fourier
 from atlas.featurevis.seeding import derive_seed, try_seeds
 from atlas.featurevis.transforms import Transforms, resize
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from atlas.models.capture import LayerCapture
+from atlas.models.view import LayerLayout, ModelView
 
 
 @dataclass
@@ -50,34 +49,34 @@ class RenderResult:
     alpha: torch.Tensor | None = None
 
 
-class _Normalise:
-    """Pixels in [0, 1] -> model input: resize, ``(x - mean) / std``, optionally channels_last."""
+class _ModelInput:
+    """Pixels in [0, 1] -> model input: resize, the view's normalisation, the model's dtype, optionally channels_last."""
 
-    def __init__(
-        self,
-        mean: Sequence[float],
-        std: Sequence[float],
-        input_size: int | tuple[int, int] | None,
-        channels_last: bool,
-        device: torch.device,
-        model_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        work_dtype = _work_dtype(model_dtype)
-        self.mean = torch.tensor(list(mean), dtype=work_dtype, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(list(std), dtype=work_dtype, device=device).view(1, -1, 1, 1)
-        self.model_dtype = model_dtype
-        if self.mean.shape != self.std.shape:
-            raise ValueError(f"mean has {self.mean.numel()} values but std has {self.std.numel()}")
+    def __init__(self, view: ModelView, input_size: int | tuple[int, int] | None, channels_last: bool) -> None:
+        self.view = view
+        self.model_dtype = view.dtype
         self.input_size = input_size
         self.channels_last = channels_last
 
     def __call__(self, views: torch.Tensor, resized: bool = False) -> torch.Tensor:
-        if self.mean.shape[1] not in (1, views.shape[1]):
-            raise ValueError(f"mean/std have {self.mean.shape[1]} channels but the images have {views.shape[1]}")
         if not resized and self.input_size is not None:
             views = resize(views, self.input_size)
-        inputs = ((views - self.mean) / self.std).to(self.model_dtype)
+        inputs = self.view.normalise(views).to(self.model_dtype)
         return inputs.contiguous(memory_format=torch.channels_last) if self.channels_last else inputs
+
+
+def as_view(
+    model: ModelView | nn.Module, layer: nn.Module | str | None, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> ModelView:
+    """``model`` itself when it is a view; a bare module becomes a view of ``layer`` (mean/std: given, else its own or
+    ImageNet's), as lucent takes a plain model."""
+    if isinstance(model, ModelView):
+        if layer is not None or mean is not None or std is not None:
+            raise ValueError("a ModelView carries its layer and preprocessing; pass layer=, mean= and std= only with a bare module")
+        return model
+    if layer is None:
+        raise ValueError("a bare module needs layer= (the module or its name); or pass a ModelView")
+    return ModelView.of_module(model, layer, mean=mean, std=std)
 
 
 @contextmanager
@@ -91,13 +90,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    first = next(model.parameters(), None)
-    if first is None:
-        return torch.device("cpu"), torch.float32
-    return first.device, first.dtype
-
-
 def _work_dtype(model_dtype: torch.dtype) -> torch.dtype:
     """Pixels and views in float64 for a float64 model, else float32 (half models get a cast input)."""
     return torch.float64 if model_dtype == torch.float64 else torch.float32
@@ -107,23 +99,25 @@ Precision = Literal["fp32", "bf16"]
 
 
 class _Forward:
-    """``capture(inputs)``, with ``precision="bf16"`` under ``torch.autocast`` and cast back to float32 for the objective.
+    """``capture(inputs)`` as the layout's spatial map, with ``precision="bf16"`` under ``torch.autocast`` and cast back
+    to float32 for the objective.
 
     bf16 runs the model's convolutions (forward and backward) on a GPU's tensor cores; pixels, the objective and
     Adam stay float32. fp32 calls the capture as it is, so the default loop is exactly the one measured before.
     """
 
-    def __init__(self, capture: LayerCapture, precision: Precision, device: torch.device) -> None:
+    def __init__(self, capture: LayerCapture, layout: LayerLayout, precision: Precision, device: torch.device) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {precision!r}: expected 'fp32' or 'bf16'")
         self.capture = capture
+        self.layout = layout
         self.autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else None
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.autocast is None:
-            return self.capture(inputs)
+            return self.layout.spatial(self.capture(inputs))
         with self.autocast:
-            return self.capture(inputs).float()
+            return self.layout.spatial(self.capture(inputs)).float()
 
 
 def _check_scores(scores: torch.Tensor, batch: int) -> torch.Tensor:
@@ -133,34 +127,37 @@ def _check_scores(scores: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def score_images(
-    model: nn.Module,
-    layer: nn.Module,
+    model: ModelView | nn.Module,
     objective: Objective,
     images: torch.Tensor,
     *,
-    mean: Sequence[float],
-    std: Sequence[float],
+    layer: nn.Module | str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     input_size: int | tuple[int, int] | None = None,
     stop_at_layer: bool = True,
     channels_last: bool = True,
 ) -> torch.Tensor:
-    """``[B]``: the objective on plain images in [0, 1] (no random views), resized like the model input."""
-    device, model_dtype = _device_and_dtype(model)
-    images = images.to(device=device, dtype=_work_dtype(model_dtype))
-    normalise = _Normalise(mean, std, input_size, channels_last, device, model_dtype)
-    with _eval_mode(model), LayerCapture(model, layer, stop_at_layer) as capture, torch.no_grad():
-        return _check_scores(objective(capture(normalise(images)), images), images.shape[0]).float()
+    """``[B]``: the objective on plain images in [0, 1] (no random views), resized like the model input.
+
+    ``model``: a :class:`ModelView`, or a bare module with ``layer`` (and ``mean``/``std``, see :func:`as_view`)."""
+    view = as_view(model, layer, mean, std)
+    images = images.to(device=view.device, dtype=_work_dtype(view.dtype))
+    model_input = _ModelInput(view, input_size, channels_last)
+    with _eval_mode(view.module), view.capture(stop_at_layer) as capture, torch.no_grad():
+        scores = objective(view.layout.spatial(capture(model_input(images))), images)
+    return _check_scores(scores, images.shape[0]).float()
 
 
 def render(
-    model: nn.Module,
-    layer: nn.Module,
+    model: ModelView | nn.Module,
     objective: Objective,
     param_factory: ParamFactory,
     *,
     seeds: Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
+    layer: nn.Module | str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     steps: int = 256,
     lr: float = 0.05,
     transforms: Transforms | None = None,
@@ -171,12 +168,13 @@ def render(
     precision: Precision = "fp32",
     alpha: bool = False,
 ) -> RenderResult:
-    """Maximise ``objective`` at ``layer`` for ``len(seeds)`` images; image b depends only on ``seeds[b]``.
+    """Maximise ``objective`` at the layer for ``len(seeds)`` images; image b depends only on ``seeds[b]``.
 
+    ``model``: a :class:`ModelView` (layer and normalisation included), or a bare module with ``layer`` (the module
+    or its name) and ``mean``/``std`` like the model's training data (default: a timm model's own, else ImageNet's).
     ``param_factory(seeds)`` builds the parameterisation (e.g. ``fourier(3, 80)``);
     ``input_size`` is the model's input size (views are resized to it; ``None``
-    feeds them at the image size); ``mean``/``std`` normalise like the model's
-    training data; ``transforms`` defaults to ``Transforms()``. ``precision="bf16"`` runs the model's forward
+    feeds them at the image size); ``transforms`` defaults to ``Transforms()``. ``precision="bf16"`` runs the model's forward
     (and so its backward) in bfloat16 under autocast, on any device; pixels, the objective and Adam stay float32.
     ``alpha=True`` also asks the backward for each step's pixel gradient and returns MaCo's transparency
     (:mod:`atlas.featurevis.alpha`) as ``RenderResult.alpha``; off, the loop does exactly what it did without it.
@@ -186,12 +184,13 @@ def render(
         raise ValueError(f"need steps >= 0 and tries >= 1, got steps={steps}, tries={tries}")
     if len(seeds) == 0:
         raise ValueError("need at least one seed (one per image)")
-    device, model_dtype = _device_and_dtype(model)
-    normalise = _Normalise(mean, std, input_size, channels_last, device, model_dtype)
+    view = as_view(model, layer, mean, std)
+    device, model_dtype = view.device, view.dtype
+    model_input = _ModelInput(view, input_size, channels_last)
     history = torch.zeros(steps, device=device)  # summed on device: no host sync per step
     try_scores: list[torch.Tensor] = []
-    with _eval_mode(model), LayerCapture(model, layer, stop_at_layer) as capture:
-        forward = _Forward(capture, precision, device)
+    with _eval_mode(view.module), view.capture(stop_at_layer) as capture:
+        forward = _Forward(capture, view.layout, precision, device)
         for attempt in range(tries):
             attempt_seeds = try_seeds(seeds, attempt)
             param: ImageParam = param_factory(attempt_seeds).to(device=device, dtype=_work_dtype(model_dtype))
@@ -204,7 +203,7 @@ def render(
             for step in range(steps):
                 optimizer.zero_grad(set_to_none=True)
                 pixels = param()
-                scores = objective(forward(normalise(views(pixels, step), resized=True)), pixels)
+                scores = objective(forward(model_input(views(pixels, step), resized=True)), pixels)
                 if attribution is None:
                     (-_check_scores(scores, len(seeds)).sum()).backward(inputs=tensors)
                 else:  # the pixels' gradient too (a non-leaf: backward fills its .grad when asked for it)
@@ -214,7 +213,7 @@ def render(
                 history[step] += scores.detach().mean()
             with torch.no_grad():
                 images = param().detach()
-                final = _check_scores(objective(forward(normalise(images)), images), len(seeds)).float()
+                final = _check_scores(objective(forward(model_input(images)), images), len(seeds)).float()
                 images = images.float()
             transparency = attribution.alpha(images) if attribution is not None else None
             if attempt == 0:
@@ -229,22 +228,6 @@ def render(
                     best_alpha = torch.where(better[:, None, None, None], transparency, best_alpha)
             try_scores.append(final)
     return RenderResult(best_images, best_scores, history / tries, torch.stack(try_scores), best_try, best_alpha)
-
-
-def _preprocessing_of(model: nn.Module, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """mean/std from a timm model's ``pretrained_cfg`` when present; else ImageNet (3 channels) or 0.5/0.5."""
-    config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    mean, std = config.get("mean"), config.get("std")
-    if mean is not None and std is not None and len(mean) == channels:
-        return tuple(mean), tuple(std)
-    return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,) * channels, (0.5,) * channels)
-
-
-def _input_channels(model: nn.Module) -> int:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    raise ValueError("could not infer the input channels (no Conv2d found); pass channels=")
 
 
 def render_channel(
@@ -266,20 +249,15 @@ def render_channel(
     config, else ImageNet's (3 channels) or 0.5/0.5. Extra keywords go to :func:`render`.
     """
     targets = [channel] if isinstance(channel, int) else list(channel)
-    channels = channels or _input_channels(model)
-    if mean is None or std is None:
-        mean, std = _preprocessing_of(model, channels)
+    view = ModelView.of_module(model, layer, mean=mean, std=std, channels=channels)
     return render(
-        model,
-        layer,
+        view,
         Channel(targets),
-        fourier(channels, size),
+        fourier(view.preprocessing.channels, size),
         seeds=list(seeds) if seeds is not None else list(range(len(targets))),
-        mean=mean,
-        std=std,
         steps=steps,
         **kwargs,  # type: ignore[arg-type]
     )
 
 
-__all__ = ["RenderResult", "render", "render_channel", "score_images"]
+__all__ = ["RenderResult", "as_view", "render", "render_channel", "score_images"]

@@ -1,7 +1,8 @@
 """Turn decoded images into the tensor a model expects, following the model's own Preprocessing.
 
 Every stage that feeds pixels to a model (collection, icon checks) goes
-through here, so the resize, crop and normalisation are the same everywhere.
+through here, so the resize and crop are the same everywhere; mean and std are
+applied by :meth:`atlas.models.record.Preprocessing.normalise`, the one place.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from atlas.models.record import Preprocessing
 
 def to_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     """``[C, H, W]`` float32: short side resized to ``input_size``, centre square, normalised."""
-    return normalise(to_pixels(image, prep), prep)
+    return prep.normalise(to_pixels(image, prep))
 
 
 def to_pixels(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
@@ -47,14 +48,3 @@ def fit_square(image: Image.Image, size: int) -> Image.Image:
         image = image.resize(resized, Image.Resampling.BILINEAR)
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return image.crop((left, top, left + size, top + size))
-
-
-def normalise(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """``(pixels - mean) / std`` per channel; pixels are in [0, 1], channels first (``[..., C, H, W]``)."""
-    channels = pixels.shape[-3]
-    for name, values in (("mean", prep.mean), ("std", prep.std)):
-        if len(values) not in (1, channels):
-            raise ValueError(f"preprocessing {name} has {len(values)} values for {channels} channels")
-    mean = torch.tensor(prep.mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-    std = torch.tensor(prep.std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-    return (pixels - mean) / std

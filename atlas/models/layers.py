@@ -1,23 +1,20 @@
-"""Layers of a loaded model: list them with output shapes, resolve a name once, and capture (or cut at) one layer.
+"""Layers of a loaded model: list them with output shapes, trace what runs before one, resolve a name once.
 
-Layers are resolved to modules up front and hooked directly, so there is no
-global name -> hook registry and a forward pass can stop right after the layer
-it needs, costing only the part of the network before it.
+Capturing one layer's output is :mod:`atlas.models.capture`; reading it is :mod:`atlas.models.view`.
 """
 
 from __future__ import annotations
 
 import difflib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import torch
 from torch import nn
 
 from atlas.errors import AtlasError
+from atlas.models.capture import run_to_layer, zeros_input
 from atlas.models.record import LoadedModel
 
 
@@ -30,10 +27,48 @@ class LayerInfo:
     shape: tuple[int, ...] | None
 
 
-def _dummy_input(module: nn.Module, channels: int, size: int) -> torch.Tensor:
-    param = next(module.parameters(), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    return torch.zeros(1, channels, size, size, device=param.device if param is not None else None, dtype=dtype)
+@dataclass(frozen=True)
+class Traced:
+    """What one named submodule did in a forward pass: its first output's shape without the batch (None: not a
+    tensor), how many times it returned a tensor, and whether it handed back its input tensor itself (Identity, eval
+    Dropout, in-place activations)."""
+
+    name: str
+    shape: tuple[int, ...] | None
+    calls: int
+    passthrough: bool
+
+
+def trace_modules(module: nn.Module, x: torch.Tensor, stop_at: nn.Module | None = None, skip: str | None = None) -> list[Traced]:
+    """Every named submodule that ran when ``x`` went through (no grad), in the order each first finished.
+
+    ``stop_at``: end the pass once that module has run; ``skip``: leave out that module and everything inside it.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+
+    def hook_for(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(_module: nn.Module, inputs: Any, output: Any) -> None:
+            tensor = isinstance(output, torch.Tensor)
+            record = seen.setdefault(name, {"shape": tuple(output.shape[1:]) if tensor else None, "calls": 0, "passthrough": False})
+            if not tensor or record["shape"] is None:
+                return  # the first output decides: a module that first returned a non-tensor stays one
+            record["calls"] += 1
+            record["passthrough"] |= bool(inputs) and output is inputs[0]
+
+        return hook
+
+    named = [(n, m) for n, m in module.named_modules() if n and not (skip is not None and (n == skip or n.startswith(f"{skip}.")))]
+    handles = [sub.register_forward_hook(hook_for(name)) for name, sub in named]
+    try:
+        with torch.no_grad():
+            if stop_at is None:
+                module(x)
+            else:
+                run_to_layer(module, stop_at, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [Traced(n, v["shape"], v["calls"], v["passthrough"]) for n, v in seen.items()]
 
 
 def list_layers(model: LoadedModel, input_size: int | None = None) -> list[LayerInfo]:
@@ -43,36 +78,20 @@ def list_layers(model: LoadedModel, input_size: int | None = None) -> list[Layer
     """
     module = model.module
     size = input_size or model.preprocessing.input_size
-    shapes: dict[str, tuple[int, ...] | None] = {}
-    non_tensor: set[str] = set()
-
-    def hook_for(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if name in shapes or name in non_tensor:
-                return  # a module called twice keeps its first output
-            if isinstance(output, torch.Tensor):
-                shapes[name] = tuple(output.shape[1:])
-            else:
-                non_tensor.add(name)
-
-        return hook
-
-    named = [(name, sub) for name, sub in module.named_modules() if name]
-    handles = [sub.register_forward_hook(hook_for(name)) for name, sub in named]
-    x = _dummy_input(module, model.preprocessing.channels, size)
+    x = zeros_input(module, model.preprocessing.channels, size)
     try:
-        with torch.no_grad():
-            module(x)
+        traced = {t.name: t.shape for t in trace_modules(module, x)}
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AtlasError(
             f"a forward pass of {model.spec} at {model.preprocessing.channels}x{size}x{size} failed ({first}); "
             "check model.input_size and model.channels"
         ) from None
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [LayerInfo(name=name, type=type(sub).__name__, shape=shapes.get(name)) for name, sub in named if name not in non_tensor]
+    return [
+        LayerInfo(name=name, type=type(sub).__name__, shape=traced.get(name))
+        for name, sub in module.named_modules()
+        if name and not (name in traced and traced[name] is None)
+    ]
 
 
 def resolve_layer(model: LoadedModel, name: str) -> nn.Module:
@@ -89,96 +108,12 @@ def resolve_layer(model: LoadedModel, name: str) -> nn.Module:
     raise AtlasError(f"model.layer {name!r} is not a layer of {model.spec}; {hint} (run `atlas layers {model.spec}` for all)")
 
 
-class _StopForward(Exception):
-    """Raised by a stopping hook to abandon the rest of the forward pass; carries the layer's output."""
-
-    def __init__(self, capture: LayerCapture, output: Any) -> None:
-        super().__init__("forward pass stopped at the captured layer")
-        self.capture = capture
-        self.output = output
-
-
-class LayerCapture:
-    """Context manager hooking one layer: keep its output, optionally replace it, optionally stop right after it.
-
-    - ``store``: keep the (transformed) output in ``self.output``.
-    - ``stop``: end the forward pass once the layer has run, so truncated passes cost only
-      the network up to the layer. Call :meth:`run` (or let the ``with`` block end on the
-      forward call) to swallow the stop.
-    - ``transform``: applied to the output; its return value is what the rest of the network
-      sees and what is stored (used to inject forward-AD dual tensors).
-
-    The hook only acts on forward passes made by the thread that entered the context, so
-    threads sharing one model (Dask threads in a worker) do not see each other's captures.
-    A layer called more than once per forward stores its last output; ``stop`` stops at the first.
-    """
-
-    def __init__(
-        self,
-        layer: nn.Module,
-        *,
-        store: bool = True,
-        stop: bool = False,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        name: str | None = None,
-    ) -> None:
-        self.layer = layer
-        self.store = store
-        self.stop = stop
-        self.transform = transform
-        self.name = name or type(layer).__name__
-        self.output: torch.Tensor | None = None
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
-        self._thread: int | None = None
-        self._last: Any = None
-
-    def __enter__(self) -> LayerCapture:
-        if self._handle is not None:
-            raise RuntimeError("LayerCapture is already active; use a new one for nested captures")
-        self.output = None
-        self._thread = threading.get_ident()
-        self._handle = self.layer.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        return isinstance(exc, _StopForward) and exc.capture is self
-
-    def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
-        if threading.get_ident() != self._thread:
-            return None
-        if self.transform is not None:
-            output = self.transform(output)
-        self._last = output
-        if self.store:
-            self.output = output
-        if self.stop:
-            raise _StopForward(self, output)
-        return output if self.transform is not None else None
-
-    def run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Forward ``x`` through ``module`` (inside this context) and return the layer's output."""
-        if self._handle is None:
-            raise RuntimeError("LayerCapture.run needs an active capture: use it inside `with LayerCapture(...)`")
-        self._last = None
-        try:
-            module(x)
-        except _StopForward as stopped:
-            if stopped.capture is not self:
-                raise
-        output, self._last = self._last, None
-        if output is None:
-            raise AtlasError(f"layer {self.name} did not run in the forward pass; choose a layer the model uses at inference")
-        return output
-
-
-def run_to_layer(module: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``layer`` for input ``x``, computing nothing after it (gradients flow if enabled)."""
-    with LayerCapture(layer, store=False, stop=True) as capture:
-        output = capture.run(module, x)
-    return output
+def layer_name_of(module: nn.Module, layer: nn.Module) -> str:
+    """The dotted name of ``layer`` inside ``module`` (its class name when it is not a submodule)."""
+    for name, sub in module.named_modules():
+        if sub is layer and name:
+            return name
+    return type(layer).__name__
 
 
 def format_layers(infos: list[LayerInfo]) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 
 from atlas.config import ModelConfig
 from atlas.errors import AtlasError
+from atlas.models.capture import zeros_input
 from atlas.models.preprocessing import final_preprocessing
 from atlas.models.record import LoadedModel, Preprocessing
 from atlas.models.specs import form_for
@@ -70,15 +71,7 @@ def _output_dim(module: nn.Module, pre: Preprocessing) -> int | None:
     declared = getattr(module, "num_classes", None)
     if isinstance(declared, int):
         return declared
-    param = next(module.parameters(), None)
-    x = torch.zeros(
-        1,
-        pre.channels,
-        pre.input_size,
-        pre.input_size,
-        device=param.device if param is not None else None,
-        dtype=param.dtype if param is not None and param.is_floating_point() else None,
-    )
+    x = zeros_input(module, pre.channels, pre.input_size)
     with torch.no_grad():
         out = module(x)
     return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None

@@ -71,12 +71,9 @@ def load_training_data(config: TrainConfig, log: Callable[[str], None] = print) 
     return TrainingData(train, test, classes, prep, source, skipped)
 
 
-def normalise_batch(images: np.ndarray | torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+def to_model_input(images: np.ndarray | torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """uint8 ``[B, C, H, W]`` -> the float input the model expects."""
-    x = torch.as_tensor(images).float().div_(255.0)
-    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
-    std = torch.tensor(prep.std).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return prep.normalise(torch.as_tensor(images).float().div_(255.0))
 
 
 Records = Iterator[ImageRecord]

@@ -30,7 +30,7 @@ from atlas.devices import CPU
 from atlas.io import write_bytes, write_json
 from atlas.models.card import MODEL_CARD, ModelCard, new_card, write_card  # noqa: F401  MODEL_CARD: the folder's file names live together
 from atlas.models.zoo import build_classifier, make_activation
-from atlas.train.data import Split, TrainingData, normalise_batch
+from atlas.train.data import Split, TrainingData, to_model_input
 from atlas.train.units import activation_layers, unit_statistics, weight_layers
 
 CHECKPOINT = "checkpoint.pt"
@@ -123,7 +123,7 @@ def train_variant(
         started = time.perf_counter()
         for step in range(steps_per_epoch):
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = normalise_batch(data.train.images[index.numpy()], data.preprocessing).to(device)
+            x = to_model_input(data.train.images[index.numpy()], data.preprocessing).to(device)
             y = torch.from_numpy(data.train.labels[index.numpy()]).to(device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
@@ -195,7 +195,7 @@ def evaluate(model: nn.Module, split: Split, data: TrainingData) -> tuple[float,
     device = next(model.parameters()).device
     loss_sum = correct = 0.0
     for start in range(0, len(split.labels), EVAL_BATCH):
-        x = normalise_batch(split.images[start : start + EVAL_BATCH], data.preprocessing).to(device)
+        x = to_model_input(split.images[start : start + EVAL_BATCH], data.preprocessing).to(device)
         y = torch.from_numpy(split.labels[start : start + EVAL_BATCH]).to(device)
         logits = model(x)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -206,7 +206,7 @@ def evaluate(model: nn.Module, split: Split, data: TrainingData) -> tuple[float,
 
 def _test_batches(data: TrainingData, device: torch.device):  # type: ignore[no-untyped-def]
     for start in range(0, len(data.test.labels), EVAL_BATCH):
-        yield normalise_batch(data.test.images[start : start + EVAL_BATCH], data.preprocessing).to(device)
+        yield to_model_input(data.test.images[start : start + EVAL_BATCH], data.preprocessing).to(device)
 
 
 def _on_cpu(state: Any) -> Any:

@@ -46,16 +46,16 @@ from atlas.devices import resolve_device
 from atlas.errors import AtlasError
 from atlas.images import open_source
 from atlas.images.folder import FolderSource
-from atlas.images.preprocess import normalise, to_pixels
+from atlas.images.preprocess import to_pixels
 from atlas.images.source import ImageSource
 from atlas.io import read_json, write_json, write_npy
 from atlas.lock import bundle_lock
 from atlas.markers import read_marker
-from atlas.models import load_model, resolve_layer
 from atlas.storage import Location
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import Report, Stage, StageCall, run_stages
+from atlas_pipelines.engine.worker_state import model_view
 from atlas_pipelines.stages.assemble import assemble
 from atlas_pipelines.stages.examples import EXAMPLES_STAGE
 from atlas_pipelines.stages.grid import GRID
@@ -286,7 +286,7 @@ def images_classified_as(
 
 def classify(run: RunInputs, pixels: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return run.model.module(normalise(pixels.to(run.device), run.model.preprocessing))
+        return run.view.module(run.view.normalise(pixels.to(run.device)))
 
 
 def patch(call: StageCall) -> Report:
@@ -428,13 +428,10 @@ def _build_classes(
     if not subsets:
         raise AtlasError("nothing to build: give --class NAME (repeatable, or 'all') or --compare A B, or classes.classes / classes.pairs")
     device = resolve_device(config.device)
-    model = load_model(config.model)
-    model.module.to(device).eval()
-    layer = resolve_layer(model, config.model.layer)
+    view = model_view(config.model, str(device))  # shared with this process's tasks (--scheduler sync)
     source = open_source(config.images)
     if isinstance(source, FolderSource):
         source.index_path = parent.path(IMAGE_INDEX)  # the parent's listing: image ids are its line numbers
-    shape = tuple(int(v) for v in manifest["layer_shape"])
     with ExitStack() as stack:
         executor = executor or LazyExecutor(config.scheduler, stack, log, device)
         for subset in subsets:
@@ -442,9 +439,7 @@ def _build_classes(
             sub_config = subset_config(config, parent, subset)
             bundle = Bundle(parent.root / subset.folder)
             bundle.root.mkdir(parents=True, exist_ok=True)
-            run = SubsetInputs(
-                sub_config, bundle, model, layer, shape, n_classes, labels, source, [], executor, log, device, parent, subset
-            )
+            run = SubsetInputs(sub_config, bundle, view, n_classes, labels, source, [], executor, log, device, parent, subset)
             records = run_stages(PAIR_STAGES if subset.kind == "pair" else CLASS_STAGES, run)
             assemble(run, records)
     index = class_index(parent, labels, counts, config.classes)

@@ -14,7 +14,6 @@ from contextlib import ExitStack
 import torch
 
 from atlas.bundle import IMAGES, Bundle, stage_marker
-from atlas.collect import layer_shape
 from atlas.config import AtlasConfig
 from atlas.devices import resolve_device
 from atlas.errors import AtlasError
@@ -23,13 +22,14 @@ from atlas.images import open_source
 from atlas.images.source import ImageSource
 from atlas.io import out_of_space_as_error
 from atlas.lock import bundle_lock
-from atlas.models import LoadedModel, load_model, resolve_layer
+from atlas.models import ModelView
+from atlas.models.capture import zeros_input
 from atlas.runtime import tune_allocator
 from atlas.storage import Location, location
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import Stage, check_order, run_stages
-from atlas_pipelines.engine.worker_state import warm_worker
+from atlas_pipelines.engine.worker_state import model_view, warm_worker
 from atlas_pipelines.stages.assemble import assemble
 from atlas_pipelines.stages.collect import COLLECT
 from atlas_pipelines.stages.examples import EXAMPLES_STAGE
@@ -71,9 +71,9 @@ def _run_locked(
     until: str | None,
     log: Callable[[str], None],
     executor: Callable[[], Executor] | None,
-    prepared: tuple[LoadedModel, torch.nn.Module, tuple[int, ...], int, ImageSource],
+    prepared: tuple[ModelView, int, ImageSource],
 ) -> Location:
-    model, layer, shape, n_classes, source = prepared
+    view, n_classes, source = prepared
     with ExitStack() as stack:
         executor = executor or LazyExecutor(config.scheduler, stack, log, device)
         if not bundle.path(stage_marker(COLLECT.name)).exists():
@@ -87,8 +87,7 @@ def _run_locked(
             raise AtlasError(f"images.source {config.images.source!r}: no images found; point it at a folder of images")
         log(f"[images] {sum(s.count for s in shards)} images in {len(shards)} shards ({time.perf_counter() - started:.1f} s to list)")
         run = RunInputs(
-            config, bundle, model, layer, shape, n_classes, _class_names(model, source, n_classes), source, shards, executor, log,
-            device,
+            config, bundle, view, n_classes, _class_names(view, source, n_classes), source, shards, executor, log, device,
         )  # fmt: skip
         records = run_stages(STAGES, run, until)
     with out_of_space_as_error("assemble", bundle.root):
@@ -97,33 +96,31 @@ def _run_locked(
     return bundle.root
 
 
-def _prepare(config: AtlasConfig, device: torch.device) -> tuple[LoadedModel, torch.nn.Module, tuple[int, ...], int, ImageSource]:
-    """The model, its layer, the layer's shape, the class count and the image source: everything a config can get wrong."""
-    model = load_model(config.model)
-    model.module.to(device)  # this process's copy: layer shapes, and the render stage's fidelity check
-    layer = resolve_layer(model, config.model.layer)  # a wrong layer fails here, before any work
-    choose_layers(model, config.model.layer, config.path_check.layers)  # and a wrong path_check.layers
-    prep = model.preprocessing
-    example = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, device=device)
-    shape = layer_shape(model.module, layer, example)
+def _prepare(config: AtlasConfig, device: torch.device) -> tuple[ModelView, int, ImageSource]:
+    """The model view (its layer's shape measured), the class count and the image source: everything a config can get
+    wrong. The model comes from this process's cache, which the workers' tasks share under ``--scheduler sync``."""
+    view = model_view(config.model, str(device))  # a wrong spec or layer fails here, before any work
+    choose_layers(view.model, config.model.layer, config.path_check.layers)  # and a wrong path_check.layers
+    view.layer_shape  # noqa: B018  (measured now: a layer that does not run fails here)
     n_classes = 0
     if config.collect.attribution:
-        n_classes = model.num_classes or _output_width(model.module, example)
+        n_classes = view.model.num_classes or _output_width(view)
 
     source = open_source(config.images)
     if hasattr(source, "size_hint"):
-        source.size_hint = prep.input_size
-    return model, layer, shape, n_classes, source
+        source.size_hint = view.preprocessing.input_size
+    return view, n_classes, source
 
 
-def _class_names(model: LoadedModel, source: ImageSource, n_classes: int) -> list[str] | None:
+def _class_names(view: ModelView, source: ImageSource, n_classes: int) -> list[str] | None:
     """The model's own class names, else the dataset's when they match the model's outputs."""
-    if model.labels is not None:
-        return model.labels
+    if view.model.labels is not None:
+        return view.model.labels
     dataset_labels = source.labels
     return list(dataset_labels) if dataset_labels is not None and len(dataset_labels) == n_classes else None
 
 
-def _output_width(module: torch.nn.Module, example: torch.Tensor) -> int:
+def _output_width(view: ModelView) -> int:
+    prep = view.preprocessing
     with torch.no_grad():
-        return int(module(example).shape[-1])
+        return int(view.module(zeros_input(view.module, prep.channels, prep.input_size)).shape[-1])

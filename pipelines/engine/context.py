@@ -1,4 +1,4 @@
-"""What every stage of one run may read: the validated config, the bundle, the model's facts, the images, the cluster.
+"""What every stage of one run may read: the validated config, the bundle, the model view, the images, the cluster.
 
 Made once by :func:`atlas_pipelines.commands.run.run_atlas` and frozen: stages hand each other
 nothing through it; they read each other's outputs from the bundle.
@@ -15,7 +15,7 @@ from atlas.bundle import Bundle
 from atlas.config import AtlasConfig
 from atlas.devices import CPU
 from atlas.images.source import ImageSource, Shard
-from atlas.models import LoadedModel
+from atlas.models import LoadedModel, ModelView
 from atlas_pipelines.engine.executor import Executor
 
 
@@ -23,9 +23,7 @@ from atlas_pipelines.engine.executor import Executor
 class RunInputs:
     config: AtlasConfig
     bundle: Bundle
-    model: LoadedModel
-    layer: torch.nn.Module
-    layer_shape: tuple[int, ...]  # (C, H, W), or (C,) for a flat layer
+    view: ModelView  # this process's model (shared with its tasks under --scheduler sync) at the atlas layer
     n_classes: int  # 0 without attribution
     labels: list[str] | None
     source: ImageSource
@@ -35,5 +33,19 @@ class RunInputs:
     device: torch.device = CPU  # resolved from config.device; workers move their model there
 
     @property
+    def model(self) -> LoadedModel:
+        return self.view.model
+
+    @property
+    def layer(self) -> torch.nn.Module:
+        return self.view.layer
+
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        """The layer's raw output shape without the batch, as the manifest records it."""
+        return self.view.layer_shape
+
+    @property
     def layer_hw(self) -> tuple[int, int]:
-        return (self.layer_shape[1], self.layer_shape[2]) if len(self.layer_shape) == 3 else (1, 1)
+        """The grid of positions one image gives."""
+        return self.view.grid

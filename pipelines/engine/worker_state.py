@@ -1,4 +1,8 @@
-"""State a worker process loads once and reuses for every task: the model and its hooked layer, on the run's device."""
+"""State a process loads once and reuses: the model, on the run's device, and its view at the atlas layer.
+
+The driver (``atlas run``'s checks, fidelity, the path stage, ``atlas classes``) and the workers' tasks both come
+here, so a process that is both (``--scheduler sync``) loads the model once.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from atlas.config import ModelConfig
 from atlas.dependency_warnings import silence_dependency_warnings
 from atlas.errors import AtlasError
 from atlas.io import DISK_FULL
-from atlas.models import LoadedModel, load_model, model_files_identity, resolve_layer
+from atlas.models import LoadedModel, ModelView, load_model, model_files_identity
 from atlas.runtime import tune_allocator
 
 
@@ -27,8 +31,9 @@ def use_threads(threads: int) -> None:
 
 
 @lru_cache(maxsize=2)
-def _model(model_json: str, files: str | None, device: str) -> tuple[LoadedModel, torch.nn.Module]:
-    """``files``: the identity of a file or folder spec, so a retrained model is loaded again, not served stale.
+def _model(model_json: str, files: str | None, device: str) -> LoadedModel:
+    """``model_json``: the model section without its layer, so two layers of one model share one copy; ``files``: the
+    identity of the files behind it, so a retrained model is loaded again, not served stale.
 
     The model moves to ``device`` once, here; collection, rendering and fidelity follow its weights. channels_last:
     1.3-1.6x faster convolutions on CPU, and cuDNN's NHWC kernels (tensor cores) on a GPU.
@@ -41,18 +46,35 @@ def _model(model_json: str, files: str | None, device: str) -> tuple[LoadedModel
             raise
         raise AtlasError(f"on worker {worker}: {err}") from None
     model.module.to(device=torch.device(device), memory_format=torch.channels_last)
-    return model, resolve_layer(model, json.loads(model_json)["layer"])
+    return model
 
 
-def model_and_layer(config: ModelConfig, device: str = "cpu") -> tuple[LoadedModel, torch.nn.Module]:
-    """``device``: the run's resolved device (``atlas.devices.resolve_device``), as a string: ``cpu``, ``cuda``, ``cuda:N``."""
-    return _model(config.model_dump_json(), model_files_identity(config.spec), device)
+@lru_cache(maxsize=4)
+def _view(model_json: str, files: str | None, device: str, layer: str) -> ModelView:
+    return ModelView.of(_model(model_json, files, device), layer)
+
+
+def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
+    """The model a config names, loaded once per process onto ``device``, seen at ``config.layer``.
+
+    ``device``: the run's resolved device (``atlas.devices.resolve_device``), as a string: ``cpu``, ``cuda``, ``cuda:N``.
+    """
+    model_json = config.model_dump_json(exclude={"layer"})
+    return _view(model_json, _files_identity(config), device, config.layer)
+
+
+def _files_identity(config: ModelConfig) -> str | None:
+    """The spec's files, and the weights and classes files a config adds: rewriting any of them (``atlas train``
+    retrains in place) loads the model again in a long-lived process."""
+    extra = [model_files_identity(str(path)) for path in (config.weights, config.classes) if path is not None]
+    parts = [part for part in (model_files_identity(config.spec), *extra) if part is not None]
+    return "|".join(parts) or None
 
 
 def warm_worker(config: ModelConfig, threads: int, device: str = "cpu") -> None:
     """A worker's first task: set its threads and load the model, while the driver is still listing images."""
     use_threads(threads)
-    model_and_layer(config, device)
+    model_view(config, device)
 
 
 def _worker_address() -> str | None:

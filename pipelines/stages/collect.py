@@ -17,7 +17,7 @@ from atlas.models import model_files_identity
 from atlas.storage import Location
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall, file_fingerprint, file_identity
-from atlas_pipelines.engine.worker_state import model_and_layer, use_threads
+from atlas_pipelines.engine.worker_state import model_view, use_threads
 
 MIN_ROWS = 4  # UMAP and the grid need a few rows to mean anything
 MANIFEST_LIST = 1000  # the manifest names at most this many skipped files, and as many images with non-finite rows
@@ -30,19 +30,15 @@ def collect_shard_task(
     collect: CollectConfig,
     seed: int,
     store_path: Location,
-    layer_hw: tuple[int, int],
     n_classes: int,
     threads: int,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Runs on a worker: the model comes from the worker's cache, loaded once per process onto ``device``."""
     use_threads(threads)
-    model, layer = model_and_layer(model_config, device)
+    view = model_view(model_config, device)
     result = collect_records(
-        model.module,
-        layer,
-        model.preprocessing,
-        layer_hw,
+        view,
         source.read(shard),
         collect.positions_per_image,
         collect.batch_size,
@@ -50,7 +46,6 @@ def collect_shard_task(
         collect.attribution,
         n_classes,
         collect.nonfinite,
-        model_config.layer,
     )
     report = {
         "shard": shard.index,
@@ -69,7 +64,7 @@ def store_layout(run: RunInputs) -> StoreLayout:
     config = run.config.collect
     h, w = run.layer_hw
     per_image = h * w if config.positions_per_image == "all" else config.positions_per_image
-    return StoreLayout(len(run.shards), config.shard_size * per_image, run.layer_shape[0], run.n_classes)
+    return StoreLayout(len(run.shards), config.shard_size * per_image, run.view.channels, run.n_classes)
 
 
 def collect_settings(run: RunInputs) -> Any:
@@ -103,8 +98,8 @@ def collect(call: StageCall) -> Report:
         source_ref = ex.scatter(run.source)
         futures = [
             ex.submit(
-                collect_shard_task, shard, source_ref, config.model, config.collect, config.seed, store.path, run.layer_hw,
-                layout.n_classes, ex.threads_per_task, str(run.device),
+                collect_shard_task, shard, source_ref, config.model, config.collect, config.seed, store.path, layout.n_classes,
+                ex.threads_per_task, str(run.device),
             )
             for shard in todo
         ]  # fmt: skip
@@ -155,7 +150,7 @@ def _check_channels(run: RunInputs) -> None:
     rendering and fidelity all work with one channel.
     """
     layout = run.config.layout
-    if run.layer_shape[0] == 1 and layout.coords is None and layout.metric in ANGULAR_METRICS:
+    if run.view.channels == 1 and layout.coords is None and layout.metric in ANGULAR_METRICS:
         raise AtlasError(
             f"layer '{run.config.model.layer}' has 1 channel: layout.metric={layout.metric} sees only the sign of "
             "1-channel activations; set layout.metric=euclidean, or pick a layer with more channels"

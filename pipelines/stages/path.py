@@ -16,7 +16,7 @@ from PIL import UnidentifiedImageError
 from atlas.bundle import Bundle, full_view_file, patch_file
 from atlas.devices import key_part
 from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
-from atlas.models import LoadedModel, resolve_layer
+from atlas.models import ModelView, resolve_layer
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 from atlas_pipelines.stages.render import load_icons
@@ -48,35 +48,33 @@ def _read(bundle: Bundle, name: str, channels: int) -> torch.Tensor | None:
         return None
 
 
-def vectors_of(
-    bundle: Bundle, names: list[str], model: LoadedModel, layers: list[torch.nn.Module], strict: bool
-) -> list[np.ndarray | None]:
+def vectors_of(bundle: Bundle, names: list[str], view: ModelView, layers: list[torch.nn.Module], strict: bool) -> list[np.ndarray | None]:
     """Each named image's early vector (None: unreadable, allowed only when not ``strict``), READ_BATCH at a time."""
-    prep = model.preprocessing
+    prep = view.preprocessing
     found: list[np.ndarray | None] = []
     for start in range(0, len(names), READ_BATCH):
         chunk = names[start : start + READ_BATCH]
         images = [load_icons(bundle, [name], prep.channels, 0)[0] if strict else _read(bundle, name, prep.channels) for name in chunk]
         readable = [image for image in images if image is not None]
-        vectors = iter(early_vectors(model.module, layers, readable, prep.mean, prep.std))
+        vectors = iter(early_vectors(view, layers, readable))
         found += [next(vectors) if image is not None else None for image in images]
     return found
 
 
 def check_paths(call: StageCall) -> Report:
     run = call.run
-    bundle, model = run.bundle, run.model
+    bundle, view = run.bundle, run.view
     names = path_layers(run)
-    layers = [resolve_layer(model, name) for name in names]
+    layers = [resolve_layer(view.model, name) for name in names]
     per_cell = run.config.tiles.examples_per_cell
     written = bundle.patches()
     cells = {size: bundle.grid_cells(size) for size in run.config.grid.sizes}
     unique = sorted({name for grid in cells.values() for cell in grid for name in cell_patches(cell, per_cell, written)})
-    patch_vectors = dict(zip(unique, vectors_of(bundle, unique, model, layers, strict=False)))
+    patch_vectors = dict(zip(unique, vectors_of(bundle, unique, view, layers, strict=False)))
     run.log(f"[path] {len(unique)} example patches at {', '.join(names)}")
     levels = []
     for size, grid in cells.items():
-        icons = [v for v in vectors_of(bundle, [fed_image(bundle, c["icon"]) for c in grid], model, layers, strict=True) if v is not None]
+        icons = [v for v in vectors_of(bundle, [fed_image(bundle, c["icon"]) for c in grid], view, layers, strict=True) if v is not None]
         dim = len(icons[0]) if icons else 0
         examples = []
         for cell in grid:

@@ -47,10 +47,10 @@ from atlas.featurevis.receptive import ReceptiveField, measure_receptive_field
 from atlas.images.preprocess import to_pixels
 from atlas.lock import sweep_temporaries
 from atlas.markers import is_fresh, write_marker
-from atlas.models import LoadedModel
+from atlas.models import ModelView
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
-from atlas_pipelines.engine.worker_state import model_and_layer, use_threads
+from atlas_pipelines.engine.worker_state import model_view, use_threads
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,7 @@ class ParamInputs:
 
 
 def render_cells(
-    model: LoadedModel,
-    layer: torch.nn.Module,
+    view: ModelView,
     directions: np.ndarray,
     rows: Sequence[int],
     whitening: np.ndarray | None,
@@ -117,7 +116,7 @@ def render_cells(
     """Render the cells at ``rows`` of a grid's ``directions`` on a ``canvas`` px square (default the icon size):
     ``images`` is the whole render of each, as the model is fed it (before any crop to the receptive field or
     scaling to the icon size)."""
-    prep = model.preprocessing
+    prep = view.preprocessing
     size = canvas or config.icon_size
     objective = objective_for(directions, rows, whitening, settings)
     if config.param == "maco":
@@ -130,13 +129,13 @@ def render_cells(
         starts = torch.from_numpy(inputs.starts)
         param = accentuate(prep.channels, size, starts)
         # The penalty follows each icon's own objective at its start, so one setting suits any layer's scale.
-        at_start = score_images(model.module, layer, objective, starts, mean=prep.mean, std=prep.std)
+        at_start = score_images(view, objective, starts)
         objective = objective + Proximity(starts, weight=config.proximity * at_start.abs().clamp_min(1e-6).cpu())
     else:
         param = fourier(prep.channels, size)
     return render(
-        model.module, layer, objective, param,
-        seeds=seeds, mean=prep.mean, std=prep.std,
+        view, objective, param,
+        seeds=seeds,
         steps=config.steps, lr=settings.learning_rate, tries=settings.tries, precision=config.precision, alpha=config.alpha,
     )  # fmt: skip
 
@@ -216,12 +215,12 @@ def render_batch_task(
     as the icon's full view.
     """
     use_threads(threads)
-    model, layer = model_and_layer(model_config, device)
+    view = model_view(model_config, device)
     starts = None
     if config.param == "accentuate":  # the patches named when the batch was planned: no grid.json read per task
-        starts = start_images(bundle, batch.starts, model.preprocessing.channels, frame.canvas)
+        starts = start_images(bundle, batch.starts, view.preprocessing.channels, frame.canvas)
     inputs = ParamInputs(spectrum, starts)
-    result = render_cells(model, layer, directions, batch.rows, whitening, list(batch.seeds), config, settings, inputs, frame.canvas)
+    result = render_cells(view, directions, batch.rows, whitening, list(batch.seeds), config, settings, inputs, frame.canvas)
     images = result.images.cpu()
     icons = frame.shown(images) if frame.keeps_views else None
     for n, name in enumerate(batch.icons):
@@ -250,9 +249,9 @@ def probe_task(
 ) -> np.ndarray:
     """Runs on a worker: render probe cells under one candidate; the renders as the saved 8-bit PNGs would hold them."""
     use_threads(threads)
-    model, layer = model_and_layer(model_config, device)
+    view = model_view(model_config, device)
     inputs = ParamInputs(spectrum, starts)
-    result = render_cells(model, layer, directions, rows, whitening, seeds, config, settings, inputs, canvas)
+    result = render_cells(view, directions, rows, whitening, seeds, config, settings, inputs, canvas)
     return (torch.round(result.images.float().cpu() * 255.0) / 255.0).numpy()
 
 
@@ -305,7 +304,7 @@ def render_icons(call: StageCall) -> Report:
                 bar.update(future.result())
     levels = []
     for size in sizes:
-        fidelity = measure_fidelity(bundle, size, run.model, run.layer, frame.canvas, frame.keeps_views)
+        fidelity = measure_fidelity(bundle, size, run.view, frame.canvas, frame.keeps_views)
         summary = None
         if len(fidelity.rank):
             summary = {"mean_cosine": round(fidelity.mean_cosine, 4), "top1": round(fidelity.top1, 4)}
@@ -409,7 +408,7 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
         for settings, parts in zip(candidates, futures, strict=True):
             cosines, ranks = [], []
             for (size, rows, _, _, _), future in zip(work, parts, strict=True):
-                activations = centre_activations(run.model.module, run.layer, torch.from_numpy(future.result()), prep.mean, prep.std)
+                activations = centre_activations(run.view, torch.from_numpy(future.result()))
                 fidelity = direction_fidelity(activations, directions[size], own=np.asarray(rows))
                 cosines.append(fidelity.cosine)
                 ranks.append(fidelity.rank)
@@ -436,7 +435,7 @@ def icon_frame(run: RunInputs) -> IconFrame:
         run.log(f"[render] icons are rendered at the model's input size, {canvas} px, and shown at {config.icon_size} px")
     if not config.crop_to_field:
         return IconFrame(canvas, config.icon_size)
-    field = measure_receptive_field(run.model.module, run.layer, prep.channels, canvas, prep.mean, prep.std, seed=run.config.seed)
+    field = measure_receptive_field(run.view, canvas, seed=run.config.seed)
     what = f"icons show that {field.size} px square (the whole render in views/)" if field.crops else "it covers the icon: no crop"
     run.log(f"[render] the centre position sees {field.size} of {field.image_size} px ({field.fraction:.0%}); {what}")
     return IconFrame(canvas, config.icon_size, field)
@@ -445,25 +444,17 @@ def icon_frame(run: RunInputs) -> IconFrame:
 FIDELITY_BATCH = 256  # icons read and fed back at a time
 
 
-def measure_fidelity(
-    bundle: Bundle, size: int, model: LoadedModel, layer: torch.nn.Module, icon_size: int, views: bool = False
-) -> Fidelity:
+def measure_fidelity(bundle: Bundle, size: int, view: ModelView, icon_size: int, views: bool = False) -> Fidelity:
     """Feed the saved PNGs back through the model (the full views when icons are cropped: what was optimised);
     each cell's cosine and rank go to the level's fidelity file."""
     cells: list[dict[str, Any]] = bundle.grid_cells(size)
     fed = [full_view_file(c["icon"]) if views else c["icon"] for c in cells]
-    prep = model.preprocessing
+    prep = view.preprocessing
     if len(cells):
         # A batch of icons at a time: a 320 grid of 80 px RGB icons would be 4 GB as one float tensor.
         activations = np.concatenate(
             [
-                centre_activations(
-                    model.module,
-                    layer,
-                    load_icons(bundle, fed[start : start + FIDELITY_BATCH], prep.channels, icon_size),
-                    prep.mean,
-                    prep.std,
-                )
+                centre_activations(view, load_icons(bundle, fed[start : start + FIDELITY_BATCH], prep.channels, icon_size))
                 for start in range(0, len(cells), FIDELITY_BATCH)
             ]
         )

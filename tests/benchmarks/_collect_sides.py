@@ -53,18 +53,17 @@ def bare(args: dict) -> dict:
     from atlas.config import ModelConfig
     from atlas.images import open_source
     from atlas.images.preprocess import to_tensor
-    from atlas.models import load_model, resolve_layer, run_to_layer
+    from atlas.models import ModelView, load_model
 
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
     config = _config(args)
     t0 = time.perf_counter()
     model = load_model(ModelConfig(spec=config.model.spec, layer=config.model.layer))
-    module = model.module.to(memory_format=torch.channels_last)
-    layer = resolve_layer(model, config.model.layer)
+    model.module.to(memory_format=torch.channels_last)
+    view = ModelView.of(model, config.model.layer)
     prep = model.preprocessing
-    with torch.no_grad():
-        _, height, width = run_to_layer(module, layer, torch.zeros(1, prep.channels, prep.input_size, prep.input_size)).shape[1:]
+    height, width = view.grid
     t_model = time.perf_counter()
     source = open_source(config.images)
     if hasattr(source, "size_hint"):
@@ -95,7 +94,7 @@ def bare(args: dict) -> dict:
         where = np.concatenate(positions)
         images = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
         t_b = time.perf_counter()
-        out = activations_at(module, layer, images, rows, where, True)
+        out = activations_at(view, images, rows, where, True)
         t_c = time.perf_counter()
         activations.append(out.activation)
         attributions.append(out.attribution)
@@ -155,10 +154,10 @@ def _warm_worker(model_json: str, source) -> dict:
     import torch
 
     from atlas.config import ModelConfig
-    from atlas_pipelines.engine.worker_state import model_and_layer
+    from atlas_pipelines.engine.worker_state import model_view
 
     t1 = time.perf_counter()
-    model_and_layer(ModelConfig.model_validate_json(model_json))
+    model_view(ModelConfig.model_validate_json(model_json))
     t2 = time.perf_counter()
     if hasattr(source, "crops"):
         source.crops()  # built-in photos: loads and downscales the photos, cached per process
@@ -167,20 +166,19 @@ def _warm_worker(model_json: str, source) -> dict:
     return {"import_s": t1 - t0, "model_s": t2 - t1, "photos_s": t3 - t2, "torch_threads": torch.get_num_threads(), "env": env}
 
 
-def _timed_shard(shard, source, model_config, collect, seed, store_path, layer_hw, n_classes, threads) -> dict:
+def _timed_shard(shard, source, model_config, collect, seed, store_path, n_classes, threads) -> dict:
     """``collect_shard_task`` with its parts timed (same library calls, same order)."""
     from atlas.collect import ActivationStore, collect_records
-    from atlas_pipelines.engine.worker_state import model_and_layer, use_threads
+    from atlas_pipelines.engine.worker_state import model_view, use_threads
 
     t0 = time.perf_counter()
     use_threads(threads)
-    model, layer = model_and_layer(model_config)
+    view = model_view(model_config)
     records = list(source.read(shard))
     t1 = time.perf_counter()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     result = collect_records(
-        model.module, layer, model.preprocessing, layer_hw, records, collect.positions_per_image,
-        collect.batch_size, seed, collect.attribution, n_classes,
+        view, records, collect.positions_per_image, collect.batch_size, seed, collect.attribution, n_classes,
     )  # fmt: skip
     t2 = time.perf_counter()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
@@ -198,20 +196,18 @@ def _timed_shard(shard, source, model_config, collect, seed, store_path, layer_h
 
 
 def profile(args: dict) -> dict:
-    import torch
     from distributed import get_task_stream
 
-    from atlas.collect import ActivationStore, StoreLayout, layer_shape
+    from atlas.collect import ActivationStore, StoreLayout
     from atlas.images import open_source
-    from atlas.models import load_model, resolve_layer
+    from atlas.models import ModelView, load_model
     from atlas_pipelines.engine.executor import open_executor
     from atlas_pipelines.stages.collect import collect_shard_task
 
     config = _config(args)
     model = load_model(config.model)
-    layer = resolve_layer(model, config.model.layer)
     prep = model.preprocessing
-    shape = layer_shape(model.module, layer, torch.zeros(1, prep.channels, prep.input_size, prep.input_size))
+    shape = ModelView.of(model, config.model.layer).layer_shape
     n_classes = model.num_classes
     source = open_source(config.images)
     if hasattr(source, "size_hint"):
@@ -235,7 +231,7 @@ def profile(args: dict) -> dict:
         with get_task_stream(client=client) as stream:  # what the collect stage submits: one task per shard
             futures = [
                 ex.submit(
-                    collect_shard_task, s, source, config.model, config.collect, config.seed, store.path, shape[1:], n_classes,
+                    collect_shard_task, s, source, config.model, config.collect, config.seed, store.path, n_classes,
                     ex.threads_per_task,
                 )
                 for s in shards
@@ -254,9 +250,7 @@ def profile(args: dict) -> dict:
         store2 = ActivationStore(run_dir / "split")
         store2.create(layout, "split")
         futures = [
-            ex.submit(
-                _timed_shard, s, source, config.model, config.collect, config.seed, store2.path, shape[1:], n_classes, ex.threads_per_task
-            )
+            ex.submit(_timed_shard, s, source, config.model, config.collect, config.seed, store2.path, n_classes, ex.threads_per_task)
             for s in shards[:4]  # a few shards tell where a task's time goes
         ]
         out["task_split"] = [f.result() for f in futures]

@@ -64,7 +64,7 @@ class Atlas:
         from atlas.bundle import Bundle
         from atlas.config import ModelConfig
         from atlas.featurevis import derive_seed
-        from atlas.models import load_model, resolve_layer
+        from atlas.models import ModelView, load_model, resolve_layer
 
         torch.set_num_threads(args["threads"])
         self.bundle = Bundle(args["bundle"])
@@ -75,6 +75,7 @@ class Atlas:
         self.model.module.eval().to(memory_format=torch.channels_last)  # as a pipeline worker holds it
         self.layer_name = self.model_config.layer
         self.layer = resolve_layer(self.model, self.layer_name)
+        self.view = ModelView(self.model, self.layer_name, self.layer)
         self.grid = args["grid"]
         self.rows = list(args["rows"])
         self.cells = [self.bundle.grid_cells(self.grid)[r] for r in self.rows]
@@ -147,7 +148,7 @@ def side_ours(args: dict[str, Any]) -> dict[str, Any]:
         part = ParamInputs(inputs.spectrum, inputs.starts[rows])
         picked = np.asarray(atlas.rows)[rows].tolist()
         these = replace(settings, tries=tries)
-        return render_cells(atlas.model, atlas.layer, atlas.directions, picked, atlas.whitening, atlas.seeds[rows], config, these, part)
+        return render_cells(atlas.view, atlas.directions, picked, atlas.whitening, atlas.seeds[rows], config, these, part)
 
     guard = Guard(args["quiet_budget_s"])
     for param in args["params"]:  # warm-up outside the timings: thread pools, allocator, kernels for these shapes
@@ -274,7 +275,7 @@ def side_lucent(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def side_horama(args: dict[str, Any]) -> dict[str, Any]:
-    from atlas.models.layers import run_to_layer
+    from atlas.models import run_to_layer
 
     warnings.filterwarnings("ignore")
     atlas = Atlas(args)

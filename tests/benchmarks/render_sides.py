@@ -163,7 +163,7 @@ def load(threads: int, channels_last: bool = True) -> tuple[Any, nn.Module, Trun
     truncated = Truncated(model.module).eval()
     with torch.no_grad():  # the truncated copy really is the hooked layer's output
         x = torch.rand(2, 3, 80, 80)
-        from atlas.models.layers import run_to_layer
+        from atlas.models import run_to_layer
 
         assert torch.equal(run_to_layer(model.module, layer, x), truncated(x)), "truncated model differs from the layer"
     return model, layer, truncated
@@ -203,8 +203,8 @@ def side_ours(args: dict[str, Any]) -> dict[str, Any]:
 
     def run(steps: int, batch_seeds: list[int] = seeds, obj: Any = objective) -> Any:
         return render(
-            model.module, layer, obj, fourier(prep.channels, cfg["icon_size"]),
-            seeds=batch_seeds, mean=prep.mean, std=prep.std,
+            model.module, obj, fourier(prep.channels, cfg["icon_size"]),
+            layer=layer, seeds=batch_seeds, mean=prep.mean, std=prep.std,
             steps=steps, lr=cfg["learning_rate"], tries=cfg["tries"],
         )  # fmt: skip
 

@@ -128,8 +128,8 @@ def _compare(
 
     def ours(steps: int = size.steps) -> None:
         result = render(
-            model.module, layer, Direction(directions, cossim_power=config.cossim_power), fourier(prep.channels, icon_px),
-            seeds=list(range(batch)), mean=prep.mean, std=prep.std, steps=steps, lr=config.learning_rate, precision=precision,
+            model.module, Direction(directions, cossim_power=config.cossim_power), fourier(prep.channels, icon_px),
+            layer=layer, seeds=list(range(batch)), mean=prep.mean, std=prep.std, steps=steps, lr=config.learning_rate, precision=precision,
         )  # fmt: skip
         images[:] = [result.images]
 

@@ -164,7 +164,7 @@ class Scorer:
         from atlas.bundle import Bundle
         from atlas.config import ModelConfig
         from atlas.featurevis.pathcheck import choose_layers, early_vectors
-        from atlas.models import load_model, resolve_layer
+        from atlas.models import ModelView, load_model, resolve_layer
         from atlas_pipelines.stages.path import cell_patches
         from atlas_pipelines.stages.render import load_icons
 
@@ -174,6 +174,7 @@ class Scorer:
         self.model = load_model(ModelConfig(**config["model"]))
         self.model.module.eval()
         self.layer = resolve_layer(self.model, config["model"]["layer"])
+        self.view = ModelView(self.model, config["model"]["layer"], self.layer)
         self.rows = rows
         self.directions = self.bundle.directions(grid)
         self.cells = self.bundle.grid_cells(grid)
@@ -185,7 +186,7 @@ class Scorer:
         self.patch_names = [cell_patches(cell, per_cell, written) for cell in self.cells]
         unique = sorted({name for names in self.patch_names for name in names})
         images = [load_icons(self.bundle, [name], prep.channels, 0)[0] for name in unique]
-        vectors = dict(zip(unique, early_vectors(self.model.module, self.path_layers, images, prep.mean, prep.std)))
+        vectors = dict(zip(unique, early_vectors(self.view, self.path_layers, images)))
         self.dim = len(next(iter(vectors.values())))
         self.examples = [
             np.stack([vectors[n] for n in names]) if names else np.zeros((0, self.dim), np.float32) for names in self.patch_names
@@ -199,11 +200,10 @@ class Scorer:
         from atlas.featurevis.fidelity import centre_activations, direction_fidelity
         from atlas.featurevis.pathcheck import early_vectors, path_check
 
-        prep = self.model.preprocessing
         pixels = torch.from_numpy(icons.astype(np.float32) / 255.0)
-        activations = centre_activations(self.model.module, self.layer, pixels, prep.mean, prep.std)
+        activations = centre_activations(self.view, pixels)
         fidelity = direction_fidelity(activations, self.directions, own=np.asarray(self.rows))
-        early = early_vectors(self.model.module, self.path_layers, pixels, prep.mean, prep.std)
+        early = early_vectors(self.view, self.path_layers, pixels)
         every = np.zeros((len(self.cells), self.dim), np.float32)  # other cells' icons are not scored; zeros never NaN
         every[self.rows] = early
         among_all = path_check(every, self.examples)

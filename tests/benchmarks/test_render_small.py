@@ -54,7 +54,7 @@ def test_small_icons_render_near_the_bare_loop() -> None:
 
     def ours() -> float:
         start = time.perf_counter()
-        render(module, layer, Direction(directions), fourier(prep.channels, SIZE), seeds=list(range(len(directions))),
+        render(module, Direction(directions), fourier(prep.channels, SIZE), layer=layer, seeds=list(range(len(directions))),
                mean=prep.mean, std=prep.std, steps=STEPS)  # fmt: skip
         return time.perf_counter() - start
 

@@ -210,10 +210,10 @@ def fidelity(model: Any, layer: Any, icons_u8: np.ndarray, rows: np.ndarray, dir
     import torch
 
     from atlas.featurevis.fidelity import centre_activations
+    from atlas.models import ModelView
 
-    prep = model.preprocessing
     images = torch.from_numpy(icons_u8.astype(np.float32) / 255.0)
-    acts = centre_activations(model.module, layer, images, prep.mean, prep.std)
+    acts = centre_activations(ModelView.of_module(model.module, layer, preprocessing=model.preprocessing), images)
     a = acts / np.maximum(np.linalg.norm(acts, axis=1, keepdims=True), 1e-12)
     d = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     similarity = a @ d.T  # [icons, all cells of the grid]
@@ -336,9 +336,10 @@ def fid_acts(model: Any, layer: Any, icons_u8: np.ndarray) -> np.ndarray:
     import torch
 
     from atlas.featurevis.fidelity import centre_activations
+    from atlas.models import ModelView
 
-    prep = model.preprocessing
-    return centre_activations(model.module, layer, torch.from_numpy(icons_u8.astype(np.float32) / 255.0), prep.mean, prep.std)
+    view = ModelView.of_module(model.module, layer, preprocessing=model.preprocessing)
+    return centre_activations(view, torch.from_numpy(icons_u8.astype(np.float32) / 255.0))
 
 
 def _print(r: dict[str, Any]) -> None:
