@@ -27,6 +27,7 @@ from atlas.models import load_model, resolve_layer
 from atlas.models.zoo import ARCHITECTURES, build_classifier
 from atlas.train.data import load_training_data, normalise_batch
 from atlas.train.trainer import CHECKPOINT, train_variant, variant_of
+from atlas_pipelines.stages.layout import layout_estimator
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -256,7 +257,7 @@ def test_aligned_layouts_keep_the_same_images_together(compared: tuple[Path, str
     for n, coords in zip(names, aligned):
         assert np.array_equal(np.load(root / "variants" / n / "layout" / "coords.npy"), coords)
     activations = [ActivationStore(root / "variants" / n / "activations").read().activation for n in names]
-    unaligned = independent_layouts(activations, LayoutConfig(), seed=0)
+    unaligned = independent_layouts(activations, layout_estimator(LayoutConfig(), seed=0))
     assert alignment_error(aligned) < 0.6 * alignment_error(unaligned), (alignment_error(aligned), alignment_error(unaligned))
     # Alignment moves rows, it does not rebuild each layout: local structure stays about as it was.
     assert neighbour_agreement(aligned) > 0.5 * neighbour_agreement(unaligned)
