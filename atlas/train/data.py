@@ -20,7 +20,7 @@ from PIL import Image
 
 from atlas.config import TrainConfig
 from atlas.errors import AtlasError
-from atlas.images.decode import load_image
+from atlas.images.decode import DEFAULT_MAX_PIXELS, load_image
 from atlas.images.preprocess import fit_square
 from atlas.images.source import ImageRecord
 from atlas.models.record import Preprocessing
@@ -83,7 +83,6 @@ Records = Iterator[ImageRecord]
 
 
 def _torchvision(text: str, root: Path | None) -> tuple[Records, Records, list[str], str]:
-    from atlas.config import ImagesConfig
     from atlas.images import open_source
 
     base = text.partition("?")[0]
@@ -91,7 +90,7 @@ def _torchvision(text: str, root: Path | None) -> tuple[Records, Records, list[s
         raise AtlasError(f"train.dataset {text!r}: name the dataset only ({base!r}); training uses its train split, testing its test split")
     splits = []
     for split in ("train", "test"):
-        source = open_source(ImagesConfig(source=f"{base}?split={split}", root=root))
+        source = open_source(f"{base}?split={split}", root=root)
         (shard,) = source.plan(Path("."), None, 1 << 40)
         splits.append((source, source.read(shard)))
     (train_source, train), (_, test) = splits
@@ -130,7 +129,7 @@ def _folder(root: Path, test_fraction: float, seed: int) -> tuple[Records, Recor
 
 def _decode(items: Iterable[tuple[str, int]]) -> Records:
     for k, (path, label) in enumerate(items):
-        image, error = load_image(Path(path), 89_478_485, size_hint=MAX_INPUT)
+        image, error = load_image(Path(path), DEFAULT_MAX_PIXELS, size_hint=MAX_INPUT)
         yield ImageRecord(k, path, image, label=label, error=error)
 
 

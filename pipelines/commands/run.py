@@ -110,7 +110,7 @@ def _prepare(config: AtlasConfig, device: torch.device) -> tuple[LoadedModel, to
     if config.collect.attribution:
         n_classes = model.num_classes or _output_width(model.module, example)
 
-    source = open_source(config.images)
+    source = open_source(config.images.source, config.images.root, config.images.max_pixels)
     if hasattr(source, "size_hint"):
         source.size_hint = prep.input_size
     return model, layer, shape, n_classes, source

@@ -66,7 +66,7 @@ def bare(args: dict) -> dict:
     with torch.no_grad():
         _, height, width = run_to_layer(module, layer, torch.zeros(1, prep.channels, prep.input_size, prep.input_size)).shape[1:]
     t_model = time.perf_counter()
-    source = open_source(config.images)
+    source = open_source(config.images.source, config.images.root, config.images.max_pixels)
     if hasattr(source, "size_hint"):
         source.size_hint = prep.input_size
     n_images = args["n_images"]
@@ -213,7 +213,7 @@ def profile(args: dict) -> dict:
     prep = model.preprocessing
     shape = layer_shape(model.module, layer, torch.zeros(1, prep.channels, prep.input_size, prep.input_size))
     n_classes = model.num_classes
-    source = open_source(config.images)
+    source = open_source(config.images.source, config.images.root, config.images.max_pixels)
     if hasattr(source, "size_hint"):
         source.size_hint = prep.input_size
     run_dir = Path(config.output.dir) / config.name
