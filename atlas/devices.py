@@ -10,21 +10,23 @@ collection, rendering and fidelity follow the device of the model's weights.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
-from atlas.config import DEVICE_PATTERN
 from atlas.errors import AtlasError
 
-CPU = torch.device("cpu")  # the default wherever a device is optional: what every run used before devices existed
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # the names the ``device`` key takes; the config validates with it
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+CPU = torch.device("cpu")  # the default wherever a device is optional
 
 
 def resolve_device(setting: str) -> torch.device:
     """``auto`` -> ``cuda`` or ``cpu``; ``cuda``/``cuda:N`` only if this torch can use that GPU (else one line with the fix)."""
     if not DEVICE_PATTERN.fullmatch(setting):
-        raise AtlasError(f"device={setting!r}: expected auto, cpu, cuda or cuda:N")
+        raise AtlasError(f"device={setting!r}: expected {DEVICE_CHOICES}")
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(setting)
@@ -44,7 +46,7 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def key_part(device: torch.device) -> list[Any]:
-    """What a stage key gains from the device: nothing on CPU, so every cache made before GPUs existed stays valid.
+    """What a stage key gains from the device: nothing on the CPU, the reference device, and the type of any other.
 
     Only the device type counts: results differ between a GPU and the CPU, not between two GPUs of one kind.
     """
@@ -57,4 +59,4 @@ def device_of(module: nn.Module) -> torch.device:
     return CPU if first is None else first.device
 
 
-__all__ = ["CPU", "device_of", "key_part", "resolve_device"]
+__all__ = ["CPU", "DEVICE_CHOICES", "DEVICE_PATTERN", "device_of", "key_part", "resolve_device"]

@@ -25,8 +25,10 @@ from atlas.config import ALL_ACTIVATIONS, LayoutConfig, ModelConfig, TrainConfig
 from atlas.errors import AtlasError
 from atlas.models import load_model, resolve_layer
 from atlas.models.zoo import ARCHITECTURES, build_classifier
-from atlas.train.data import load_training_data, to_model_input
-from atlas.train.trainer import CHECKPOINT, train_variant, variant_of
+from atlas.train.data import to_model_input
+from atlas.train.trainer import CHECKPOINT, train_variant
+from atlas_pipelines.commands.train import schedule_of, training_data, variant_for
+from atlas_pipelines.stages.layout import layout_estimator
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -55,7 +57,7 @@ def small_config(**overrides: Any) -> TrainConfig:
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_activation_builds_and_trains_a_step(fashion: None, architecture: str) -> None:
-    data = load_training_data(small_config(limit_train_images=64, limit_test_images=8))
+    data = training_data(small_config(limit_train_images=64, limit_test_images=8))
     x = to_model_input(data.train.images[:64], data.preprocessing)
     y = torch.from_numpy(data.train.labels[:64])
     for name in (*ALL_ACTIVATIONS, "Hardswish", "CELU"):
@@ -75,10 +77,10 @@ def test_every_activation_builds_and_trains_a_step(fashion: None, architecture: 
 
 def test_same_seed_trains_identically_and_a_killed_run_resumes(fashion: None, tmp_path: Path) -> None:
     config = small_config()
-    data = load_training_data(config)
-    variant = variant_of(config, "gelu", data)
-    first = train_variant(variant, data, config, tmp_path / "a")
-    second = train_variant(variant, data, config, tmp_path / "b")
+    data = training_data(config)
+    variant = variant_for(config, "gelu", data)
+    first = train_variant(variant, data, schedule_of(config), tmp_path / "a")
+    second = train_variant(variant, data, schedule_of(config), tmp_path / "b")
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "images_per_second")} for e in h]  # noqa: E731
     assert strip(first["history"]) == strip(second["history"])
     a = torch.load(tmp_path / "a" / "weights.pt", weights_only=True)
@@ -93,10 +95,10 @@ def test_same_seed_trains_identically_and_a_killed_run_resumes(fashion: None, tm
             raise Killed
 
     with pytest.raises(Killed):
-        train_variant(variant, data, config, tmp_path / "c", log=kill_after_first_epoch)
+        train_variant(variant, data, schedule_of(config), tmp_path / "c", log=kill_after_first_epoch)
     assert (tmp_path / "c" / CHECKPOINT).exists() and not (tmp_path / "c" / "weights.pt").exists()
     messages: list[str] = []
-    resumed = train_variant(variant, data, config, tmp_path / "c", log=messages.append)
+    resumed = train_variant(variant, data, schedule_of(config), tmp_path / "c", log=messages.append)
     assert any("resuming after epoch 1" in m for m in messages)
     assert [m for m in messages if "epoch 1/" in m] == []  # epoch 1 was not trained again
     c = torch.load(tmp_path / "c" / "weights.pt", weights_only=True)
@@ -107,10 +109,10 @@ def test_same_seed_trains_identically_and_a_killed_run_resumes(fashion: None, tm
 def test_dead_units_are_counted_where_the_gradient_is_zero(fashion: None, tmp_path: Path) -> None:
     """A ReLU unit whose bias pushes it below zero everywhere is dead; the same unit under Leaky ReLU is not."""
     config = small_config(epochs=1)
-    data = load_training_data(config)
+    data = training_data(config)
     metrics = {}
     for name in ("relu", "leaky_relu"):
-        metrics[name] = train_variant(variant_of(config, name, data), data, config, tmp_path / name)
+        metrics[name] = train_variant(variant_for(config, name, data), data, schedule_of(config), tmp_path / name)
     assert metrics["leaky_relu"]["units"]["dead_fraction"] == 0.0
     from atlas.train.units import activation_layers, unit_statistics
 
@@ -256,7 +258,7 @@ def test_aligned_layouts_keep_the_same_images_together(compared: tuple[Path, str
     for n, coords in zip(names, aligned):
         assert np.array_equal(np.load(root / "variants" / n / "layout" / "coords.npy"), coords)
     activations = [ActivationStore(root / "variants" / n / "activations").read().activation for n in names]
-    unaligned = independent_layouts(activations, LayoutConfig(), seed=0)
+    unaligned = independent_layouts(activations, layout_estimator(LayoutConfig(), seed=0))
     assert alignment_error(aligned) < 0.6 * alignment_error(unaligned), (alignment_error(aligned), alignment_error(unaligned))
     # Alignment moves rows, it does not rebuild each layout: local structure stays about as it was.
     assert neighbour_agreement(aligned) > 0.5 * neighbour_agreement(unaligned)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from atlas.config import ImagesConfig
 from atlas.images import open_source
 from atlas.models.zoo import fashion_cnn
 from atlas_pipelines.commands.cli import main
@@ -33,7 +32,7 @@ def fashion_weights(fashion_available: bool, tmp_path_factory: pytest.TempPathFa
     if not fashion_available:
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     root = tmp_path_factory.mktemp("datasets")
-    dataset = open_source(ImagesConfig(source="torchvision:FashionMNIST", root=root)).dataset()  # type: ignore[attr-defined]
+    dataset = open_source("torchvision:FashionMNIST", root=root).dataset()  # type: ignore[attr-defined]
     images = dataset.data[:4096].float().div(255).sub(0.5).div(0.5).unsqueeze(1)
     targets = dataset.targets[:4096]
     torch.manual_seed(0)
@@ -98,7 +97,7 @@ def strided_net(fashion_weights: tuple[Path, Path], tmp_path_factory: pytest.Tem
     folder = tmp_path_factory.mktemp("strided")
     (folder / "strided_net.py").write_text(STRIDED_NET)
     sys.path.insert(0, str(folder))
-    dataset = open_source(ImagesConfig(source="torchvision:FashionMNIST", root=root)).dataset()  # type: ignore[attr-defined]
+    dataset = open_source("torchvision:FashionMNIST", root=root).dataset()  # type: ignore[attr-defined]
     images = dataset.data[:6144].float().div(255).sub(0.5).div(0.5).unsqueeze(1)
     targets = dataset.targets[:6144]
     torch.manual_seed(0)

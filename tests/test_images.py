@@ -20,7 +20,6 @@ import pytest
 import torch
 from PIL import Image
 
-from atlas.config import ImagesConfig
 from atlas.errors import AtlasError
 from atlas.images import (
     BuiltinPhotos,
@@ -220,17 +219,17 @@ def test_high_depth_and_float_modes_become_8bit() -> None:
 
 
 def test_open_source_parses_the_source_string(tree: Path, tmp_path: Path) -> None:
-    assert isinstance(open_source(ImagesConfig(source=str(tree))), FolderSource)
-    assert isinstance(open_source(ImagesConfig(source="builtin:photos")), BuiltinPhotos)
-    source = open_source(ImagesConfig(source="torchvision:FashionMNIST?split=test", root=tmp_path))
+    assert isinstance(open_source(str(tree)), FolderSource)
+    assert isinstance(open_source("builtin:photos"), BuiltinPhotos)
+    source = open_source("torchvision:FashionMNIST?split=test", root=tmp_path)
     assert isinstance(source, TorchvisionSource) and (source.name, source.split) == ("FashionMNIST", "test")
-    assert open_source(ImagesConfig(source="torchvision:CIFAR10")).split == "train"
+    assert open_source("torchvision:CIFAR10").split == "train"
     with pytest.raises(AtlasError, match="no such folder; give a folder of images, 'builtin:photos'"):
-        open_source(ImagesConfig(source=str(tmp_path / "missing")))
+        open_source(str(tmp_path / "missing"))
     with pytest.raises(AtlasError, match="did you mean FashionMNIST"):
-        open_source(ImagesConfig(source="torchvision:FashionMnist"))
+        open_source("torchvision:FashionMnist")
     with pytest.raises(AtlasError, match="did you mean .*CIFAR10"):
-        open_source(ImagesConfig(source="torchvision:CIFAR11"))
+        open_source("torchvision:CIFAR11")
 
 
 def _fashion_root(tmp_path: Path) -> Path:

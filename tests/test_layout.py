@@ -2,7 +2,7 @@
 
 The estimator contract matters beyond style: the layout stage scatters a fitted
 layout to workers (pickle), the compare pipeline builds one per variant from the
-same settings (``from_config``), and ``clone``/``get_params`` are how either is
+same settings (``layout_estimator``), and ``clone``/``get_params`` are how either is
 copied or inspected without knowing the constructor.
 """
 
@@ -23,7 +23,7 @@ from atlas.config import LayoutConfig
 from atlas.errors import AtlasError
 from atlas.layout import AtlasLayout, Whitening
 from atlas_pipelines.engine.executor import InProcessExecutor
-from atlas_pipelines.stages.layout import compute_layout, shard_groups
+from atlas_pipelines.stages.layout import compute_layout, layout_estimator, shard_groups, whitening_estimator
 
 # LayoutConfig fields that are not the estimator's: how the stage samples and chunks, the whitening, given coords.
 NOT_LAYOUT_PARAMS = {"fit_sample", "chunk_size", "whitening_eps", "coords"}
@@ -105,13 +105,13 @@ def test_too_few_rows_and_bad_eps_fail_in_fit() -> None:
             whitening.fit(np.ones((10, 3)))
 
 
-# --- from_config: the one place settings become estimators -------------------------------------------
+# --- layout_estimator: the one place settings become estimators -------------------------------------
 
 
-def test_from_config_passes_every_layout_setting_through() -> None:
+def test_layout_estimator_passes_every_layout_setting_through() -> None:
     config = LayoutConfig(n_neighbors=12, min_dist=0.3, metric="euclidean", pca_components=7, clip_percentile=3.0,
                           margin=0.2, whitening_eps=0.25)  # fmt: skip
-    params = AtlasLayout.from_config(config, seed=11).get_params()
+    params = layout_estimator(config, seed=11).get_params()
     settings = set(LayoutConfig.model_fields) - NOT_LAYOUT_PARAMS
     # A new LayoutConfig field must either reach the estimator or be listed as not its own; the seed and
     # the output dimension (1 only for a two-class comparison's y axis) are the caller's, not the config's.
@@ -119,7 +119,7 @@ def test_from_config_passes_every_layout_setting_through() -> None:
     assert params["n_components"] == 2
     assert {k: params[k] for k in settings} == {k: getattr(config, k) for k in settings}
     assert params["random_state"] == 11
-    assert Whitening.from_config(config).get_params() == {"eps": 0.25}
+    assert whitening_estimator(config).get_params() == {"eps": 0.25}
 
 
 # --- a real fit -----------------------------------------------------------------------------------
@@ -145,10 +145,10 @@ def test_fit_places_rows_in_the_unit_square_and_transform_agrees(fitted: tuple[A
 def test_independent_layouts_take_the_config(fitted: tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray]) -> None:
     _, x, _, coords = fitted
     config = LayoutConfig(n_neighbors=10, metric="euclidean", pca_components=8)
-    (again,) = independent_layouts([x], config, seed=0)
+    (again,) = independent_layouts([x], layout_estimator(config, seed=0))
     assert np.array_equal(again, coords)  # the same settings and seed as the fixture, so the same layout
     with pytest.raises(AtlasError, match="same rows"):
-        aligned_layouts([x, x[:50]], config, seed=0)
+        aligned_layouts([x, x[:50]], layout_estimator(config, seed=0))
 
 
 # --- whitening -------------------------------------------------------------------------------------
@@ -212,9 +212,9 @@ def test_compute_layout_reads_the_store_in_shards(tmp_path: Path, fitted: tuple[
     coords, whitening = compute_layout(lambda: InProcessExecutor(1), store, config, seed=0)
     assert coords is not None and coords.shape == (len(rows), 2) and np.isfinite(coords).all()
     assert coords.min() >= 0.0 and coords.max() <= 1.0
-    np.testing.assert_allclose(whitening.matrix_, Whitening.from_config(config).fit(rows).matrix_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(whitening.matrix_, whitening_estimator(config).fit(rows).matrix_, rtol=1e-4, atol=1e-6)
     sample = np.sort(np.random.default_rng(0).choice(len(rows), size=60, replace=False))  # as the stage draws it
-    refit = AtlasLayout.from_config(config, 0).fit(rows[sample])
+    refit = layout_estimator(config, 0).fit(rows[sample])
     np.testing.assert_array_equal(coords[sample], refit.fitted_coords_)
     assert shard_groups(store.shard_starts(), 50) == [[0], [1], [3]]  # the empty shard gets no task
     # The stage with layout.coords given: whitening only, no UMAP.

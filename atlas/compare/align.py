@@ -12,13 +12,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from sklearn.base import clone
 
-from atlas.config import LayoutConfig
 from atlas.errors import AtlasError
 from atlas.layout.umap_layout import AtlasLayout, fit_pca, percentile_box
 
 
-def _reduce(x: np.ndarray, components: int | None, seed: int) -> np.ndarray:
+def _reduce(x: np.ndarray, components: int | None, seed: int | None) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     pca = fit_pca(x, components, seed)
     return x if pca is None else pca.transform(x).astype(np.float32)
@@ -32,27 +32,26 @@ def normalise_together(embeddings: list[np.ndarray], clip_percentile: float, mar
 
 def aligned_layouts(
     activations: list[np.ndarray],
-    config: LayoutConfig,
+    layout: AtlasLayout,
     *,
     regularisation: float = 0.01,
     window: int = 3,
-    seed: int = 0,
 ) -> list[np.ndarray]:
     """[N, 2] coordinates in [0, 1] per variant; every variant must have the same N rows, in the same order.
 
-    ``config`` gives the layout settings every atlas uses (so a compared variant is laid out like a
-    lone atlas); ``regularisation`` and ``window`` are AlignedUMAP's pull between neighbouring variants.
+    ``layout`` is an unfitted layout whose parameters and seed every variant shares (so a compared variant is
+    laid out like a lone atlas); ``regularisation`` and ``window`` are AlignedUMAP's pull between neighbouring variants.
     """
     sizes = {len(a) for a in activations}
     if len(sizes) != 1:
         raise AtlasError(f"aligned layouts need the same rows in every variant; got row counts {sorted(sizes)}")
     (n,) = sizes
     if len(activations) == 1:
-        return independent_layouts(activations, config, seed=seed)
+        return independent_layouts(activations, layout)
     # The same settings, checked the same way, as a plain layout; AlignedUMAP itself takes them below.
-    template = AtlasLayout.from_config(config, seed)
-    template.check_params()
-    reduced = [_reduce(a, template.pca_components, seed) for a in activations]
+    layout.check_params()
+    seed = layout.random_state
+    reduced = [_reduce(a, layout.pca_components, seed) for a in activations]
     identity = {i: i for i in range(n)}
     from umap import AlignedUMAP
 
@@ -60,19 +59,19 @@ def aligned_layouts(
         # AlignedUMAP builds one seeded UMAP per variant, and each warns that a seed means one thread.
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
         mapper = AlignedUMAP(
-            n_neighbors=min(template.n_neighbors, n - 1),
-            min_dist=template.min_dist,
-            metric=template.metric,
+            n_neighbors=min(layout.n_neighbors, n - 1),
+            min_dist=layout.min_dist,
+            metric=layout.metric,
             alignment_regularisation=regularisation,
             alignment_window_size=window,
             random_state=seed,
         ).fit(reduced, relations=[identity] * (len(reduced) - 1))
-    return normalise_together(list(mapper.embeddings_), template.clip_percentile, template.margin)
+    return normalise_together(list(mapper.embeddings_), layout.clip_percentile, layout.margin)
 
 
-def independent_layouts(activations: list[np.ndarray], config: LayoutConfig, *, seed: int = 0) -> list[np.ndarray]:
-    """One plain atlas layout per variant (the unaligned baseline), each normalised on its own."""
-    return [AtlasLayout.from_config(config, seed).fit_transform(a) for a in activations]
+def independent_layouts(activations: list[np.ndarray], layout: AtlasLayout) -> list[np.ndarray]:
+    """One plain atlas layout per variant (the unaligned baseline), each a fresh copy of ``layout`` normalised on its own."""
+    return [clone(layout).fit_transform(a) for a in activations]
 
 
 def alignment_error(layouts: list[np.ndarray]) -> float:

@@ -11,10 +11,9 @@ import difflib
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from atlas.config import ImagesConfig
 from atlas.errors import AtlasError
 from atlas.images.builtin_photos import BuiltinPhotos
-from atlas.images.decode import load_image
+from atlas.images.decode import DEFAULT_MAX_PIXELS, load_image
 from atlas.images.folder import FolderSource
 from atlas.images.modes import to_8bit
 from atlas.images.preprocess import batch_to_tensor, to_tensor
@@ -43,19 +42,23 @@ _TORCHVISION = "torchvision:"
 _EXPECTED = "give a folder of images, 'builtin:photos' or 'torchvision:FashionMNIST'"
 
 
-def open_source(config: ImagesConfig) -> ImageSource:
-    """The image source named by ``config.source``; a wrong name is one readable AtlasError."""
-    text = config.source.strip()
+def open_source(source: str, root: Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSource:
+    """The image source ``source`` names; a wrong name is one readable AtlasError.
+
+    ``root``: where torchvision datasets live (default ~/.cache/atlas/datasets); ``max_pixels``: a folder's
+    decompression-bomb limit per image.
+    """
+    text = source.strip()
     if text.startswith("builtin:"):
         if text != _BUILTIN:
             raise AtlasError(f"images.source '{text}': the built-in set is called '{_BUILTIN}'")
         return BuiltinPhotos()
     if text.startswith(_TORCHVISION):
-        return _torchvision_source(text, config.root)
+        return _torchvision_source(text, root)
     folder = location(text)
     if not folder.is_dir():
         raise AtlasError(f"images.source '{text}': no such folder; {_EXPECTED}")
-    return FolderSource(folder, config.max_pixels)
+    return FolderSource(folder, max_pixels)
 
 
 def _torchvision_source(text: str, root: Path | None) -> TorchvisionSource:

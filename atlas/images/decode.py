@@ -21,6 +21,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from atlas.images.modes import to_8bit
 from atlas.storage import Location
 
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit: images.max_pixels' default
+
 # ``warnings.catch_warnings`` swaps a process-wide filter list; the lock keeps
 # our own concurrent decodes from restoring each other's filters. It is held
 # only while Pillow reads the header, never while pixels decode.

@@ -19,8 +19,6 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from atlas.config import LayoutConfig
-
 MIN_ROWS = 4  # UMAP's spectral init and neighbour graph need a handful of points
 
 
@@ -77,19 +75,6 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         self.margin = margin
         self.random_state = random_state
         self.n_components = n_components  # 1 for the y axis of a two-class comparison
-
-    @classmethod
-    def from_config(cls, config: LayoutConfig, seed: int | None) -> AtlasLayout:
-        """The one place a run's ``layout`` settings become an estimator, so no caller can drop one."""
-        return cls(
-            n_neighbors=config.n_neighbors,
-            min_dist=config.min_dist,
-            metric=config.metric,
-            pca_components=config.pca_components,
-            clip_percentile=config.clip_percentile,
-            margin=config.margin,
-            random_state=seed,
-        )
 
     def check_params(self) -> None:
         """Every parameter, with a message naming it; ``set_params`` may have put anything there."""

@@ -14,8 +14,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from atlas.config import LayoutConfig
-
 
 class Whitening(TransformerMixin, BaseEstimator):
     """``matrix_ = (M + eps * tr(M)/C * I)^-1`` for the uncentred second moment M; eps is relative to M's scale."""
@@ -26,11 +24,6 @@ class Whitening(TransformerMixin, BaseEstimator):
 
     def __init__(self, eps: float = 1e-2) -> None:
         self.eps = eps
-
-    @classmethod
-    def from_config(cls, config: LayoutConfig) -> Whitening:
-        """The one place ``layout.whitening_eps`` becomes an estimator."""
-        return cls(eps=config.whitening_eps)
 
     def fit(self, X: np.ndarray, y: None = None) -> Whitening:
         """Learn ``matrix_`` ([C, C] float32) from ``X`` ([N, C] activations, N >= 1)."""

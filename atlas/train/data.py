@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atlas.config import TrainConfig
 from atlas.errors import AtlasError
-from atlas.images.decode import load_image
+from atlas.images.decode import DEFAULT_MAX_PIXELS, load_image
 from atlas.images.preprocess import fit_square
 from atlas.images.source import ImageRecord
 from atlas.models.record import Preprocessing
@@ -46,24 +45,39 @@ class TrainingData:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def load_training_data(config: TrainConfig, log: Callable[[str], None] = print) -> TrainingData:
-    """The dataset ``train.dataset`` names, both splits, at one size and channel count."""
-    text = config.dataset.strip()
+def load_training_data(
+    dataset: str,
+    *,
+    root: Path | None = None,
+    limit_train_images: int | None = None,
+    limit_test_images: int | None = None,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    input_size: int | None = None,
+    channels: int | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainingData:
+    """Both splits of ``dataset`` (``torchvision:NAME`` or a folder of class sub-folders) at one size and channel count.
+
+    ``root``: where torchvision datasets live; ``test_fraction`` and ``seed``: the held-out part of a folder without
+    train/ and test/; ``input_size`` and ``channels``: default from the first image (at most 64 px; 1 for grey).
+    """
+    text = dataset.strip()
     if text.startswith("torchvision:"):
-        train_records, test_records, classes, source = _torchvision(text, config.root)
+        train_records, test_records, classes, source = _torchvision(text, root)
     else:
-        train_records, test_records, classes, source = _folder(Path(text).expanduser(), config.test_fraction, config.seed)
+        train_records, test_records, classes, source = _folder(Path(text).expanduser(), test_fraction, seed)
         if Path(source).name != "test":
-            log(f"[train] {text}: no train/ and test/ sub-folders, so {config.test_fraction:.0%} is held out for testing; "
+            log(f"[train] {text}: no train/ and test/ sub-folders, so {test_fraction:.0%} is held out for testing; "
                 "atlases will use every image of the folder (set images.source to held-out images to change that)")  # fmt: skip
-    train_iter = islice(train_records, config.limit_train_images)
+    train_iter = islice(train_records, limit_train_images)
     skipped: list[dict[str, str]] = []
     first = next(train_iter, None)
     if first is None:
         raise AtlasError(f"train.dataset {text!r}: no training images found")
-    prep = _preprocessing(config, first.image)
+    prep = _preprocessing(channels, input_size, first.image)
     train = _to_arrays(chain([first], train_iter), prep, skipped)
-    test = _to_arrays(islice(test_records, config.limit_test_images), prep, skipped)
+    test = _to_arrays(islice(test_records, limit_test_images), prep, skipped)
     if len(train.labels) == 0 or len(test.labels) == 0:
         raise AtlasError(f"train.dataset {text!r}: no readable images in the {'train' if len(train.labels) == 0 else 'test'} split")
     if skipped:
@@ -80,7 +94,6 @@ Records = Iterator[ImageRecord]
 
 
 def _torchvision(text: str, root: Path | None) -> tuple[Records, Records, list[str], str]:
-    from atlas.config import ImagesConfig
     from atlas.images import open_source
 
     base = text.partition("?")[0]
@@ -88,7 +101,7 @@ def _torchvision(text: str, root: Path | None) -> tuple[Records, Records, list[s
         raise AtlasError(f"train.dataset {text!r}: name the dataset only ({base!r}); training uses its train split, testing its test split")
     splits = []
     for split in ("train", "test"):
-        source = open_source(ImagesConfig(source=f"{base}?split={split}", root=root))
+        source = open_source(f"{base}?split={split}", root=root)
         (shard,) = source.plan(Path("."), None, 1 << 40)
         splits.append((source, source.read(shard)))
     (train_source, train), (_, test) = splits
@@ -127,13 +140,13 @@ def _folder(root: Path, test_fraction: float, seed: int) -> tuple[Records, Recor
 
 def _decode(items: Iterable[tuple[str, int]]) -> Records:
     for k, (path, label) in enumerate(items):
-        image, error = load_image(Path(path), 89_478_485, size_hint=MAX_INPUT)
+        image, error = load_image(Path(path), DEFAULT_MAX_PIXELS, size_hint=MAX_INPUT)
         yield ImageRecord(k, path, image, label=label, error=error)
 
 
-def _preprocessing(config: TrainConfig, first: Image.Image | None) -> Preprocessing:
-    channels = config.channels or (1 if first is not None and first.mode in ("L", "I", "I;16", "F", "1") else 3)
-    size = config.input_size or (min(MAX_INPUT, min(first.size)) if first is not None else 32)
+def _preprocessing(channels: int | None, input_size: int | None, first: Image.Image | None) -> Preprocessing:
+    channels = channels or (1 if first is not None and first.mode in ("L", "I", "I;16", "F", "1") else 3)
+    size = input_size or (min(MAX_INPUT, min(first.size)) if first is not None else 32)
     mean, std = (GREY_MEAN_STD, GREY_MEAN_STD) if channels == 1 else (RGB_MEAN, RGB_STD)
     return Preprocessing(input_size=size, channels=channels, mean=mean, std=std)
 

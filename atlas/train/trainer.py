@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from atlas.config import TrainConfig
 from atlas.devices import CPU
 from atlas.io import write_bytes, write_json
 from atlas.models.card import MODEL_CARD, ModelCard, new_card, write_card  # noqa: F401  MODEL_CARD: the folder's file names live together
@@ -41,6 +40,18 @@ EVAL_BATCH = 500
 _INIT_LOCK = threading.Lock()
 START_STEPS = 50  # gradient norms are also kept for the first steps alone: vanishing gradients show at initialisation
 VERSION = "train/3"  # part of a variant's cache key: bump when what training records changes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """How every variant of one comparison is trained, so that variants differ by their activation alone."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float  # Adam's step at the start of the cosine schedule
+    weight_decay: float
+    dead_threshold: float  # a unit is dead when |f'(x)| stays below this on every test input
+    seed: int  # the initialisation and every epoch's data order
 
 
 @dataclass(frozen=True)
@@ -69,9 +80,10 @@ class Variant:
         }
 
 
-def variant_of(config: TrainConfig, activation: str, data: TrainingData) -> Variant:
-    make_activation(activation)  # an unknown name fails here, listing the valid ones
-    return Variant(config.architecture, activation, len(data.classes), data.preprocessing.channels, config.width, config.batch_norm)
+def variant_of(architecture: str, activation: str, data: TrainingData, width: int, batch_norm: bool) -> Variant:
+    """The variant with ``activation`` for ``data``'s classes and channels; an unknown activation fails here, listing the valid ones."""
+    make_activation(activation)
+    return Variant(architecture, activation, len(data.classes), data.preprocessing.channels, width, batch_norm)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -82,7 +94,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def train_variant(
     variant: Variant,
     data: TrainingData,
-    config: TrainConfig,
+    schedule: Schedule,
     out_dir: Path,
     log: Callable[[str], None] = lambda _m: None,
     device: torch.device = CPU,
@@ -93,11 +105,11 @@ def train_variant(
     the CPU, each batch is moved to the device, and checkpoints and weights are saved as CPU tensors.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = variant.build(config.seed).to(device)
-    steps_per_epoch = math.ceil(len(data.train.labels) / config.batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    total_steps = steps_per_epoch * config.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(
+    model = variant.build(schedule.seed).to(device)
+    steps_per_epoch = math.ceil(len(data.train.labels) / schedule.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.learning_rate, weight_decay=schedule.weight_decay)
+    total_steps = steps_per_epoch * schedule.epochs
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
     history: list[dict[str, Any]] = []
@@ -107,7 +119,7 @@ def train_variant(
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        lr_schedule.load_state_dict(state["schedule"])
         history = state["history"]
         start_epoch = len(history)
         log(f"[train] {variant.activation}: resuming after epoch {start_epoch}")
@@ -115,14 +127,14 @@ def train_variant(
     weights = weight_layers(model)
     loss_fn = nn.CrossEntropyLoss()
     start_norms: list[float] = []
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, schedule.epochs):
         model.train()
-        order = epoch_order(len(data.train.labels), config.seed, epoch)
+        order = epoch_order(len(data.train.labels), schedule.seed, epoch)
         grad_sums = torch.zeros(len(weights), dtype=torch.float64, device=device)
         loss_sum = correct = seen = 0.0
         started = time.perf_counter()
         for step in range(steps_per_epoch):
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            index = order[step * schedule.batch_size : (step + 1) * schedule.batch_size]
             x = to_model_input(data.train.images[index.numpy()], data.preprocessing).to(device)
             y = torch.from_numpy(data.train.labels[index.numpy()]).to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -133,7 +145,7 @@ def train_variant(
             if step + 1 == min(START_STEPS, steps_per_epoch):
                 start_norms = (grad_sums / (step + 1)).cpu().tolist()
             optimizer.step()
-            schedule.step()
+            lr_schedule.step()
             loss_sum += float(loss.detach()) * len(y)
             correct += float((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -150,17 +162,17 @@ def train_variant(
             "grad_norms": (grad_sums / steps_per_epoch).cpu().tolist(),
             "grad_norms_first_steps": start_norms,
         })  # fmt: skip
-        _save_checkpoint(checkpoint_path, model, optimizer, schedule, history)
+        _save_checkpoint(checkpoint_path, model, optimizer, lr_schedule, history)
         write_json(out_dir / PROGRESS, {"epochs_done": len(history), "test_accuracy": test_accuracy})
-        log(f"[train] {variant.activation} epoch {epoch + 1}/{config.epochs}: test accuracy {test_accuracy:.3f} ({seconds:.1f} s)")
+        log(f"[train] {variant.activation} epoch {epoch + 1}/{schedule.epochs}: test accuracy {test_accuracy:.3f} ({seconds:.1f} s)")
 
     units = unit_statistics(
-        model, activation_layers(model, type(make_activation(variant.activation))), _test_batches(data, device), config.dead_threshold
+        model, activation_layers(model, type(make_activation(variant.activation))), _test_batches(data, device), schedule.dead_threshold
     )
     metrics = {
         "variant": variant.kwargs(),
-        "seed": config.seed,
-        "epochs": config.epochs,
+        "seed": schedule.seed,
+        "epochs": schedule.epochs,
         "history": history,
         "test_accuracy": history[-1]["test_accuracy"] if history else None,
         "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else None,

@@ -246,8 +246,7 @@ def held_out_images(run: RunInputs, parent: Bundle) -> tuple[ImageSource, int, b
     """
     config = run.config.classes.patch
     if config.images is not None:
-        images = run.config.images.model_copy(update={"source": config.images})
-        return open_source(images), 0, True
+        return open_source(config.images, run.config.images.root, run.config.images.max_pixels), 0, True
     collected = max((int(chunk.arrays["image_id"].max()) + 1 for chunk in parent.store().chunks(("image_id",))), default=0)
     return run.source, collected, True
 
@@ -429,7 +428,7 @@ def _build_classes(
         raise AtlasError("nothing to build: give --class NAME (repeatable, or 'all') or --compare A B, or classes.classes / classes.pairs")
     device = resolve_device(config.device)
     view = model_view(config.model, str(device))  # shared with this process's tasks (--scheduler sync)
-    source = open_source(config.images)
+    source = open_source(config.images.source, config.images.root, config.images.max_pixels)
     if isinstance(source, FolderSource):
         source.index_path = parent.path(IMAGE_INDEX)  # the parent's listing: image ids are its line numbers
     with ExitStack() as stack:

@@ -38,6 +38,7 @@ from atlas_pipelines.commands.train import experiment_dir, run_training, variant
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import fingerprint
 from atlas_pipelines.engine.worker_state import use_threads
+from atlas_pipelines.stages.layout import layout_estimator
 
 FORMAT = "atlas-compare/1"
 
@@ -169,14 +170,11 @@ def _check_same_rows(rows: dict[str, Any]) -> None:
 def _align_task(activations: list[np.ndarray], config: ExperimentConfig, threads: int) -> list[np.ndarray]:
     """Runs on a worker, where umap's JIT is paid once per process: aligned layouts, or one plain UMAP each (align: none)."""
     use_threads(threads)
+    layout = layout_estimator(config.layout, config.seed)
     if config.compare.align == "none":
-        return independent_layouts(activations, config.layout, seed=config.seed)
+        return independent_layouts(activations, layout)
     return aligned_layouts(
-        activations,
-        config.layout,
-        regularisation=config.compare.alignment_regularisation,
-        window=config.compare.alignment_window,
-        seed=config.seed,
+        activations, layout, regularisation=config.compare.alignment_regularisation, window=config.compare.alignment_window
     )
 
 

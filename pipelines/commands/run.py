@@ -106,7 +106,7 @@ def _prepare(config: AtlasConfig, device: torch.device) -> tuple[ModelView, int,
     if config.collect.attribution:
         n_classes = view.model.num_classes or _output_width(view)
 
-    source = open_source(config.images)
+    source = open_source(config.images.source, config.images.root, config.images.max_pixels)
     if hasattr(source, "size_hint"):
         source.size_hint = view.preprocessing.input_size
     return view, n_classes, source

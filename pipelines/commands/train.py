@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from atlas.io import read_json
 from atlas.markers import is_fresh, read_marker, write_marker
 from atlas.storage import location, require_local
 from atlas.train.data import TrainingData, load_training_data
-from atlas.train.trainer import CHECKPOINT, METRICS, PROGRESS, Variant, train_variant, variant_of
+from atlas.train.trainer import CHECKPOINT, METRICS, PROGRESS, Schedule, Variant, train_variant, variant_of
 from atlas.train.trainer import VERSION as TRAINER_VERSION
 from atlas_pipelines.engine.executor import Executor
 from atlas_pipelines.engine.stage import fingerprint
@@ -41,14 +42,39 @@ def variant_dir(config: ExperimentConfig, activation: str) -> Path:
     return experiment_dir(config) / "train" / activation
 
 
-def train_task(variant: Variant, data: TrainingData, config: TrainConfig, out_dir: Path, threads: int, device: str) -> dict[str, Any]:
+def training_data(config: TrainConfig, log: Callable[[str], None] = print) -> TrainingData:
+    """The images ``train.dataset`` names, sized and split as the ``train`` settings say."""
+    return load_training_data(
+        config.dataset,
+        root=config.root,
+        limit_train_images=config.limit_train_images,
+        limit_test_images=config.limit_test_images,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        input_size=config.input_size,
+        channels=config.channels,
+        log=log,
+    )
+
+
+def schedule_of(config: TrainConfig) -> Schedule:
+    """The ``train`` settings every variant shares: each field of a Schedule is the ``train`` key of its name."""
+    return Schedule(**config.model_dump(include={field.name for field in fields(Schedule)}))
+
+
+def variant_for(config: TrainConfig, activation: str, data: TrainingData) -> Variant:
+    """The ``train`` settings' variant with ``activation``; an unknown name fails here, listing the valid ones."""
+    return variant_of(config.architecture, activation, data, config.width, config.batch_norm)
+
+
+def train_task(variant: Variant, data: TrainingData, schedule: Schedule, out_dir: Path, threads: int, device: str) -> dict[str, Any]:
     """Runs on a worker: one variant, start to finish (or from its last checkpoint), on ``device``."""
     use_threads(threads)
-    return train_variant(variant, data, config, out_dir, device=torch.device(device))
+    return train_variant(variant, data, schedule, out_dir, device=torch.device(device))
 
 
 def variant_key(config: TrainConfig, activation: str, data: TrainingData, device: torch.device = CPU) -> str:
-    """The settings a variant was trained with; the device counts only off the CPU (CPU-trained variants stay valid)."""
+    """The settings a variant was trained with, and the device's part (``atlas.devices.key_part``)."""
     settings = config.model_dump(mode="json", exclude={"activations", "root"})  # where the dataset lives is not what it is
     return fingerprint(
         TRAINER_VERSION, settings, activation, data.images_source, len(data.train.labels), len(data.test.labels), *key_part(device)
@@ -61,10 +87,10 @@ def run_training(
     """Train every variant not yet trained with these settings; returns ``{activation: metrics}`` and the data."""
     train = config.train
     device = resolve_device(config.device)  # a GPU asked for where there is none fails before the data loads
-    data = load_training_data(train, log)
+    data = training_data(train, log)
     log(f"[train] {train.dataset}: {len(data.train.labels)} training, {len(data.test.labels)} test images at "
         f"{data.preprocessing.input_size} px; {train.architecture}, {len(train.activations)} activation(s)")  # fmt: skip
-    variants = {name: variant_of(train, name, data) for name in train.activations}  # unknown names fail before any work
+    variants = {name: variant_for(train, name, data) for name in train.activations}  # unknown names fail before any work
     metrics: dict[str, dict[str, Any]] = {}
     todo: dict[str, tuple[Path, str]] = {}
     for name in variants:
@@ -84,7 +110,7 @@ def run_training(
         ex = executor()
         data_ref = ex.scatter(data)
         futures = {
-            ex.submit(train_task, variants[name], data_ref, train, folder, ex.threads_per_task, str(device)): name
+            ex.submit(train_task, variants[name], data_ref, schedule_of(train), folder, ex.threads_per_task, str(device)): name
             for name, (folder, _k) in todo.items()
         }
         folders = [folder for folder, _k in todo.values()]

@@ -24,7 +24,25 @@ from atlas_pipelines.engine.stage import Report, Stage, StageCall, file_fingerpr
 from atlas_pipelines.engine.worker_state import use_threads
 
 
-def fit_layout_task(store_path: Location, sample: np.ndarray, config: LayoutConfig, seed: int, threads: int) -> bytes:
+def layout_estimator(config: LayoutConfig, seed: int | None) -> AtlasLayout:
+    """The one place a run's ``layout`` settings become an estimator, so no caller can drop one."""
+    return AtlasLayout(
+        n_neighbors=config.n_neighbors,
+        min_dist=config.min_dist,
+        metric=config.metric,
+        pca_components=config.pca_components,
+        clip_percentile=config.clip_percentile,
+        margin=config.margin,
+        random_state=seed,
+    )
+
+
+def whitening_estimator(config: LayoutConfig) -> Whitening:
+    """The one place ``layout.whitening_eps`` becomes an estimator."""
+    return Whitening(eps=config.whitening_eps)
+
+
+def fit_layout_task(store_path: Location, sample: np.ndarray, layout: AtlasLayout, threads: int) -> bytes:
     """Runs on a worker, which reads the fit sample from the store itself (the driver never holds the rows).
 
     Returns the fitted layout already pickled, before any ``transform`` has touched it: Dask pickles a task's
@@ -33,7 +51,7 @@ def fit_layout_task(store_path: Location, sample: np.ndarray, config: LayoutConf
     """
     use_threads(threads)
     activation = ActivationStore(store_path).take(sample, ("activation",))["activation"]
-    return pickle.dumps(AtlasLayout.from_config(config, seed).fit(activation), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(layout.fit(activation), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @lru_cache(maxsize=1)
@@ -115,7 +133,7 @@ def compute_layout(
     coords = np.empty((n, 2), dtype=np.float32) if place else None
     fitted: Any = None  # a future of the pickled fitted layout: umap stays on the workers, never in this process
     if coords is not None:
-        fitted = ex.submit(fit_layout_task, store.path, sample, config, seed, ex.threads_per_task)
+        fitted = ex.submit(fit_layout_task, store.path, sample, layout_estimator(config, seed), ex.threads_per_task)
         coords[sample] = ex.submit(fitted_coords_task, fitted).result()
     groups = shard_groups(starts, config.chunk_size)
     futures = []
@@ -131,7 +149,7 @@ def compute_layout(
         moment = placed.moment if moment is None else moment + placed.moment
         count += placed.count
     assert moment is not None and count == n
-    return coords, Whitening.from_config(config).fit_moment(moment, count)
+    return coords, whitening_estimator(config).fit_moment(moment, count)
 
 
 # --- the stage ------------------------------------------------------------------------------------

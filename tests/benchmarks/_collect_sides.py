@@ -65,7 +65,7 @@ def bare(args: dict) -> dict:
     prep = model.preprocessing
     height, width = view.grid
     t_model = time.perf_counter()
-    source = open_source(config.images)
+    source = open_source(config.images.source, config.images.root, config.images.max_pixels)
     if hasattr(source, "size_hint"):
         source.size_hint = prep.input_size
     n_images = args["n_images"]
@@ -209,7 +209,7 @@ def profile(args: dict) -> dict:
     prep = model.preprocessing
     shape = ModelView.of(model, config.model.layer).layer_shape
     n_classes = model.num_classes
-    source = open_source(config.images)
+    source = open_source(config.images.source, config.images.root, config.images.max_pixels)
     if hasattr(source, "size_hint"):
         source.size_hint = prep.input_size
     run_dir = Path(config.output.dir) / config.name

@@ -107,7 +107,8 @@ class Atlas:
         saved = self.bundle.render_spectrum()
         if saved is not None and saved.shape == (self.channels, self.size, self.size // 2 + 1):
             return saved
-        source = open_source(ImagesConfig(**self.config["images"]))
+        images = ImagesConfig(**self.config["images"])
+        source = open_source(images.source, images.root, images.max_pixels)
         pixels: list[torch.Tensor] = []
         with tempfile.TemporaryDirectory() as scratch:
             for shard in source.plan(Path(scratch), SPECTRUM_IMAGES, SPECTRUM_IMAGES):

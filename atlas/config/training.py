@@ -1,0 +1,54 @@
+"""``atlas train`` and ``atlas compare``: the variants trained, and how their atlases are compared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from atlas.config.limits import ALL_ACTIVATIONS
+from atlas.config.section import Batch, Count, InputSize, Section, Seed
+
+
+class TrainConfig(Section):
+    """``atlas train``: one architecture, trained once per activation with everything else identical."""
+
+    architecture: Literal["vgg", "resnet"] = "vgg"
+    dataset: str = Field(default="torchvision:FashionMNIST", description="torchvision:NAME, or a folder of class sub-folders")
+    root: Path | None = Field(default=None, description="where torchvision datasets live (default: ~/.cache/atlas/datasets)")
+    activations: tuple[str, ...] = Field(default=ALL_ACTIVATIONS, max_length=64, description="1 to 64 activation names")
+    epochs: int = Field(default=3, ge=1, le=10_000, description="at most 10,000")
+    batch_size: Batch = 128
+    learning_rate: float = Field(default=2e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    width: int = Field(default=16, ge=1, le=1024, description="channels of the first block, at most 1,024; later blocks have 2x and 4x")
+    batch_norm: bool = Field(default=False, description="off by default: BN hides what the activation itself does to gradients")
+    input_size: InputSize | None = Field(default=None, description="default: the dataset's own size, at most 64 px")
+    channels: Literal[1, 3] | None = Field(default=None, description="default: 1 for grey datasets, else 3")
+    limit_train_images: Count | None = None
+    limit_test_images: Count | None = None
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="held out from a folder without train/ and test/")
+    dead_threshold: float = Field(default=1e-3, gt=0.0, description="a unit is dead when |f'(x)| stays below this on every test input")
+    seed: Seed = 0
+
+    @field_validator("activations")
+    @classmethod
+    def _some(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if not names:
+            raise ValueError("give at least one activation name")
+        if len(set(names)) != len(names):
+            raise ValueError("activation names repeat")
+        return names
+
+
+class CompareConfig(Section):
+    """``atlas compare``: one atlas per trained variant, laid out so the same region holds the same images."""
+
+    layer: str | None = Field(default=None, description="default: the architecture's last block")
+    layers: tuple[str, ...] = Field(default=(), max_length=64, description="also compare these layers of one variant (at most 64)")
+    layers_of: str | None = Field(default=None, description="the variant whose layers are compared (default: the first)")
+    align: Literal["aligned_umap", "none"] = "aligned_umap"
+    alignment_regularisation: float = Field(default=0.01, gt=0.0)
+    alignment_window: int = Field(default=3, ge=1, le=64, description="1 to 64")
+    measure_sample: int = Field(default=2000, ge=1, le=1_000_000, description="rows used for trustworthiness, at most 1,000,000")
