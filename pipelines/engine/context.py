@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atlas.bundle import Bundle
+from atlas.bundle import BundleWriter
 from atlas.config import AtlasConfig
 from atlas.devices import CPU
 from atlas.images.source import ImageSource, Shard
@@ -22,7 +22,7 @@ from atlas_pipelines.engine.executor import Executor
 @dataclass(frozen=True)
 class RunInputs:
     config: AtlasConfig
-    bundle: Bundle
+    bundle: BundleWriter
     model: LoadedModel
     layer: torch.nn.Module
     layer_shape: tuple[int, ...]  # (C, H, W), or (C,) for a flat layer
