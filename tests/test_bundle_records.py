@@ -119,3 +119,12 @@ def test_the_writer_sees_the_manifest_it_wrote(old_bundle: Path) -> None:
 def test_importing_the_bundle_loads_no_configuration_or_model_code() -> None:
     code = "import atlas.bundle, sys; print(sorted(m for m in ('pydantic', 'yaml', 'torch', 'atlas.config') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_the_store_and_the_image_listing_use_the_bundle_s_names() -> None:
+    from atlas.bundle import ACTIVATIONS, IMAGE_INDEX, IMAGES, LISTING_SKIPS, ROWS
+    from atlas.collect.store import ActivationStore
+    from atlas.images.folder import INDEX_NAME, SKIPPED_NAME
+
+    assert f"{ACTIVATIONS}/{ActivationStore.ROWS}" == ROWS
+    assert (f"{IMAGES}/{INDEX_NAME}", f"{IMAGES}/{SKIPPED_NAME}") == (IMAGE_INDEX, LISTING_SKIPS)

@@ -18,7 +18,9 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "FORMAT",
     "IMAGES",
     "IMAGE_INDEX",
+    "IMAGE_INDEX_NAME",
     "LISTING_SKIPS",
+    "LISTING_SKIPS_NAME",
     "MANIFEST",
     "PAIRS",
     "PARENT_ROWS",
@@ -71,8 +73,10 @@ VIEWER_ASSETS = "viewer"
 ACTIVATIONS = "activations"  # collect: the store (its own files inside, see atlas.collect.store)
 ROWS = f"{ACTIVATIONS}/rows.zarr"  # the store's arrays (atlas.collect.store.ActivationStore.ROWS)
 IMAGES = "images"  # the image source's listing, written when the run plans its shards
-IMAGE_INDEX = f"{IMAGES}/images.txt"  # a folder source's files, one per line: image id = line number
-LISTING_SKIPS = f"{IMAGES}/skipped_listing.txt"  # files the listing passed over without opening (atlas.images.folder names both)
+IMAGE_INDEX_NAME = "images.txt"  # the folder source writes both into the folder it plans in: IMAGES
+LISTING_SKIPS_NAME = "skipped_listing.txt"
+IMAGE_INDEX = f"{IMAGES}/{IMAGE_INDEX_NAME}"  # a folder source's files, one per line: image id = line number
+LISTING_SKIPS = f"{IMAGES}/{LISTING_SKIPS_NAME}"  # files the listing passed over without opening
 COORDS = "layout/coords.npy"  # layout
 WHITENING = "layout/whitening.npy"  # layout
 RENDER_SPECTRUM = "render/spectrum.npy"  # render (render.param: maco): the run's images' mean Fourier magnitude at icon size

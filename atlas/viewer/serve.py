@@ -96,7 +96,7 @@ def resolve_request(root: str, target: str) -> str:
     if os.path.isdir(real):
         if parts and not raw.endswith("/"):
             raise RefusedPath(HTTPStatus.NOT_FOUND)  # its page would load its files from the parent folder
-        real = os.path.realpath(os.path.join(real, "index.html"))  # a folder's viewer (a comparison links to its bundles'), never a listing
+        real = os.path.realpath(os.path.join(real, VIEWER))  # a folder's viewer (a comparison links to its bundles'), never a listing
         if not real.startswith(root + os.sep):
             raise RefusedPath(HTTPStatus.FORBIDDEN)  # an index.html that is a symlink out of the bundle
     if not os.path.isfile(real):
