@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -116,7 +116,7 @@ class Bundle:
         path = self.path(RENDER_SPECTRUM)
         return read_npy(path) if path.is_file() else None
 
-    def render_probe(self) -> dict[str, object] | None:
+    def render_probe(self) -> dict[str, Any] | None:
         path = self.path(RENDER_PROBE)
         return read_json(path) if path.is_file() else None
 
