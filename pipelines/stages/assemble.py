@@ -17,7 +17,7 @@ import dataclasses
 import importlib.metadata
 from typing import Any
 
-from atlas.bundle import FORMAT, VIEWER, Bundle, Cell, Manifest, alpha_file, patch_file
+from atlas.bundle import FORMAT, VIEWER, Bundle, Cell, Manifest, alpha_file, full_view_file, patch_file
 from atlas.viewer import install_viewer
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import StageRecord, merge_reports
@@ -74,7 +74,7 @@ def joined_cells(
             cell = dataclasses.replace(
                 cell,
                 fidelity=fidelity[n],
-                view=bundle.full_view(cell.icon) if views else None,
+                view=full_view_file(cell.icon) if views else None,  # render wrote one for every icon: no look per cell
                 alpha=alpha_file(cell.icon) if alphas else None,
             )
         if paths is not None:
