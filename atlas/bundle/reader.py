@@ -147,7 +147,7 @@ class Bundle:
 
     def full_view(self, icon: str) -> str | None:
         """The whole render kept behind an icon cropped to its receptive field, or None where the icon is what the
-        model was fed: the one place that decides whether an icon has a full view."""
+        model was fed: the one place that looks on disk (assemble links them from render's report instead)."""
         view = full_view_file(icon)
         return view if self.path(view).is_file() else None
 
@@ -156,7 +156,7 @@ class Bundle:
         return self.full_view(icon) or icon
 
     def cells(self, grid: int) -> list[Cell]:
-        """The contract's cells of one grid (cells.json; the grid stage's own in a bundle not yet assembled)."""
+        """The contract's cells of one grid (cells.json; grid.json's where a grid has no cells.json yet)."""
         entry = self.manifest.level(grid)
         path = self.path((entry.cells if entry is not None else None) or cells_file(grid))
         return [Cell.from_json(cell) for cell in read_json(path)] if path.is_file() else self.grid_cells(grid)
