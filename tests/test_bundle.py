@@ -15,6 +15,7 @@ from PIL import Image
 from test_viewer_browser import CHROMIUM, atlas_serve, browser  # noqa: F401 (a fixture)
 
 import atlas
+from atlas.bundle import Cell, Manifest, Score
 from atlas.config import ModelConfig
 from atlas.errors import AtlasError
 from atlas.grid import build_grid
@@ -78,12 +79,12 @@ def test_levels_icons_and_examples_read_back(run_dir: Path) -> None:
     assert bundle.grids == [2, 40]
     assert bundle.coords().shape == (51, 2)
     level = bundle.level(2)
-    assert level.cells == read_json(run_dir / "levels" / "2" / "cells.json") and level.cells
+    assert [cell.to_json() for cell in level.cells] == read_json(run_dir / "levels" / "2" / "cells.json") and level.cells
     assert level.directions.shape == (len(level.cells), 112)
     assert all(isinstance(icon, Image.Image) and icon.size == (32, 32) for icon in level.icons)
-    assert all("fidelity" in cell for cell in level.cells)
+    assert all(cell.fidelity is not None for cell in level.cells)
     examples = bundle.examples(level.cells[0])
-    assert [e.row for e in examples] == [e["row"] for e in level.cells[0]["examples"]]
+    assert [e.row for e in examples] == [e.row for e in level.cells[0].examples]
     with_patch = [e for e in examples if e.patch is not None]
     assert len(with_patch) == min(2, len(examples)) and all(e.patch.size == (48, 48) for e in with_patch)  # 3 strides of 16 px
     with pytest.raises(AtlasError, match=r"no grid 7; this bundle has grids 2, 40"):
@@ -124,6 +125,18 @@ def test_reads_a_bundle_without_this_version_s_intermediate_files(run_dir: Path,
     np.testing.assert_array_equal(before.rows().activation, new.rows().activation)
 
 
+def test_every_record_s_json_round_trip_equals_the_file(run_dir: Path) -> None:
+    """One JSON form per record: reading a real bundle's files into records and writing them back changes nothing."""
+    assert Manifest.from_json(read_json(run_dir / "manifest.json")).to_json() == read_json(run_dir / "manifest.json")
+    for name in ("cells.json", "grid.json"):
+        cells = read_json(run_dir / "levels" / "2" / name)
+        assert cells and [Cell.from_json(cell).to_json() for cell in cells] == cells
+    fidelity = read_json(run_dir / "levels" / "2" / "fidelity.json")
+    assert [Score.from_json(record).to_json() for record in fidelity] == fidelity
+    checked = read_json(run_dir / "levels" / "2" / "path.json")
+    assert [None if r is None else Score.from_json(r).to_json() for r in checked] == checked
+
+
 @pytest.fixture(scope="module")
 def served(run_dir: Path) -> Iterator[str]:
     with atlas_serve(run_dir) as url:
@@ -156,11 +169,9 @@ def test_the_streamed_grid_stage_equals_the_in_memory_grid(run_dir: Path) -> Non
             config["top_classes"], config["examples"],
         )  # fmt: skip
         written = bundle.grid_cells(size)
-        assert [(c["i"], c["j"], c["count"]) for c in written] == [(c["i"], c["j"], c["count"]) for c in reference.cells]
-        assert [[t["index"] for t in c["top_classes"]] for c in written] == [
-            [t["index"] for t in c["top_classes"]] for c in reference.cells
-        ]
-        assert [c["examples"] for c in written] == [c["examples"] for c in reference.cells]
+        assert [(c.i, c.j, c.count) for c in written] == [(c["i"], c["j"], c["count"]) for c in reference.cells]
+        assert [[t.index for t in c.top_classes] for c in written] == [[t["index"] for t in c["top_classes"]] for c in reference.cells]
+        assert [[e.to_json() for e in c.examples] for c in written] == [c["examples"] for c in reference.cells]
         np.testing.assert_allclose(bundle.directions(size), reference.directions.reshape(-1, 112), rtol=1e-5, atol=1e-6)
         if reference.cells:
             np.testing.assert_allclose(bundle.attribution(size), reference.mean_attribution, rtol=2e-3, atol=1e-3)  # stored as float16

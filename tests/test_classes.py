@@ -110,7 +110,7 @@ def test_class_atlas_is_an_ordinary_bundle_of_that_class(built: tuple[Bundle, Cl
         assert np.array_equal(sub.rows().activation, parent.store().take(parent_rows, ("activation",))["activation"])
         assert np.array_equal(sub.whitening(), parent.whitening())
         level = sub.level(3)
-        assert sum(cell["count"] for cell in level.cells) == manifest["n_activations"]
+        assert sum(cell.count for cell in level.cells) == manifest["n_activations"]
         assert all(icon is not None for icon in level.icons)
     index = json.loads((parent.root / "classes" / "index.json").read_text())
     assert index["classes"][a.index]["folder"] == f"classes/{a.folder}" and index["classes"][a.index]["rows"] == int(np.sum(top == a.index))

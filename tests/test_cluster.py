@@ -209,10 +209,10 @@ def assert_same_atlas(expected_root: Path | str, found_root: str) -> None:
     for grid in expected.grids:
         one, two = expected.level(grid), found.level(grid)
         strip = ("icon", "examples")  # paths are relative and equal; patches are compared through the examples below
-        assert [{k: v for k, v in c.items() if k not in strip} for c in one.cells] == [
-            {k: v for k, v in c.items() if k not in strip} for c in two.cells
+        assert [{k: v for k, v in c.to_json().items() if k not in strip} for c in one.cells] == [
+            {k: v for k, v in c.to_json().items() if k not in strip} for c in two.cells
         ]
-        assert [c["icon"] for c in one.cells] == [c["icon"] for c in two.cells]
+        assert [c.icon for c in one.cells] == [c.icon for c in two.cells]
         np.testing.assert_array_equal(one.directions, two.directions)
         for icon_a, icon_b in zip(one.icons, two.icons):
             assert icon_a is not None and icon_b is not None

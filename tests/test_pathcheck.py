@@ -16,7 +16,7 @@ from atlas.errors import AtlasError
 from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
 from atlas.models import LoadedModel, ModelView, load_model, resolve_layer
 from atlas_pipelines.commands.cli import main
-from atlas_pipelines.stages.path import cell_patches, fed_image
+from atlas_pipelines.stages.path import cell_patches
 
 ARGS = [
     "--scheduler", "sync",
@@ -145,12 +145,12 @@ def test_examples_are_nearer_their_own_cell_and_icons_nearer_them_than_noise(che
         assert split.top1 >= 2 * chance, "a cell's own examples are nearer each other than other cells' at the early layers"
 
         examples = [_vectors(bundle, names, model, layers) if names else np.zeros((0, 56)) for names in patches]
-        icons = _vectors(bundle, [fed_image(bundle, c["icon"]) for c in cells], model, layers)
-        size = Image.open(bundle.path(cells[0]["icon"])).size[0]
+        icons = _vectors(bundle, [bundle.fed_image(c.icon) for c in cells], model, layers)
+        size = Image.open(bundle.path(cells[0].icon)).size[0]
         noise = list(torch.rand(len(cells), 3, size, size, generator=torch.Generator().manual_seed(0)))
         noisy = path_check(early_vectors(ModelView.of(model, "blocks.4"), layers, noise), examples)
         icon_check = path_check(icons, examples)
-        recorded = [r["cosine"] for r in bundle.path_check(level["grid"]) or [] if r is not None]
+        recorded = [r.cosine for r in bundle.path_check(level["grid"]) or [] if r is not None]
         assert icon_check.mean_cosine == pytest.approx(np.mean(recorded), abs=1e-3), "the stage scores what the model sees"
         print(f"grid {level['grid']}: icons cosine {icon_check.mean_cosine:.3f} top-1 {icon_check.top1:.2f}; noise {noisy.mean_cosine:.3f}")
         assert icon_check.mean_cosine > noisy.mean_cosine + 0.05, "the check tells an icon from noise"
@@ -159,16 +159,16 @@ def test_examples_are_nearer_their_own_cell_and_icons_nearer_them_than_noise(che
 def test_the_full_view_is_what_is_checked_when_render_kept_one(checked: Path) -> None:
     bundle = Bundle(checked)
     cell = bundle.grid_cells(4)[0]
-    view = checked / full_view_file(cell["icon"])
+    view = checked / full_view_file(cell.icon)
     kept = view.read_bytes() if view.is_file() else None
     view.unlink(missing_ok=True)
-    assert fed_image(bundle, cell["icon"]) == cell["icon"], "without a full view, the icon itself"
+    assert bundle.fed_image(cell.icon) == cell.icon, "without a full view, the icon itself"
     view.parent.mkdir(exist_ok=True)
     if kept is None:
         Image.new("RGB", (96, 96), (128, 64, 32)).save(view)
     else:
         view.write_bytes(kept)
-    assert fed_image(bundle, cell["icon"]) == full_view_file(cell["icon"]) == f"levels/4/views/{view.name}"
+    assert bundle.fed_image(cell.icon) == full_view_file(cell.icon) == f"levels/4/views/{view.name}"
     if kept is None:
         view.unlink()
 

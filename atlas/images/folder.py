@@ -33,14 +33,14 @@ from pathlib import Path
 from PIL import Image
 from upath import UPath
 
+from atlas.bundle.paths import IMAGE_INDEX_NAME, LISTING_SKIPS_NAME
 from atlas.errors import AtlasError
 from atlas.images.decode import load_image
 from atlas.images.source import ImageRecord, Shard, one_line
 from atlas.io import partial_file
 from atlas.storage import Location, location
 
-INDEX_NAME = "images.txt"
-SKIPPED_NAME = "skipped_listing.txt"
+INDEX_NAME, SKIPPED_NAME = IMAGE_INDEX_NAME, LISTING_SKIPS_NAME  # the listing's files, named with the bundle's
 NOT_AN_IMAGE = "not an image"
 _ENCODING = ("utf-8", "surrogateescape")  # file names need not be valid UTF-8; keep their bytes exactly
 _ESCAPED = b"/"  # a relative path never starts with "/": such a line holds an escaped name

@@ -31,7 +31,6 @@ BAND_BYTES = 32 << 20  # the most one band task composes in memory (at least one
 
 # TIFF tag numbers and field types (BigTIFF adds LONG8 = 16).
 _SHORT, _LONG, _LONG8 = 3, 4, 16
-_TYPE_SIZE = {_SHORT: 2, _LONG: 4, _LONG8: 8}
 _TYPE_CODE = {_SHORT: "H", _LONG: "I", _LONG8: "Q"}
 
 

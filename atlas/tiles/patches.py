@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from PIL import Image
 
-from atlas.bundle import Bundle, patch_file
+from atlas.bundle import BundleWriter, patch_file
 from atlas.images.preprocess import fit_square
 
 PATCH_STRIDES = 3.0
@@ -44,7 +44,7 @@ def model_view(image: Image.Image, input_size: int, channels: int) -> Image.Imag
 
 
 def save_patches(
-    bundle: Bundle,
+    bundle: BundleWriter,
     image: Image.Image,
     image_id: int,
     positions: Iterable[tuple[int, int]],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from atlas.bundle import VIEWER, VIEWER_ASSETS, Bundle
+from atlas.bundle import VIEWER, VIEWER_ASSETS, BundleWriter
 from atlas.io import write_bytes
 from atlas.storage import Location
 
@@ -46,7 +46,7 @@ def asset_bytes(name: str) -> bytes:
     return resources.files(__package__).joinpath("assets", name).read_bytes()
 
 
-def install_viewer(bundle: Bundle) -> list[Location]:
+def install_viewer(bundle: BundleWriter) -> list[Location]:
     """Copy the page into the bundle (``index.html`` + ``viewer/``); files already identical are left alone."""
     written = []
     for name in ASSETS:

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from atlas.bundle import Bundle, copy_for_viewing
+from atlas.bundle import VIEWER, copy_for_viewing
 from atlas.errors import AtlasError
 from atlas.storage import location, protocol, url
 
@@ -96,7 +96,7 @@ def resolve_request(root: str, target: str) -> str:
     if os.path.isdir(real):
         if parts and not raw.endswith("/"):
             raise RefusedPath(HTTPStatus.NOT_FOUND)  # its page would load its files from the parent folder
-        real = os.path.realpath(os.path.join(real, "index.html"))  # a folder's viewer (a comparison links to its bundles'), never a listing
+        real = os.path.realpath(os.path.join(real, VIEWER))  # a folder's viewer (a comparison links to its bundles'), never a listing
         if not real.startswith(root + os.sep):
             raise RefusedPath(HTTPStatus.FORBIDDEN)  # an index.html that is a symlink out of the bundle
     if not os.path.isfile(real):
@@ -302,7 +302,7 @@ def open_server(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AtlasError(f"atlas serve {run_dir}: no such folder; give a run folder such as outputs/default")
-    if not (run_dir / "index.html").is_file():
+    if not (run_dir / VIEWER).is_file():
         raise AtlasError(f"atlas serve {run_dir}: no viewer there (index.html); run `atlas run` to build the tiles and viewer")
     handler = make_handler(run_dir, log, timeout)
     server_class = BundleServer6 if ":" in host else BundleServer
@@ -332,7 +332,7 @@ def local_copy(bundle_url: str, cache: Path | None = None) -> Path:
         return root
     folder = cache or DEFAULT_CACHE / protocol(root) / root.path.strip("/")
     print(f"atlas: copying the viewer's files of {url(root)} to {folder} ...", flush=True)
-    fetched = copy_for_viewing(Bundle(root), folder)
+    fetched = copy_for_viewing(root, folder)
     print(f"atlas: {fetched} file(s) fetched (files already there and unchanged are kept)", flush=True)
     return folder
 

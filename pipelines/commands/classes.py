@@ -26,16 +26,20 @@ import torch
 from tqdm import tqdm
 
 from atlas.bundle import (
-    CLASS_INDEX,
-    CLASSES,
     COORDS,
     IMAGE_INDEX,
-    PAIRS,
+    PARENT_ROWS,
     PATCH_RESULTS,
     ROWS,
     WHITENING,
     Bundle,
+    BundleWriter,
+    Cell,
+    class_folder,
+    pair_folder,
+    pair_results,
     stage_marker,
+    sub_manifest,
 )
 from atlas.classes import ClassRef, class_counts, difference_axis, line_layout, pair_rows, resolve_class, select_rows
 from atlas.classes.patches import run_patch_experiment
@@ -48,7 +52,6 @@ from atlas.images import open_source
 from atlas.images.folder import FolderSource
 from atlas.images.preprocess import to_pixels
 from atlas.images.source import ImageSource
-from atlas.io import read_json, write_json, write_npy
 from atlas.lock import bundle_lock
 from atlas.markers import read_marker
 from atlas.storage import Location
@@ -64,7 +67,6 @@ from atlas_pipelines.stages.path import PATH
 from atlas_pipelines.stages.render import RENDER, load_icons
 from atlas_pipelines.stages.tiles import TILES_STAGE
 
-PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
 ROWS_PER_SHARD = 4096  # rows per chunk of a sub-bundle's store
 HELD_OUT_SHARD = 256
 RANDOM_ICON_POOL = (
@@ -82,8 +84,8 @@ class Subset:
     @property
     def folder(self) -> str:
         if self.kind == "class":
-            return f"{CLASSES}/{self.classes[0].folder}"
-        return f"{PAIRS}/{self.classes[0].folder}__{self.classes[1].folder}"
+            return class_folder(self.classes[0].folder)
+        return pair_folder(self.classes[0].folder, self.classes[1].folder)
 
     @property
     def title(self) -> str:
@@ -151,7 +153,7 @@ def select(call: StageCall) -> Report:
     per_shard = min(ROWS_PER_SHARD, len(rows))
     layout = StoreLayout(math.ceil(len(rows) / per_shard), per_shard, shape.channels, shape.n_classes)
     target.create(layout, call.key)
-    write_npy(run.bundle.path(PARENT_ROWS), rows)
+    run.bundle.write_parent_rows(rows)
     images: set[int] = set()
     for shard in range(layout.n_shards):
         taken = source.take(rows[shard * per_shard : (shard + 1) * per_shard])
@@ -219,9 +221,9 @@ def patch_settings(run: RunInputs) -> Any:
     return [run.config.classes.patch.model_dump(mode="json"), run.config.seed, parent_key(parent, "render")]
 
 
-def favouring_cells(cells: list[dict[str, Any]], size: int, n_icons: int) -> list[dict[str, Any]]:
+def favouring_cells(cells: list[Cell], size: int, n_icons: int) -> list[Cell]:
     """The ``n_icons`` cells furthest towards b: left half, leftmost first, fuller first."""
-    left = sorted((c for c in cells if (c["i"] + 0.5) / size < 0.5), key=lambda c: (c["i"], -c["count"], c["j"]))
+    left = sorted((c for c in cells if (c.i + 0.5) / size < 0.5), key=lambda c: (c.i, -c.count, c.j))
     return left[:n_icons]
 
 
@@ -233,7 +235,7 @@ def random_icons(parent: Bundle, n: int, seed: int) -> list[str]:
     grids = parent.grids
     if not grids:
         return []
-    icons = [cell["icon"] for cell in parent.level(grids[-1]).cells if parent.path(cell["icon"]).is_file()]
+    icons = [cell.icon for cell in parent.level(grids[-1]).cells if parent.path(cell.icon).is_file()]
     picked = np.random.default_rng(seed).permutation(len(icons))[:n]
     return [icons[k] for k in sorted(picked)]
 
@@ -306,7 +308,7 @@ def patch(call: StageCall) -> Report:
         "size_fractions": list(config.sizes),
         "corner": config.corner,
         "seed": run.config.seed,
-        "icons": [c["icon"] for c in chosen],
+        "icons": [c.icon for c in chosen],
         "random_icons": f"{len(others)} icons of the parent atlas's finest grid, one drawn per image",
     }
     if not chosen or not others:
@@ -318,7 +320,7 @@ def patch(call: StageCall) -> Report:
             run.log("[patch] the source has no image past those the atlas collected: using the collected ones (not held out)")
             images, more = images_classified_as(run, source, 0, a.index, config.n_images, end=first)  # only those not seen yet
             first, held_out, seen = 0, False, seen + more
-        icons = load_icons(run.bundle, [c["icon"] for c in chosen], prep.channels, run.config.render.icon_size)
+        icons = load_icons(run.bundle, [c.icon for c in chosen], prep.channels, run.config.render.icon_size)
         other_icons = load_icons(parent, others, prep.channels, run.config.render.icon_size)
         counts = run_patch_experiment(
             lambda pixels: classify(run, pixels), images, list(icons), list(other_icons), b.index, sizes, config.corner,
@@ -327,7 +329,7 @@ def patch(call: StageCall) -> Report:
         result.update({"n_images": len(images), "images_scanned": seen, "held_out": held_out, "first_image_id": first, **counts.to_json()})
         if not len(images):
             result["note"] = f"no held-out image was classified as {a.name!r}; give classes.patch.images another source"
-    write_json(run.bundle.path(PATCH_RESULTS), result)
+    run.bundle.write_patch_results(result)
     summary = {kind: result[kind]["sizes"][-1]["corner"]["rate"] for kind in ("icon", "noise", "random_icon") if kind in result}
     run.log(f"[patch] {subset.title}: {result['n_images']} images; flip rate at the largest patch {summary}")
     return {"patch": {"file": PATCH_RESULTS, "n_images": result["n_images"], "largest_patch_rates": summary}}
@@ -352,7 +354,7 @@ def parent_config(parent: Bundle, assignments: list[tuple[str, Any]]) -> AtlasCo
     """The config the parent ran with, with ``--set`` and command-line values applied on top."""
     from atlas.config import apply_assignment
 
-    tree = json.loads(json.dumps(parent.manifest.get("config") or {}))
+    tree = json.loads(json.dumps(parent.manifest.config))
     for key, value in assignments:
         apply_assignment(tree, key, value)
     config: AtlasConfig = validate_tree(tree, AtlasConfig)
@@ -375,7 +377,7 @@ def subset_config(config: AtlasConfig, parent: Bundle, subset: Subset) -> AtlasC
 def inherited_render(config: AtlasConfig, parent: Bundle) -> RenderConfig:
     """Settings left to a probe ('auto') take what the parent's probe chose: same layer, same directions' kind, and
     no probe per class atlas (it would cost more than a small atlas's own icons)."""
-    chosen = {"contrast": False, "tries": 1, **(parent.manifest.get("render") or {})}  # a parent from before those two
+    chosen = {"contrast": False, "tries": 1, **(parent.manifest.render or {})}  # a parent from before those two
     settings = config.render.model_dump()
     for name in ("whiten", "contrast", "cossim_power", "learning_rate", "tries"):
         if settings[name] == "auto" and chosen.get(name) is not None:
@@ -406,14 +408,14 @@ def build_classes(
     executor: Callable[[], Executor] | None = None,
 ) -> dict[str, Any]:
     """Build every class atlas and comparison the config asks for under ``parent_dir``; returns classes/index.json."""
-    parent = Bundle(parent_dir)
+    parent = BundleWriter(parent_dir)
     parent.manifest  # noqa: B018 -- a folder that is not a bundle fails here, before it is locked
     with bundle_lock(parent.root, log):  # the same lock as atlas run: one writer per bundle
         return _build_classes(parent, assignments, log, executor)
 
 
 def _build_classes(
-    parent: Bundle, assignments: Sequence[tuple[str, Any]], log: Callable[[str], None], executor: Callable[[], Executor] | None
+    parent: BundleWriter, assignments: Sequence[tuple[str, Any]], log: Callable[[str], None], executor: Callable[[], Executor] | None
 ) -> dict[str, Any]:
     manifest = parent.manifest
     config = parent_config(parent, list(assignments))
@@ -421,7 +423,7 @@ def _build_classes(
     n_classes = store.layout().n_classes
     if n_classes == 0:
         raise AtlasError(f"{parent.root}: this bundle has no attribution (collect.attribution was false); re-run atlas run with it on")
-    labels = manifest.get("labels")
+    labels = None if manifest.labels is None else list(manifest.labels)
     counts = class_counts(store, n_classes)
     subsets = wanted_subsets(config.classes, labels, counts)
     if not subsets:
@@ -436,13 +438,13 @@ def _build_classes(
         for subset in subsets:
             log(f"atlas classes: {subset.kind} {subset.title!r} -> {subset.folder}")
             sub_config = subset_config(config, parent, subset)
-            bundle = Bundle(parent.root / subset.folder)
+            bundle = BundleWriter(parent.path(subset.folder))
             bundle.root.mkdir(parents=True, exist_ok=True)
             run = SubsetInputs(sub_config, bundle, view, n_classes, labels, source, [], executor, log, device, parent, subset)
             records = run_stages(PAIR_STAGES if subset.kind == "pair" else CLASS_STAGES, run)
             assemble(run, records)
     index = class_index(parent, labels, counts, config.classes)
-    write_json(parent.path(CLASS_INDEX), index)
+    parent.write_class_index(index)
     return index
 
 
@@ -451,25 +453,14 @@ def class_index(parent: Bundle, labels: list[str] | None, counts: np.ndarray, co
     classes = []
     for k, count in enumerate(counts):
         ref = resolve_class(k, labels, len(counts))
-        folder = f"{CLASSES}/{ref.folder}"
-        built = parent.path(f"{folder}/manifest.json").is_file()
+        folder = class_folder(ref.folder)
+        built = parent.path(sub_manifest(folder)).is_file()
         classes.append({"index": k, "name": ref.name, "rows": int(count), "folder": folder if built else None})
     pairs = []
-    pairs_root = parent.path(PAIRS)
-    manifests: list[Location] = sorted(pairs_root.glob("*/manifest.json"), key=str) if pairs_root.is_dir() else []
-    for manifest_path in manifests:
-        sub = read_json(manifest_path)
-        pair = sub.get("pair") or {}
-        folder = f"{PAIRS}/{manifest_path.parent.name}"
-        patch_file = parent.path(f"{folder}/{PATCH_RESULTS}")
-        pairs.append(
-            {
-                "a": pair.get("a"),
-                "b": pair.get("b"),
-                "folder": folder,
-                "patch": f"{folder}/{PATCH_RESULTS}" if patch_file.is_file() else None,
-            }
-        )
+    for folder in parent.pair_bundles():
+        pair = Bundle(parent.path(folder)).manifest.get("pair") or {}
+        patch = pair_results(folder)
+        pairs.append({"a": pair.get("a"), "b": pair.get("b"), "folder": folder, "patch": patch if parent.path(patch).is_file() else None})
     return {
         "selection": "rows whose top attribution is the class",
         "min_rows": config.min_rows,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from atlas.bundle.paths import VIEWER
 from atlas.config import (
     AtlasConfig,
     ExperimentConfig,
@@ -53,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         from atlas_pipelines.commands.classes import build_classes
 
         build_classes(run_dir)
-    if (run_dir / "index.html").exists():
+    if (run_dir / VIEWER).exists():
         print(f"atlas: bundle in {run_dir}; view it with: atlas serve {shlex.quote(str(run_dir))}")
     return 0
 

@@ -126,12 +126,12 @@ def _build_group(
             "name": name,
             "layer": bundle.model.layer,
             "bundle": str(require_local(run_dir, "output.dir").relative_to(experiment_dir(config))),
-            "levels": manifest["levels"],
+            "levels": [level.to_json() for level in manifest.levels],
             "channels": int(r.activation.shape[1]),
             "statistics": layer_statistics(r.activation),
             "trustworthiness": trustworthiness_of(r.activation, coords[name], config.compare.measure_sample, config.seed),
             "class_purity": {str(g): class_purity(coords[name], r.label, g, config.grid.min_count) for g in config.grid.sizes},
-            "fidelity": {str(level["grid"]): level.get("fidelity") for level in manifest["levels"]},
+            "fidelity": {str(level.grid): level.document.get("fidelity") for level in manifest.levels},
             "_histogram": activation_histogram(r.activation),
         })  # fmt: skip
     layouts = [coords[name] for name in bundles]

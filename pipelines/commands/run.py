@@ -13,7 +13,7 @@ from contextlib import ExitStack
 
 import torch
 
-from atlas.bundle import IMAGES, Bundle, stage_marker
+from atlas.bundle import IMAGES, BundleWriter, stage_marker
 from atlas.config import AtlasConfig
 from atlas.devices import resolve_device
 from atlas.errors import AtlasError
@@ -55,7 +55,7 @@ def run_atlas(
         raise AtlasError(f"--until {until!r}: expected one of {', '.join(STAGE_NAMES)}")
     tune_allocator()  # before the first Dask thread allocates (atlas.runtime)
     device = resolve_device(config.device)  # a GPU asked for where there is none fails here, before any work
-    bundle = Bundle(location(config.output.dir) / config.name)
+    bundle = BundleWriter(location(config.output.dir) / config.name)
     with out_of_space_as_error("output", bundle.root):
         bundle.root.mkdir(parents=True, exist_ok=True)
     prepared = _prepare(config, device)  # a wrong model, layer or image source fails here, before the lock writes to the bundle
@@ -66,7 +66,7 @@ def run_atlas(
 
 def _run_locked(
     config: AtlasConfig,
-    bundle: Bundle,
+    bundle: BundleWriter,
     device: torch.device,
     until: str | None,
     log: Callable[[str], None],

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atlas.bundle import Bundle
+from atlas.bundle import BundleWriter
 from atlas.config import AtlasConfig
 from atlas.devices import CPU
 from atlas.images.source import ImageSource, Shard
@@ -22,7 +22,7 @@ from atlas_pipelines.engine.executor import Executor
 @dataclass(frozen=True)
 class RunInputs:
     config: AtlasConfig
-    bundle: Bundle
+    bundle: BundleWriter
     view: ModelView  # this process's model (shared with its tasks under --scheduler sync) at the atlas layer
     n_classes: int  # 0 without attribution
     labels: list[str] | None

@@ -13,11 +13,11 @@ every stage reported (:func:`atlas_pipelines.engine.stage.merge_reports`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 from typing import Any
 
-from atlas.bundle import FORMAT, VIEWER, Bundle, alpha_file, cells_file, full_view_file, patch_file
-from atlas.io import read_json
+from atlas.bundle import FORMAT, VIEWER, Bundle, Cell, Manifest, alpha_file, full_view_file, patch_file
 from atlas.viewer import install_viewer
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import StageRecord, merge_reports
@@ -34,7 +34,7 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
         for size in config.grid.sizes:
             cells = joined_cells(bundle, size, "render" in records, patches, config.tiles.examples_per_cell, "path" in records,
                                  rendered_extras(records))  # fmt: skip
-            _write_if_changed(bundle, size, cells)
+            bundle.write_cells(size, cells)
             viewer_levels.append({"grid": size, **bundle.write_viewer_cells(size, cells)})
     if "tiles" in records:
         install_viewer(bundle)
@@ -45,7 +45,7 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
     if "tiles" in records:
         manifest["viewer"] = VIEWER
     manifest["stages"] = {name: {"seconds": r.seconds, "cached": r.cached} for name, r in records.items()}
-    bundle.write_manifest(manifest)
+    bundle.write_manifest(Manifest.from_json(manifest))
     return manifest
 
 
@@ -63,34 +63,29 @@ def joined_cells(
     per_cell: int,
     checked: bool = False,
     extras: tuple[bool, bool] = (False, False),
-) -> list[dict[str, Any]]:
+) -> list[Cell]:
     """``extras``: link each icon's full view and its transparency map (render's report says whether it wrote them)."""
     views, alphas = extras
-    cells = bundle.grid_cells(size)
     fidelity = bundle.fidelity(size) if rendered else None
     paths = bundle.path_check(size) if checked else None
-    for n, cell in enumerate(cells):
+    cells = []
+    for n, cell in enumerate(bundle.grid_cells(size)):
         if fidelity is not None:
-            cell["fidelity"] = fidelity[n]
-            if views:
-                cell["view"] = full_view_file(cell["icon"])
-            if alphas:
-                cell["alpha"] = alpha_file(cell["icon"])
+            cell = dataclasses.replace(
+                cell,
+                fidelity=fidelity[n],
+                view=full_view_file(cell.icon) if views else None,  # render wrote one for every icon: no look per cell
+                alpha=alpha_file(cell.icon) if alphas else None,
+            )
         if paths is not None:
-            cell["path_check"] = paths[n]
+            cell = dataclasses.replace(cell, path_check=paths[n], path_checked=True)
         if patches is not None:
-            for k, example in enumerate(cell["examples"]):
-                name = patch_file(example["image_id"], example["y"], example["x"])
-                if k < per_cell and name in patches:
-                    example["patch"] = name
+            shown = [patch_file(e.image_id, e.y, e.x) for e in cell.examples]
+            examples = [dataclasses.replace(e, patch=name) if k < per_cell and name in patches else e
+                        for k, (e, name) in enumerate(zip(cell.examples, shown))]  # fmt: skip
+            cell = dataclasses.replace(cell, examples=tuple(examples))
+        cells.append(cell)
     return cells
-
-
-def _write_if_changed(bundle: Bundle, size: int, cells: list[dict[str, Any]]) -> None:
-    """A re-run with nothing changed leaves the file (and its modification time) alone."""
-    path = bundle.path(cells_file(size))
-    if not path.is_file() or read_json(path) != cells:
-        bundle.write_cells(size, cells)
 
 
 def base_manifest(run: RunInputs) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from atlas.bundle import EXAMPLES, Bundle
+from atlas.bundle import EXAMPLES, Bundle, BundleWriter, patch_named
 from atlas.images.source import ImageSource
 from atlas.tiles import PATCH_STRIDES, save_patches
 from atlas_pipelines.engine.context import RunInputs
@@ -27,13 +27,13 @@ def wanted_patches(bundle: Bundle, sizes: tuple[int, ...], per_cell: int) -> dic
     wanted: dict[int, set[tuple[int, int]]] = defaultdict(set)
     for size in sizes:
         for cell in bundle.grid_cells(size):
-            for example in cell["examples"][:per_cell]:
-                wanted[example["image_id"]].add((example["y"], example["x"]))
+            for example in cell.examples[:per_cell]:
+                wanted[example.image_id].add((example.y, example.x))
     return wanted
 
 
 def patch_task(
-    bundle: Bundle,
+    bundle: BundleWriter,
     source: ImageSource,
     positions: dict[int, list[tuple[int, int]]],
     layer_hw: tuple[int, int],
@@ -82,12 +82,12 @@ def examples(call: StageCall) -> Report:
     }
 
 
-def _remove_stale_patches(bundle: Bundle, written: set[str]) -> None:
+def _remove_stale_patches(bundle: BundleWriter, written: set[str]) -> None:
     folder = bundle.path(EXAMPLES)
     if not folder.is_dir():
         return
     for path in folder.glob("*.jpg"):
-        if f"{EXAMPLES}/{path.name}" not in written:
+        if patch_named(path.name) not in written:
             path.unlink(missing_ok=True)
 
 

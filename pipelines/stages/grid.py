@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atlas.bundle import attribution_file, cells_file, directions_file
+from atlas.bundle import Cell, attribution_file, cells_file, directions_file
 from atlas.grid import build_grids
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
@@ -26,7 +26,7 @@ def grid(call: StageCall) -> Report:
     )  # fmt: skip
     for level in streamed:
         size = level.size
-        bundle.write_grid_cells(size, level.cells)
+        bundle.write_grid_cells(size, [Cell.from_json(cell) for cell in level.cells])
         bundle.write_directions(size, level.directions)
         entry: dict[str, Any] = {"grid": size, "cells": cells_file(size), "directions": directions_file(size), "n_cells": len(level.cells)}
         if run.n_classes:

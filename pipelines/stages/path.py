@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 
-from atlas.bundle import Bundle, full_view_file, patch_file
+from atlas.bundle import Bundle, Cell, Score, patch_file
 from atlas.devices import key_part
 from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
 from atlas.models import ModelView, resolve_layer
@@ -28,15 +28,9 @@ def path_layers(run: RunInputs) -> list[str]:
     return choose_layers(run.model, run.config.model.layer, run.config.path_check.layers)
 
 
-def fed_image(bundle: Bundle, icon: str) -> str:
-    """The image the model was fed for a cell: the full view behind an icon cropped to its receptive field, else the icon."""
-    view = full_view_file(icon)
-    return view if bundle.path(view).is_file() else icon
-
-
-def cell_patches(cell: dict[str, Any], per_cell: int, written: set[str]) -> list[str]:
+def cell_patches(cell: Cell, per_cell: int, written: set[str]) -> list[str]:
     """The patches the examples stage wrote for a cell's first ``per_cell`` examples."""
-    names = [patch_file(e["image_id"], e["y"], e["x"]) for e in cell["examples"][:per_cell]]
+    names = [patch_file(e.image_id, e.y, e.x) for e in cell.examples[:per_cell]]
     return [name for name in names if name in written]
 
 
@@ -74,14 +68,14 @@ def check_paths(call: StageCall) -> Report:
     run.log(f"[path] {len(unique)} example patches at {', '.join(names)}")
     levels = []
     for size, grid in cells.items():
-        icons = [v for v in vectors_of(bundle, [fed_image(bundle, c["icon"]) for c in grid], view, layers, strict=True) if v is not None]
+        icons = [v for v in vectors_of(bundle, [bundle.fed_image(c.icon) for c in grid], view, layers, strict=True) if v is not None]
         dim = len(icons[0]) if icons else 0
         examples = []
         for cell in grid:
             rows = [v for v in (patch_vectors[name] for name in cell_patches(cell, per_cell, written)) if v is not None]
             examples.append(np.stack(rows) if rows else np.zeros((0, dim), np.float32))
         result = path_check(np.stack(icons) if icons else np.zeros((0, dim), np.float32), examples)
-        bundle.write_path_check(size, result.records())
+        bundle.write_path_check(size, [Score.maybe_from_json(record) for record in result.records()])
         summary = None
         if result.cells:
             summary = {"mean_cosine": round(result.mean_cosine, 4), "top1": round(result.top1, 4), "cells": result.cells, "layers": names}

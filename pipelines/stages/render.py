@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from atlas.bundle import Bundle, alpha_file, full_view_file, icon_batch_marker, patch_file
+from atlas.bundle import Bundle, BundleWriter, Cell, Score, alpha_file, full_view_file, icon_batch_marker, patch_file
 from atlas.config import ModelConfig, RenderConfig
 from atlas.devices import key_part
 from atlas.errors import AtlasError
@@ -140,12 +140,12 @@ def render_cells(
     )  # fmt: skip
 
 
-def first_patch(cell: dict[str, Any]) -> str | None:
+def first_patch(cell: Cell) -> str | None:
     """The patch of a cell's best example (its first), where accentuate starts; None for a cell without examples."""
-    if not cell["examples"]:
+    if not cell.examples:
         return None
-    first = cell["examples"][0]
-    return patch_file(first["image_id"], first["y"], first["x"])
+    first = cell.examples[0]
+    return patch_file(first.image_id, first.y, first.x)
 
 
 def start_images(bundle: Bundle, patches: tuple[str | None, ...] | list[str | None], channels: int, size: int) -> np.ndarray:
@@ -196,7 +196,7 @@ class IconFrame:
 
 
 def render_batch_task(
-    bundle: Bundle,
+    bundle: BundleWriter,
     batch: IconBatch,
     directions: np.ndarray,
     whitening: np.ndarray | None,
@@ -264,8 +264,8 @@ def plan_batches(bundle: Bundle, sizes: tuple[int, ...], batch_size: int, seed: 
             batches.append(
                 IconBatch(
                     size, index,
-                    tuple(c["icon"] for c in chunk),
-                    tuple(derive_seed(seed, size, c["i"], c["j"]) for c in chunk),
+                    tuple(c.icon for c in chunk),
+                    tuple(derive_seed(seed, size, c.i, c.j) for c in chunk),
                     tuple(range(start, start + len(chunk))),
                     tuple(first_patch(c) for c in chunk),
                 )
@@ -383,7 +383,7 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
     work = []  # per sampled grid: its rows, all its directions (the retrieval term needs them), seeds, start images
     for level, rows in sample:
         size = sizes[level]
-        seeds = [derive_seed(run.config.seed, size, cells[size][r]["i"], cells[size][r]["j"]) for r in rows]
+        seeds = [derive_seed(run.config.seed, size, cells[size][r].i, cells[size][r].j) for r in rows]
         starts = (
             start_images(bundle, [first_patch(cells[size][r]) for r in rows], prep.channels, canvas)
             if config.param == "accentuate"
@@ -444,11 +444,11 @@ def icon_frame(run: RunInputs) -> IconFrame:
 FIDELITY_BATCH = 256  # icons read and fed back at a time
 
 
-def measure_fidelity(bundle: Bundle, size: int, view: ModelView, icon_size: int, views: bool = False) -> Fidelity:
+def measure_fidelity(bundle: BundleWriter, size: int, view: ModelView, icon_size: int, views: bool = False) -> Fidelity:
     """Feed the saved PNGs back through the model (the full views when icons are cropped: what was optimised);
     each cell's cosine and rank go to the level's fidelity file."""
-    cells: list[dict[str, Any]] = bundle.grid_cells(size)
-    fed = [full_view_file(c["icon"]) if views else c["icon"] for c in cells]
+    cells = bundle.grid_cells(size)
+    fed = [full_view_file(c.icon) if views else c.icon for c in cells]
     prep = view.preprocessing
     if len(cells):
         # A batch of icons at a time: a 320 grid of 80 px RGB icons would be 4 GB as one float tensor.
@@ -461,7 +461,7 @@ def measure_fidelity(bundle: Bundle, size: int, view: ModelView, icon_size: int,
         fidelity = direction_fidelity(activations, bundle.directions(size))
     else:
         fidelity = Fidelity(np.zeros(0, np.float32), np.zeros(0, np.int64))
-    bundle.write_fidelity(size, [{"cosine": round(float(c), 4), "rank": int(r)} for c, r in zip(fidelity.cosine, fidelity.rank)])
+    bundle.write_fidelity(size, [Score(round(float(c), 4), int(r)) for c, r in zip(fidelity.cosine, fidelity.rank)])
     return fidelity
 
 

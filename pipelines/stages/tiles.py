@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from atlas.bundle import TILES, Bundle, canvas_file, dzi_file, poster_file, tiles_folder, tiles_marker
+from atlas.bundle import TILES, Bundle, Cell, canvas_file, dzi_file, poster_file, tiles_folder, tiles_marker
 from atlas.config import TilesConfig
 from atlas.io import remove_tree, upload_tree
 from atlas.lock import sweep_temporaries
@@ -87,7 +87,7 @@ def tiles(call: StageCall) -> Report:
     }
 
 
-def _tile(run: RunInputs, key: str, canvases: dict[int, Canvas], cells: dict[int, list[dict[str, Any]]], icon_px: int, scale: int) -> None:
+def _tile(run: RunInputs, key: str, canvases: dict[int, Canvas], cells: dict[int, list[Cell]], icon_px: int, scale: int) -> None:
     bundle, config = run.bundle, run.config.tiles
     ex = run.executor()
     band_futures: dict[Any, int] = {}
@@ -120,9 +120,7 @@ def _tile(run: RunInputs, key: str, canvases: dict[int, Canvas], cells: dict[int
                 write_marker(bundle.path(tiles_marker(size)), key)
 
 
-def _tile_on_scratch(
-    run: RunInputs, key: str, todo: list[int], cells: dict[int, list[dict[str, Any]]], icon_px: int, scale: int, bands: int
-) -> None:
+def _tile_on_scratch(run: RunInputs, key: str, todo: list[int], cells: dict[int, list[Cell]], icon_px: int, scale: int, bands: int) -> None:
     """A bundle on an object store: each grid is tiled whole by one task, on that worker's own disk, then uploaded.
 
     The canvas is one file written in place by many band tasks, which needs a disk they all share; a bundle on
@@ -142,7 +140,7 @@ def _tile_on_scratch(
 
 
 def tile_grid_task(
-    bundle: Bundle, size: int, cells: list[dict[str, Any]], icon_px: int, scale: int, bands: int, fmt: str, quality: int, threads: int
+    bundle: Bundle, size: int, cells: list[Cell], icon_px: int, scale: int, bands: int, fmt: str, quality: int, threads: int
 ) -> str:
     """Runs on a worker: canvas, pyramid and poster of one grid in a scratch folder, then copied to the bundle's store."""
     _vips_threads(threads)
@@ -172,12 +170,12 @@ def _grid_done(bundle: Bundle, size: int, key: str) -> bool:
 
 
 def _bands(
-    bundle: Bundle, cells: list[dict[str, Any]], size: int, canvas: Canvas, cell_px: int
+    bundle: Bundle, cells: list[Cell], size: int, canvas: Canvas, cell_px: int
 ) -> list[tuple[int, int, list[tuple[int, int, Location]]]]:
     per_band = rows_per_band(canvas, cell_px)
     by_row: dict[int, list[tuple[int, int, Location]]] = defaultdict(list)
     for cell in cells:
-        by_row[cell["j"]].append((cell["i"], cell["j"], bundle.path(cell["icon"])))
+        by_row[cell.j].append((cell.i, cell.j, bundle.path(cell.icon)))
     return [
         (first, min(per_band, size - first), [icon for j in range(first, min(size, first + per_band)) for icon in by_row[j]])
         for first in range(0, size, per_band)

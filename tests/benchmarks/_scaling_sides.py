@@ -68,13 +68,13 @@ def fill_imagenet_store(path: Path, n_rows: int, channels: int, classes: int, ro
 
 
 def imagenet(args: dict[str, Any]) -> dict[str, Any]:
-    from atlas.bundle import Bundle
+    from atlas.bundle import BundleWriter, Cell
     from atlas.config import AtlasConfig, GridConfig, LayoutConfig, SchedulerConfig
     from atlas.grid import build_grids
     from atlas_pipelines.engine.executor import open_executor
     from atlas_pipelines.stages.layout import compute_layout
 
-    bundle = Bundle(Path(args["out"]))
+    bundle = BundleWriter(Path(args["out"]))
     store = bundle.store()
     marks: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -91,7 +91,7 @@ def imagenet(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     levels = []
     for level in build_grids(coords, store.chunks, config.grid.sizes, config.grid.min_count, None, 112, 1000):
-        bundle.write_grid_cells(level.size, level.cells)
+        bundle.write_grid_cells(level.size, [Cell.from_json(cell) for cell in level.cells])
         bundle.write_directions(level.size, level.directions)
         bundle.write_attribution(level.size, level.mean_attribution)
         levels.append({"grid": level.size, "n_cells": len(level.cells)})

@@ -81,7 +81,7 @@ class Atlas:
         self.cells = [self.bundle.grid_cells(self.grid)[r] for r in self.rows]
         self.directions = self.bundle.directions(self.grid)  # the whole grid's: the retrieval term ranks among all
         self.whitening = self.bundle.whitening()
-        self.seeds = [derive_seed(self.config["seed"], self.grid, c["i"], c["j"]) for c in self.cells]
+        self.seeds = [derive_seed(self.config["seed"], self.grid, c.i, c.j) for c in self.cells]
         self.size = args["icon_size"]
         prep = self.model.preprocessing
         self.channels, self.mean, self.std = prep.channels, list(prep.mean), list(prep.std)
