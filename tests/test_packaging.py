@@ -9,8 +9,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 # Files a package needs besides its modules (pyproject's package-data); a glob there that misses one fails below.
 DATA_FOLDERS = ("atlas/viewer/assets", "atlas/compare/assets", "atlas/configs")
@@ -51,9 +49,6 @@ def test_a_wheel_holds_every_module_and_asset_of_the_repository(built_wheel: Pat
     assert not missing, f"in the repository but not in the wheel (add the package to pyproject's packages or package-data): {missing}"
 
 
-@pytest.mark.xfail(
-    reason="issue 21: atlas.featurevis still reaches atlas.config (through atlas.devices); remove this mark once it lands", strict=False
-)
 def test_importing_featurevis_and_bundle_pulls_in_no_configuration() -> None:
     # The icon and bundle code take plain arguments, so a notebook or another tool can use them without the config schema.
     check = "import atlas.featurevis, atlas.bundle, sys; print(sorted(m for m in ('pydantic','yaml') if m in sys.modules))"
