@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from atlas.bundle import Bundle, full_view_file
 from atlas.devices import device_of
+from atlas.featurevis.icon_files import load_icons
 from atlas.featurevis.objectives import centre
+from atlas.models import LoadedModel
 from atlas.models.layers import run_to_layer
+
+FIDELITY_BATCH = 256  # icons read and fed back at a time
 
 
 @dataclass
@@ -77,3 +83,30 @@ def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: i
     cosine[broken] = 0.0
     rank[broken] = max(len(d) - 1, 0)
     return Fidelity(cosine.astype(np.float32), rank, int(broken.sum()))
+
+
+def measure_fidelity(bundle: Bundle, grid: int, model: LoadedModel, layer: nn.Module, canvas: int, views: bool = False) -> Fidelity:
+    """Feed a grid's saved PNGs back through the model (the full views when the icons are framed: what was
+    optimised, ``canvas`` px); each cell's cosine and rank go to the level's fidelity file."""
+    cells: list[dict[str, Any]] = bundle.grid_cells(grid)
+    fed = [full_view_file(c["icon"]) if views else c["icon"] for c in cells]
+    prep = model.preprocessing
+    if len(cells):
+        # A batch of icons at a time: a 320 grid of 80 px RGB icons would be 4 GB as one float tensor.
+        activations = np.concatenate(
+            [
+                centre_activations(
+                    model.module,
+                    layer,
+                    load_icons(bundle, fed[start : start + FIDELITY_BATCH], prep.channels, canvas),
+                    prep.mean,
+                    prep.std,
+                )
+                for start in range(0, len(cells), FIDELITY_BATCH)
+            ]
+        )
+        fidelity = direction_fidelity(activations, bundle.directions(grid))
+    else:
+        fidelity = Fidelity(np.zeros(0, np.float32), np.zeros(0, np.int64))
+    bundle.write_fidelity(grid, [{"cosine": round(float(c), 4), "rank": int(r)} for c, r in zip(fidelity.cosine, fidelity.rank)])
+    return fidelity

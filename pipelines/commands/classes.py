@@ -44,6 +44,7 @@ from atlas.collect.store import Rows
 from atlas.config import AtlasConfig, ClassesConfig, RenderConfig, validate_tree
 from atlas.devices import resolve_device
 from atlas.errors import AtlasError
+from atlas.featurevis.icon_files import load_icons
 from atlas.images import open_source
 from atlas.images.folder import FolderSource
 from atlas.images.preprocess import normalise, to_pixels
@@ -61,7 +62,7 @@ from atlas_pipelines.stages.examples import EXAMPLES_STAGE
 from atlas_pipelines.stages.grid import GRID
 from atlas_pipelines.stages.layout import compute_layout
 from atlas_pipelines.stages.path import PATH
-from atlas_pipelines.stages.render import RENDER, load_icons
+from atlas_pipelines.stages.render import RENDER
 from atlas_pipelines.stages.tiles import TILES_STAGE
 
 PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
