@@ -44,7 +44,7 @@ from atlas.featurevis.param import (
     maco,
     pixels,
 )
-from atlas.featurevis.render import RenderResult, render, render_channel, score_images
+from atlas.featurevis.render import RenderOptions, RenderResult, render, render_channel, score_images
 from atlas.featurevis.seeding import derive_seed, try_seeds
 from atlas.featurevis.spectrum import estimate_spectrum
 from atlas.featurevis.transforms import RandomViews, Transforms, resize
@@ -65,6 +65,7 @@ __all__ = [
     "PixelParam",
     "Proximity",
     "RandomViews",
+    "RenderOptions",
     "RenderResult",
     "Retrieval",
     "Scaled",
