@@ -14,6 +14,10 @@ estimate_spectrum(images, size))`` (phase only, MaCo) and ``accentuate(channels,
 starts)`` with ``+ Proximity(starts, weight)`` (feature accentuation); ``render(...,
 alpha=True)`` adds MaCo's transparency map. ``Log(Direction(...)) + Retrieval(all_directions,
 own_rows)`` also pushes each icon away from the cells next to its own (what fidelity's top-1 asks).
+
+An atlas's icons build on these: ``icons`` (a cell's objective, one batch of cells rendered), ``framing`` (the
+canvas and the receptive-field crop), ``probe`` with ``choice`` (settings chosen by rendering a few cells),
+``fidelity`` (icons fed back) and ``icon_files`` (a bundle's icons as tensors).
 """
 
 from atlas.featurevis.capture import LayerCapture, layer_output

@@ -19,8 +19,8 @@ from atlas.bundle import Bundle, full_view_file
 from atlas.devices import device_of
 from atlas.featurevis.icon_files import load_icons
 from atlas.featurevis.objectives import centre
-from atlas.models import LoadedModel
 from atlas.models.layers import run_to_layer
+from atlas.models.record import LoadedModel
 
 FIDELITY_BATCH = 256  # icons read and fed back at a time
 

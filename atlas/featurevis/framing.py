@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atlas.featurevis.receptive import ReceptiveField, measure_receptive_field
-from atlas.models import LoadedModel
+from atlas.models.record import LoadedModel
 
 
 @dataclass(frozen=True)

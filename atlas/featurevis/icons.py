@@ -22,7 +22,7 @@ from atlas.featurevis.objectives import Direction, Log, Objective, Proximity, Re
 from atlas.featurevis.param import ParamFactory, accentuate, fourier, maco
 from atlas.featurevis.render import Precision, RenderResult, render, score_images
 from atlas.featurevis.seeding import derive_seed
-from atlas.models import LoadedModel
+from atlas.models.record import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch import nn
 from atlas.featurevis.choice import probe_cells
 from atlas.featurevis.fidelity import Fidelity, centre_activations, direction_fidelity
 from atlas.featurevis.icons import CellBatch, cell_batch
-from atlas.models import LoadedModel
+from atlas.models.record import LoadedModel
 
 PROBE_MIN_RATIO = 4  # a probe of more than a quarter of the atlas's cells would cost more than it could save
 
