@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,13 +24,15 @@ from atlas.featurevis.render import Precision, RenderResult, render, score_image
 from atlas.featurevis.seeding import derive_seed
 from atlas.models.record import LoadedModel
 
+ParamKind = Literal["fourier", "maco", "accentuate"]
+
 
 @dataclass(frozen=True)
 class IconRecipe:
     """The render settings no probe chooses, the same for every icon of a run."""
 
     steps: int = 128
-    param: str = "fourier"  # fourier, maco or accentuate
+    param: ParamKind = "fourier"
     proximity: float = 10.0  # accentuate: how near its start an icon stays, relative to its objective there
     precision: Precision = "fp32"
     alpha: bool = False
