@@ -17,6 +17,10 @@ estimate_spectrum(images, size))`` (phase only, MaCo) and ``accentuate(channels,
 starts)`` with ``+ Proximity(starts, weight)`` (feature accentuation); ``render(...,
 alpha=True)`` adds MaCo's transparency map. ``Log(Direction(...)) + Retrieval(all_directions,
 own_rows)`` also pushes each icon away from the cells next to its own (what fidelity's top-1 asks).
+
+An atlas's icons build on these: ``icons`` (a cell's objective, one batch of cells rendered), ``framing`` (the
+canvas and the receptive-field crop), ``probe`` with ``choice`` (settings chosen by rendering a few cells),
+``fidelity`` (icons fed back) and ``icon_files`` (a bundle's icons as tensors).
 """
 
 from atlas.featurevis.objectives import (
@@ -46,7 +50,7 @@ from atlas.featurevis.param import (
     maco,
     pixels,
 )
-from atlas.featurevis.render import RenderResult, render, render_channel, score_images
+from atlas.featurevis.render import RenderOptions, RenderResult, render, render_channel, score_images
 from atlas.featurevis.seeding import derive_seed, try_seeds
 from atlas.featurevis.spectrum import estimate_spectrum
 from atlas.featurevis.transforms import RandomViews, Transforms, resize
@@ -71,6 +75,7 @@ __all__ = [
     "PixelParam",
     "Proximity",
     "RandomViews",
+    "RenderOptions",
     "RenderResult",
     "Retrieval",
     "Scaled",

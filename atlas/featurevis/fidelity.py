@@ -12,7 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atlas.bundle import BundleWriter, Score, full_view_file
+from atlas.featurevis.icon_files import load_icons
 from atlas.models.view import ModelView
+
+FIDELITY_BATCH = 256  # icons read and fed back at a time
 
 
 @dataclass
@@ -64,3 +68,24 @@ def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: i
     cosine[broken] = 0.0
     rank[broken] = max(len(d) - 1, 0)
     return Fidelity(cosine.astype(np.float32), rank, int(broken.sum()))
+
+
+def measure_fidelity(bundle: BundleWriter, grid: int, view: ModelView, canvas: int, views: bool = False) -> Fidelity:
+    """Feed a grid's saved PNGs back through the model (the full views when the icons are framed: what was
+    optimised, ``canvas`` px); each cell's cosine and rank go to the level's fidelity file."""
+    cells = bundle.grid_cells(grid)
+    fed = [full_view_file(c.icon) if views else c.icon for c in cells]
+    channels = view.preprocessing.channels
+    if len(cells):
+        # A batch of icons at a time: a 320 grid of 80 px RGB icons would be 4 GB as one float tensor.
+        activations = np.concatenate(
+            [
+                centre_activations(view, load_icons(bundle, fed[start : start + FIDELITY_BATCH], channels, canvas))
+                for start in range(0, len(cells), FIDELITY_BATCH)
+            ]
+        )
+        fidelity = direction_fidelity(activations, bundle.directions(grid))
+    else:
+        fidelity = Fidelity(np.zeros(0, np.float32), np.zeros(0, np.int64))
+    bundle.write_fidelity(grid, [Score(round(float(c), 4), int(r)) for c, r in zip(fidelity.cosine, fidelity.rank)])
+    return fidelity

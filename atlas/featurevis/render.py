@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -120,6 +120,43 @@ class _Forward:
             return self.layout.spatial(self.capture(inputs)).float()
 
 
+@dataclass(frozen=True)
+class RenderOptions:
+    """How the loop runs, besides what it optimises and for whom: lucent's one-call ``render_vis`` is the model,
+    so every option has a default and a notebook names only what it changes (``render(..., steps=512, tries=4)``).
+
+    ``input_size`` is the model's input size (views are resized to it; None feeds them at the image size);
+    ``transforms`` defaults to ``Transforms()``; ``precision="bf16"`` runs the model's forward (and so its backward)
+    in bfloat16 under autocast, on any device, while pixels, the objective and Adam stay float32; ``alpha`` also
+    asks the backward for each step's pixel gradient and returns MaCo's transparency (:mod:`atlas.featurevis.alpha`)
+    as ``RenderResult.alpha`` (off, the loop does exactly what it did without it).
+    """
+
+    steps: int = 256
+    lr: float = 0.05
+    tries: int = 1
+    transforms: Transforms | None = None
+    input_size: int | tuple[int, int] | None = None
+    stop_at_layer: bool = True
+    channels_last: bool = True
+    precision: Precision = "fp32"
+    alpha: bool = False
+
+
+class RenderKeywords(TypedDict, total=False):
+    """:class:`RenderOptions` as keywords of :func:`render`, so a type checker sees each one."""
+
+    steps: int
+    lr: float
+    tries: int
+    transforms: Transforms | None
+    input_size: int | tuple[int, int] | None
+    stop_at_layer: bool
+    channels_last: bool
+    precision: Precision
+    alpha: bool
+
+
 def _check_scores(scores: torch.Tensor, batch: int) -> torch.Tensor:
     if scores.shape != (batch,):
         raise ValueError(f"an objective must return one score per image, shape ({batch},); got {tuple(scores.shape)}")
@@ -158,28 +195,20 @@ def render(
     layer: nn.Module | str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    steps: int = 256,
-    lr: float = 0.05,
-    transforms: Transforms | None = None,
-    input_size: int | tuple[int, int] | None = None,
-    tries: int = 1,
-    stop_at_layer: bool = True,
-    channels_last: bool = True,
-    precision: Precision = "fp32",
-    alpha: bool = False,
+    **options: Unpack[RenderKeywords],
 ) -> RenderResult:
     """Maximise ``objective`` at the layer for ``len(seeds)`` images; image b depends only on ``seeds[b]``.
 
     ``model``: a :class:`ModelView` (layer and normalisation included), or a bare module with ``layer`` (the module
     or its name) and ``mean``/``std`` like the model's training data (default: a timm model's own, else ImageNet's).
-    ``param_factory(seeds)`` builds the parameterisation (e.g. ``fourier(3, 80)``);
-    ``input_size`` is the model's input size (views are resized to it; ``None``
-    feeds them at the image size); ``transforms`` defaults to ``Transforms()``. ``precision="bf16"`` runs the model's forward
-    (and so its backward) in bfloat16 under autocast, on any device; pixels, the objective and Adam stay float32.
-    ``alpha=True`` also asks the backward for each step's pixel gradient and returns MaCo's transparency
-    (:mod:`atlas.featurevis.alpha`) as ``RenderResult.alpha``; off, the loop does exactly what it did without it.
+    ``param_factory(seeds)`` builds the parameterisation (e.g. ``fourier(3, 80)``); any of :class:`RenderOptions`
+    may follow as a keyword (``steps``, ``lr``, ``tries``, ``transforms``, ``input_size``, ``stop_at_layer``,
+    ``channels_last``, ``precision``, ``alpha``).
     """
-    transforms = Transforms() if transforms is None else transforms
+    opts = RenderOptions(**options)
+    steps, lr, tries, input_size, precision = opts.steps, opts.lr, opts.tries, opts.input_size, opts.precision
+    stop_at_layer, channels_last, alpha = opts.stop_at_layer, opts.channels_last, opts.alpha
+    transforms = Transforms() if opts.transforms is None else opts.transforms
     if steps < 0 or tries < 1:
         raise ValueError(f"need steps >= 0 and tries >= 1, got steps={steps}, tries={tries}")
     if len(seeds) == 0:
@@ -235,18 +264,17 @@ def render_channel(
     layer: nn.Module,
     channel: int | Sequence[int],
     size: int = 128,
-    steps: int = 256,
     *,
     channels: int | None = None,
     seeds: Sequence[int] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    **kwargs: object,
+    **options: Unpack[RenderKeywords],
 ) -> RenderResult:
     """Visualise one channel (or a batch of channels) of any layer of any model, with sensible defaults.
 
     Input channels come from the first ``Conv2d``; mean/std from a timm model's
-    config, else ImageNet's (3 channels) or 0.5/0.5. Extra keywords go to :func:`render`.
+    config, else ImageNet's (3 channels) or 0.5/0.5. Any of :class:`RenderOptions` may follow as a keyword.
     """
     targets = [channel] if isinstance(channel, int) else list(channel)
     view = ModelView.of_module(model, layer, mean=mean, std=std, channels=channels)
@@ -255,9 +283,8 @@ def render_channel(
         Channel(targets),
         fourier(view.preprocessing.channels, size),
         seeds=list(seeds) if seeds is not None else list(range(len(targets))),
-        steps=steps,
-        **kwargs,  # type: ignore[arg-type]
+        **options,
     )
 
 
-__all__ = ["RenderResult", "as_view", "render", "render_channel", "score_images"]
+__all__ = ["RenderKeywords", "RenderOptions", "RenderResult", "as_view", "render", "render_channel", "score_images"]

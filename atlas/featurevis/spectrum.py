@@ -7,12 +7,19 @@ images, at the icon size and in the colour space the Fourier parameterisations w
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from atlas.featurevis.param import _size_pair, correlated_to_decorrelated
+from atlas.images.preprocess import to_pixels
+from atlas.models.record import Preprocessing
+
+SPECTRUM_IMAGES = 256  # of a run's own images, enough for a stable mean magnitude
 
 
 def _batches(images: torch.Tensor | Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
@@ -57,4 +64,21 @@ def estimate_spectrum(
     return (total / count).to(device="cpu", dtype=torch.float32)
 
 
-__all__ = ["estimate_spectrum"]
+def spectrum_of_images(
+    images: Iterable[Image.Image | None], preprocessing: Preprocessing, size: int, limit: int = SPECTRUM_IMAGES
+) -> tuple[np.ndarray | None, int]:
+    """maco's fixed magnitude from up to ``limit`` of ``images`` as the model sees them (its input frame, in
+    [0, 1]), at ``size``; and how many were used. Missing or unreadable images are skipped; none readable: None."""
+    pixels: list[torch.Tensor] = []
+    for image in images:
+        if image is not None:
+            with contextlib.suppress(OSError, ValueError):
+                pixels.append(to_pixels(image, preprocessing))
+        if len(pixels) >= limit:
+            break
+    if not pixels:
+        return None, 0
+    return estimate_spectrum(torch.stack(pixels), size).numpy(), len(pixels)
+
+
+__all__ = ["SPECTRUM_IMAGES", "estimate_spectrum", "spectrum_of_images"]

@@ -48,6 +48,7 @@ from atlas.collect.store import Rows
 from atlas.config import AtlasConfig, ClassesConfig, RenderConfig, validate_tree
 from atlas.devices import resolve_device
 from atlas.errors import AtlasError
+from atlas.featurevis.icon_files import load_icons
 from atlas.images import open_source
 from atlas.images.folder import FolderSource
 from atlas.images.preprocess import to_pixels
@@ -64,7 +65,7 @@ from atlas_pipelines.stages.examples import EXAMPLES_STAGE
 from atlas_pipelines.stages.grid import GRID
 from atlas_pipelines.stages.layout import compute_layout
 from atlas_pipelines.stages.path import PATH
-from atlas_pipelines.stages.render import RENDER, load_icons
+from atlas_pipelines.stages.render import RENDER
 from atlas_pipelines.stages.tiles import TILES_STAGE
 
 ROWS_PER_SHARD = 4096  # rows per chunk of a sub-bundle's store

@@ -15,11 +15,11 @@ from PIL import UnidentifiedImageError
 
 from atlas.bundle import Bundle, Cell, Score, patch_file
 from atlas.devices import key_part
+from atlas.featurevis.icon_files import load_icons
 from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
 from atlas.models import ModelView, resolve_layer
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
-from atlas_pipelines.stages.render import load_icons
 
 READ_BATCH = 256  # images read and fed at a time: a 320 grid's icons would be gigabytes as one float tensor
 

@@ -1,53 +1,33 @@
 """Render stage: one Dask task per batch of cells renders and saves their icons; then each icon's fidelity.
 
-A batch is done when its marker (holding the stage key) exists, written after
-its PNGs, so a re-run renders only the batches a kill interrupted. Before the
-batches, settings left to ``auto`` are chosen by a probe render of a few cells
-on the workers (atlas.featurevis.choice), icons are rendered no larger than the
-model's input, and the centre position's receptive field is measured
-(atlas.featurevis.receptive): when the icon is not exactly what the model was
-fed (a crop to that field, or another size), the render is kept as its full view.
+A batch is done when its marker (holding the stage key) exists, written after its PNGs, so a re-run renders only
+the batches a kill interrupted. Before the batches, settings left to ``auto`` are chosen by a probe render of a
+few cells on the workers (atlas.featurevis.probe), and the icons' frame is set (atlas.featurevis.framing). What
+an icon is rendered towards and how lives in atlas.featurevis.icons; this stage plans, submits and reports.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
-from atlas.bundle import Bundle, BundleWriter, Cell, Score, alpha_file, full_view_file, icon_batch_marker, patch_file
+from atlas.bundle import Bundle, BundleWriter, icon_batch_marker
 from atlas.config import ModelConfig, RenderConfig
 from atlas.devices import key_part
 from atlas.errors import AtlasError
-from atlas.featurevis import (
-    Direction,
-    Log,
-    Objective,
-    Proximity,
-    RenderResult,
-    Retrieval,
-    accentuate,
-    derive_seed,
-    estimate_spectrum,
-    fourier,
-    maco,
-    render,
-    score_images,
-)
-from atlas.featurevis.choice import RenderSettings, Trial, choose_settings, first_candidates, probe_cells
-from atlas.featurevis.fidelity import Fidelity, centre_activations, direction_fidelity
-from atlas.featurevis.receptive import ReceptiveField, measure_receptive_field
-from atlas.images.preprocess import to_pixels
+from atlas.featurevis import RenderResult
+from atlas.featurevis.choice import RenderSettings, Trial, choose_settings, first_candidates
+from atlas.featurevis.fidelity import measure_fidelity
+from atlas.featurevis.framing import IconFrame, frame_icons
+from atlas.featurevis.icon_files import save_icons, start_images
+from atlas.featurevis.icons import CellBatch, GridCells, IconRecipe, ParamInputs, cell_batch, render_cells
+from atlas.featurevis.probe import as_saved, probe_fidelity, sample_cells, worth_probing
+from atlas.featurevis.spectrum import spectrum_of_images
 from atlas.lock import sweep_temporaries
 from atlas.markers import is_fresh, write_marker
-from atlas.models import ModelView
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 from atlas_pipelines.engine.worker_state import model_view, use_threads
@@ -55,144 +35,41 @@ from atlas_pipelines.engine.worker_state import model_view, use_threads
 
 @dataclass(frozen=True)
 class IconBatch:
-    grid: int
+    """One render task's cells, the bundle paths of their icons, and its place among its grid's batches."""
+
+    cells: CellBatch
     index: int
-    icons: tuple[str, ...]  # bundle paths
-    seeds: tuple[int, ...]
-    rows: tuple[int, ...]  # positions in directions.npy
-    starts: tuple[str | None, ...] = ()  # each cell's best example patch (accentuate's start), None without one
+    icons: tuple[str, ...]
 
     @property
     def marker(self) -> str:
-        return icon_batch_marker(self.grid, self.index)
-
-
-def load_icons(bundle: Bundle, icons: list[str], channels: int, size: int) -> torch.Tensor:
-    """Saved icons as [N, C, H, W] in [0, 1], exactly the pixels the PNGs hold."""
-    mode = "L" if channels == 1 else "RGB"
-    arrays = [np.asarray(bundle.image(name).convert(mode), dtype=np.float32) / 255.0 for name in icons]
-    if not arrays:
-        return torch.zeros(0, channels, size, size)
-    stacked = np.stack(arrays)
-    return torch.from_numpy(stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2).copy())
-
-
-def objective_for(directions: np.ndarray, rows: Sequence[int], whitening: np.ndarray | None, settings: RenderSettings) -> Objective:
-    """The objective of the cells at ``rows`` of a grid's ``directions`` under ``settings``.
-
-    ``whiten``: full (whitened), dot (whitened growth, own cosine) or off. ``contrast`` adds the retrieval term over
-    all of the grid's directions, balanced against the direction term as a sum of logs (a product of the two).
-    """
-    targets = directions[list(rows)]
-    if settings.whiten == "off" or whitening is None:
-        direction = Direction(targets, cossim_power=settings.cossim_power)
-    else:
-        cosine = "raw" if settings.whiten == "dot" else "whitened"
-        direction = Direction.whitened(targets, whitening, cosine=cosine, cossim_power=settings.cossim_power)
-    if not settings.contrast:
-        return direction
-    return Log(direction) + Retrieval(directions, list(rows))
+        return icon_batch_marker(self.cells.grid, self.index)
 
 
 @dataclass(frozen=True)
-class ParamInputs:
-    """What a parameterisation needs besides seeds: the run's spectrum (maco), the cells' start images (accentuate)."""
+class TaskSetup:
+    """What every render task of a run shares: the model its worker loads, where and on how many threads it
+    runs, and how its icons are rendered and framed."""
 
-    spectrum: np.ndarray | None = None
-    starts: np.ndarray | None = None  # [B, C, S, S] in [0, 1], one per cell in seed order
+    model: ModelConfig
+    device: str
+    threads: int
+    recipe: IconRecipe
+    settings: RenderSettings
+    frame: IconFrame
 
 
-def render_cells(
-    view: ModelView,
-    directions: np.ndarray,
-    rows: Sequence[int],
-    whitening: np.ndarray | None,
-    seeds: list[int],
-    config: RenderConfig,
-    settings: RenderSettings,
-    inputs: ParamInputs = ParamInputs(),
-    canvas: int | None = None,
+def _render(
+    bundle: Bundle, cells: CellBatch, directions: np.ndarray, whitening: np.ndarray | None, spectrum: np.ndarray | None, setup: TaskSetup
 ) -> RenderResult:
-    """Render the cells at ``rows`` of a grid's ``directions`` on a ``canvas`` px square (default the icon size):
-    ``images`` is the whole render of each, as the model is fed it (before any crop to the receptive field or
-    scaling to the icon size)."""
-    prep = view.preprocessing
-    size = canvas or config.icon_size
-    objective = objective_for(directions, rows, whitening, settings)
-    if config.param == "maco":
-        if inputs.spectrum is None:
-            raise ValueError("render.param maco needs the run's spectrum")
-        param = maco(prep.channels, size, torch.from_numpy(inputs.spectrum))
-    elif config.param == "accentuate":
-        if inputs.starts is None:
-            raise ValueError("render.param accentuate needs each cell's start image")
-        starts = torch.from_numpy(inputs.starts)
-        param = accentuate(prep.channels, size, starts)
-        # The penalty follows each icon's own objective at its start, so one setting suits any layer's scale.
-        at_start = score_images(view, objective, starts)
-        objective = objective + Proximity(starts, weight=config.proximity * at_start.abs().clamp_min(1e-6).cpu())
-    else:
-        param = fourier(prep.channels, size)
-    return render(
-        view, objective, param,
-        seeds=seeds,
-        steps=config.steps, lr=settings.learning_rate, tries=settings.tries, precision=config.precision, alpha=config.alpha,
-    )  # fmt: skip
-
-
-def first_patch(cell: Cell) -> str | None:
-    """The patch of a cell's best example (its first), where accentuate starts; None for a cell without examples."""
-    if not cell.examples:
-        return None
-    first = cell.examples[0]
-    return patch_file(first.image_id, first.y, first.x)
-
-
-def start_images(bundle: Bundle, patches: tuple[str | None, ...] | list[str | None], channels: int, size: int) -> np.ndarray:
-    """[N, C, size, size] in [0, 1]: the given patches, grey where there is none or it cannot be read."""
-    mode = "L" if channels == 1 else "RGB"
-    starts = np.full((len(patches), channels, size, size), 0.5, np.float32)
-    for n, name in enumerate(patches):
-        if name is None:
-            continue
-        try:
-            patch = bundle.image(name).convert(mode).resize((size, size), Image.Resampling.BICUBIC)
-        except (OSError, ValueError):
-            continue
-        pixels = np.asarray(patch, np.float32) / 255.0
-        starts[n] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    return starts
-
-
-@dataclass(frozen=True)
-class IconFrame:
-    """Where an icon comes from: a ``canvas`` px render (never larger than the model's input), shown at ``icon`` px,
-    as the receptive field's square of it when ``field`` crops. When what is shown is not what the model was fed,
-    the render is kept as the icon's full view, which fidelity and the path check score."""
-
-    canvas: int
-    icon: int
-    field: ReceptiveField | None = None
-
-    @property
-    def crops(self) -> bool:
-        return self.field is not None and self.field.crops
-
-    @property
-    def keeps_views(self) -> bool:
-        return self.crops or self.canvas != self.icon
-
-    def shown(self, images: torch.Tensor) -> torch.Tensor:
-        """The icons as saved: the field's square (when it crops), scaled to the icon size."""
-        if self.field is not None and self.crops:
-            top, left, side = self.field.top, self.field.left, self.field.size
-            images = images[:, :, top : top + side, left : left + side]
-        if images.shape[-1] == self.icon and images.shape[-2] == self.icon:
-            return images
-        return F.interpolate(images, size=(self.icon, self.icon), mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"canvas": self.canvas, "icon": self.icon, "views": self.keeps_views}
+    """On a worker: the cells rendered on the frame's canvas with the worker's own model."""
+    use_threads(setup.threads)
+    view = model_view(setup.model, setup.device)
+    starts = None
+    if setup.recipe.param == "accentuate":  # the patches named when the batch was planned: no grid.json read per task
+        starts = start_images(bundle, cells.starts, view.preprocessing.channels, setup.frame.canvas)
+    targets = GridCells(directions, cells.rows, cells.seeds, whitening)
+    return render_cells(view, targets, setup.recipe, setup.settings, setup.frame.canvas, ParamInputs(spectrum, starts))
 
 
 def render_batch_task(
@@ -200,59 +77,21 @@ def render_batch_task(
     batch: IconBatch,
     directions: np.ndarray,
     whitening: np.ndarray | None,
-    model_config: ModelConfig,
-    config: RenderConfig,
-    settings: RenderSettings,
-    frame: IconFrame,
     spectrum: np.ndarray | None,
+    setup: TaskSetup,
     key: str,
-    threads: int,
-    device: str = "cpu",
 ) -> int:
-    """Runs on a worker: render one batch of cells on ``device`` and save their icons, then the batch marker.
-
-    When the icon is not what the model was fed (a crop to the receptive field, or another size), the render is kept
-    as the icon's full view.
-    """
-    use_threads(threads)
-    view = model_view(model_config, device)
-    starts = None
-    if config.param == "accentuate":  # the patches named when the batch was planned: no grid.json read per task
-        starts = start_images(bundle, batch.starts, view.preprocessing.channels, frame.canvas)
-    inputs = ParamInputs(spectrum, starts)
-    result = render_cells(view, directions, batch.rows, whitening, list(batch.seeds), config, settings, inputs, frame.canvas)
-    images = result.images.cpu()
-    icons = frame.shown(images) if frame.keeps_views else None
-    for n, name in enumerate(batch.icons):
-        if icons is not None:
-            bundle.write_icon(full_view_file(name), images[n].numpy())
-        if result.alpha is not None:
-            bundle.write_icon(alpha_file(name), result.alpha[n].cpu().numpy())
-        bundle.write_icon(name, (icons if icons is not None else images)[n].numpy())
+    """Runs on a worker: render one batch of cells and save their icons (and full views), then the batch marker."""
+    save_icons(bundle, batch.icons, _render(bundle, batch.cells, directions, whitening, spectrum, setup), setup.frame)
     write_marker(bundle.path(batch.marker), key)
     return len(batch.icons)
 
 
 def probe_task(
-    directions: np.ndarray,
-    rows: list[int],
-    whitening: np.ndarray,
-    seeds: list[int],
-    starts: np.ndarray | None,
-    spectrum: np.ndarray | None,
-    model_config: ModelConfig,
-    config: RenderConfig,
-    settings: RenderSettings,
-    canvas: int,
-    threads: int,
-    device: str = "cpu",
+    bundle: Bundle, cells: CellBatch, directions: np.ndarray, whitening: np.ndarray | None, spectrum: np.ndarray | None, setup: TaskSetup
 ) -> np.ndarray:
     """Runs on a worker: render probe cells under one candidate; the renders as the saved 8-bit PNGs would hold them."""
-    use_threads(threads)
-    view = model_view(model_config, device)
-    inputs = ParamInputs(spectrum, starts)
-    result = render_cells(view, directions, rows, whitening, seeds, config, settings, inputs, canvas)
-    return (torch.round(result.images.float().cpu() * 255.0) / 255.0).numpy()
+    return as_saved(_render(bundle, cells, directions, whitening, spectrum, setup).images)
 
 
 def plan_batches(bundle: Bundle, sizes: tuple[int, ...], batch_size: int, seed: int) -> list[IconBatch]:
@@ -260,16 +99,8 @@ def plan_batches(bundle: Bundle, sizes: tuple[int, ...], batch_size: int, seed: 
     for size in sizes:
         cells = bundle.grid_cells(size)
         for index, start in enumerate(range(0, len(cells), batch_size)):
-            chunk = cells[start : start + batch_size]
-            batches.append(
-                IconBatch(
-                    size, index,
-                    tuple(c.icon for c in chunk),
-                    tuple(derive_seed(seed, size, c.i, c.j) for c in chunk),
-                    tuple(range(start, start + len(chunk))),
-                    tuple(first_patch(c) for c in chunk),
-                )
-            )  # fmt: skip
+            rows = range(start, min(start + batch_size, len(cells)))
+            batches.append(IconBatch(cell_batch(cells, size, rows, seed), index, tuple(cells[row].icon for row in rows)))
     return batches
 
 
@@ -279,7 +110,7 @@ def render_icons(call: StageCall) -> Report:
     batches = plan_batches(bundle, sizes, config.batch_size_on(run.device.type), run.config.seed)
     frame = icon_frame(run)
     spectrum = run_spectrum(run, frame.canvas) if config.param == "maco" else None
-    settings, trials = chosen_settings(run, key, frame.canvas, spectrum)
+    settings, trials = chosen_settings(run, key, frame, spectrum)
     todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
     swept = sum(sweep_temporaries(folder) for folder in {bundle.path(b.marker).parent for b in todo})
     run.log(
@@ -288,33 +119,18 @@ def render_icons(call: StageCall) -> Report:
     )
     if todo:
         ex = run.executor()
+        setup = task_setup(run, ex.threads_per_task, settings, frame)
         whitening_ref = ex.scatter(bundle.whitening() if settings.whiten != "off" else None)
         spectrum_ref = ex.scatter(spectrum)
-        direction_refs = {size: ex.scatter(bundle.directions(size)) for size in {b.grid for b in todo}}
+        direction_refs = {size: ex.scatter(bundle.directions(size)) for size in {b.cells.grid for b in todo}}
         futures = [
-            ex.submit(
-                render_batch_task, bundle, b, direction_refs[b.grid], whitening_ref, run.config.model, config, settings, frame,
-                spectrum_ref, key, ex.threads_per_task, str(run.device),
-            )
-            for b in todo
-        ]  # fmt: skip
+            ex.submit(render_batch_task, bundle, b, direction_refs[b.cells.grid], whitening_ref, spectrum_ref, setup, key) for b in todo
+        ]
         total = sum(len(b.icons) for b in batches)
         with tqdm(total=total, initial=total - sum(len(b.icons) for b in todo), desc="render", unit="icon") as bar:
             for future in ex.as_completed(futures):
                 bar.update(future.result())
-    levels = []
-    for size in sizes:
-        fidelity = measure_fidelity(bundle, size, run.view, frame.canvas, frame.keeps_views)
-        summary = None
-        if len(fidelity.rank):
-            summary = {"mean_cosine": round(fidelity.mean_cosine, 4), "top1": round(fidelity.top1, 4)}
-            run.log(f"[render] grid {size}: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
-            if fidelity.nonfinite:
-                summary["nonfinite"] = fidelity.nonfinite
-                run.log(f"[render] grid {size}: {fidelity.nonfinite} icon(s) give NaN or infinity at the layer; scored cosine 0, last rank")
-        else:
-            run.log(f"[render] grid {size}: no cells, no icons")
-        levels.append({"grid": size, "icon_size": config.icon_size, "fidelity": summary})
+    levels = [{"grid": size, "icon_size": config.icon_size, "fidelity": grid_fidelity(run, size, frame)} for size in sizes]
     report: dict[str, Any] = {
         "steps": config.steps, "icon_size": config.icon_size, "param": config.param, **asdict(settings),
         "chosen_by": "probe" if trials else ("default" if config.probes() else "config"), "probe": [t.to_json() for t in trials],
@@ -323,101 +139,89 @@ def render_icons(call: StageCall) -> Report:
     return {"render": report, "levels": levels}
 
 
-PROBE_MIN_RATIO = 4  # a probe of more than a quarter of the atlas's cells would cost more than it could save
+def grid_fidelity(run: RunInputs, size: int, frame: IconFrame) -> dict[str, Any] | None:
+    """A grid's icons fed back through the model, logged and summed up for the manifest (None: no cells)."""
+    fidelity = measure_fidelity(run.bundle, size, run.view, frame.canvas, frame.keeps_views)
+    if not len(fidelity.rank):
+        run.log(f"[render] grid {size}: no cells, no icons")
+        return None
+    summary: dict[str, Any] = {"mean_cosine": round(fidelity.mean_cosine, 4), "top1": round(fidelity.top1, 4)}
+    run.log(f"[render] grid {size}: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
+    if fidelity.nonfinite:
+        summary["nonfinite"] = fidelity.nonfinite
+        run.log(f"[render] grid {size}: {fidelity.nonfinite} icon(s) give NaN or infinity at the layer; scored cosine 0, last rank")
+    return summary
 
 
-SPECTRUM_IMAGES = 256  # of the run's own images, for maco's magnitude spectrum
+def task_setup(run: RunInputs, threads: int, settings: RenderSettings, frame: IconFrame) -> TaskSetup:
+    config = run.config.render
+    recipe = IconRecipe(config.steps, config.param, config.proximity, config.precision, config.alpha)
+    return TaskSetup(run.config.model, str(run.device), threads, recipe, settings, frame)
+
+
+def default_settings(config: RenderConfig) -> RenderSettings:
+    """The config's settings, with the probe's first candidate wherever it says ``auto``."""
+    return first_candidates(config.whiten, config.cossim_power, config.learning_rate, config.contrast, config.tries)
 
 
 def run_spectrum(run: RunInputs, canvas: int) -> np.ndarray:
-    """maco's fixed magnitude: the mean Fourier magnitude of up to 256 of the run's images, as the model sees them
-    (its input frame, in [0, 1]), at the canvas size; estimated once and kept in the bundle."""
-    size, channels = canvas, run.model.preprocessing.channels
+    """maco's fixed magnitude from the run's own images at the canvas size; estimated once and kept in the bundle."""
     saved = run.bundle.render_spectrum()
-    if saved is not None and saved.shape == (channels, size, size // 2 + 1):
+    if saved is not None and saved.shape == (run.view.preprocessing.channels, canvas, canvas // 2 + 1):
         return saved
-    pixels: list[torch.Tensor] = []
-    for shard in run.shards:
-        for record in run.source.read(shard):
-            if record.image is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    pixels.append(to_pixels(record.image, run.model.preprocessing))
-            if len(pixels) >= SPECTRUM_IMAGES:
-                break
-        if len(pixels) >= SPECTRUM_IMAGES:
-            break
-    if not pixels:
+    images = (record.image for shard in run.shards for record in run.source.read(shard))
+    spectrum, count = spectrum_of_images(images, run.view.preprocessing, canvas)
+    if spectrum is None:
         raise AtlasError("render.param maco: no readable image to estimate the spectrum from; use render.param fourier")
-    spectrum = estimate_spectrum(torch.stack(pixels), size).numpy()
     run.bundle.write_render_spectrum(spectrum)
-    run.log(f"[render] maco: magnitude spectrum from {len(pixels)} of the run's images at {size} px")
+    run.log(f"[render] maco: magnitude spectrum from {count} of the run's images at {canvas} px")
     return spectrum
 
 
-def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray | None = None) -> tuple[RenderSettings, list[Trial]]:
+def chosen_settings(run: RunInputs, key: str, frame: IconFrame, spectrum: np.ndarray | None = None) -> tuple[RenderSettings, list[Trial]]:
     """The settings every icon of this run is rendered with: the config's, or for ``auto`` the probe's choice.
 
     The probe renders a fixed sample of cells with the real seeds on the workers and scores them like fidelity does;
     its choice is kept under the stage key, so a resumed run renders its remaining batches the same way.
     """
     config, bundle = run.config.render, run.bundle
+    settings = default_settings(config)
     if not config.probes():
-        return first_candidates(config.whiten, config.cossim_power, config.learning_rate, config.contrast, config.tries), []
-    sizes = run.config.grid.sizes
-    cells = {size: bundle.grid_cells(size) for size in sizes}
-    total = sum(len(c) for c in cells.values())
-    if config.probe_cells == 0 or total < PROBE_MIN_RATIO * config.probe_cells:
-        settings = first_candidates(config.whiten, config.cossim_power, config.learning_rate, config.contrast, config.tries)
+        return settings, []
+    grids = {size: bundle.grid_cells(size) for size in run.config.grid.sizes}
+    total = sum(len(cells) for cells in grids.values())
+    if not worth_probing(total, config.probe_cells):
         run.log(f"[render] {total} cells: too few to probe render.probe_cells={config.probe_cells} of them; 'auto' takes {settings}")
         return settings, []
     saved = bundle.render_probe()
     if saved is not None and saved.get("key") == key:
         return RenderSettings(**saved["chosen"]), [Trial.from_json(t) for t in saved["trials"]]
-    directions = {size: bundle.directions(size) for size in sizes}
-    per_grid = max(1, config.probe_cells // (1 if len(sizes) == 1 else 2))
-    sample = probe_cells([len(cells[size]) for size in sizes], per_grid, run.config.seed)
-    prep = run.model.preprocessing
+    directions = {size: bundle.directions(size) for size in grids}
+    sample = sample_cells(grids, config.probe_cells, run.config.seed)
     ex = run.executor()
-    whitening_ref = ex.scatter(bundle.whitening())
-    spectrum_ref = ex.scatter(spectrum)
-    work = []  # per sampled grid: its rows, all its directions (the retrieval term needs them), seeds, start images
-    for level, rows in sample:
-        size = sizes[level]
-        seeds = [derive_seed(run.config.seed, size, cells[size][r].i, cells[size][r].j) for r in rows]
-        starts = (
-            start_images(bundle, [first_patch(cells[size][r]) for r in rows], prep.channels, canvas)
-            if config.param == "accentuate"
-            else None
-        )
-        work.append((size, rows, ex.scatter(directions[size]), seeds, starts))
+    setup = task_setup(run, ex.threads_per_task, settings, frame)
+    whitening_ref, spectrum_ref = ex.scatter(bundle.whitening()), ex.scatter(spectrum)
+    direction_refs = {cells.grid: ex.scatter(directions[cells.grid]) for cells in sample}  # the retrieval term needs all
 
     def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
-        """Every candidate's probe cells render side by side as worker tasks (with the workers' own model); the
-        driver feeds the results back and ranks them against all of their grid's directions."""
+        """Every candidate's probe cells render side by side as worker tasks; the driver ranks the results."""
         futures = [
             [
                 ex.submit(
-                    probe_task, grid_directions, rows, whitening_ref, seeds, starts, spectrum_ref, run.config.model, config,
-                    settings, canvas, ex.threads_per_task, str(run.device),
+                    probe_task, bundle, cells, direction_refs[cells.grid], whitening_ref, spectrum_ref, replace(setup, settings=candidate)
                 )
-                for _, rows, grid_directions, seeds, starts in work
+                for cells in sample
             ]
-            for settings in candidates
-        ]  # fmt: skip
+            for candidate in candidates
+        ]
         scores = []
-        for settings, parts in zip(candidates, futures, strict=True):
-            cosines, ranks = [], []
-            for (size, rows, _, _, _), future in zip(work, parts, strict=True):
-                activations = centre_activations(run.view, torch.from_numpy(future.result()))
-                fidelity = direction_fidelity(activations, directions[size], own=np.asarray(rows))
-                cosines.append(fidelity.cosine)
-                ranks.append(fidelity.rank)
-            rank, cosine = np.concatenate(ranks), np.concatenate(cosines)
-            run.log(f"[render] probe {settings}: top-1 {np.mean(rank == 0):.2f}, mean cosine {cosine.mean():.2f}")
-            scores.append((float(np.mean(rank == 0)), float(cosine.mean())))
+        for candidate, parts in zip(candidates, futures, strict=True):
+            fidelity = probe_fidelity(run.view, sample, [future.result() for future in parts], directions)
+            run.log(f"[render] probe {candidate}: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
+            scores.append((fidelity.top1, fidelity.mean_cosine))
         return scores
 
-    count = sum(len(rows) for _, rows in sample)
+    count = sum(len(cells.rows) for cells in sample)
     run.log(f"[render] choosing render settings ({', '.join(config.probed())}) with a probe of {count} cells")
     settings, trials = choose_settings(config.whiten, config.cossim_power, config.learning_rate, evaluate, config.contrast, config.tries)
     run.log(f"[render] chose {settings}")
@@ -426,43 +230,16 @@ def chosen_settings(run: RunInputs, key: str, canvas: int, spectrum: np.ndarray 
 
 
 def icon_frame(run: RunInputs) -> IconFrame:
-    """Where this run's icons come from: rendered at the icon size but never larger than the model's input (a 28 px
-    model's icons are rendered at 28 px and scaled up), and the centre position's receptive field on that canvas,
-    measured once from the model, when ``render.crop_to_field``."""
-    prep, config = run.model.preprocessing, run.config.render
-    canvas = min(config.icon_size, prep.input_size)
-    if canvas != config.icon_size:
-        run.log(f"[render] icons are rendered at the model's input size, {canvas} px, and shown at {config.icon_size} px")
-    if not config.crop_to_field:
-        return IconFrame(canvas, config.icon_size)
-    field = measure_receptive_field(run.view, canvas, seed=run.config.seed)
-    what = f"icons show that {field.size} px square (the whole render in views/)" if field.crops else "it covers the icon: no crop"
-    run.log(f"[render] the centre position sees {field.size} of {field.image_size} px ({field.fraction:.0%}); {what}")
-    return IconFrame(canvas, config.icon_size, field)
-
-
-FIDELITY_BATCH = 256  # icons read and fed back at a time
-
-
-def measure_fidelity(bundle: BundleWriter, size: int, view: ModelView, icon_size: int, views: bool = False) -> Fidelity:
-    """Feed the saved PNGs back through the model (the full views when icons are cropped: what was optimised);
-    each cell's cosine and rank go to the level's fidelity file."""
-    cells = bundle.grid_cells(size)
-    fed = [full_view_file(c.icon) if views else c.icon for c in cells]
-    prep = view.preprocessing
-    if len(cells):
-        # A batch of icons at a time: a 320 grid of 80 px RGB icons would be 4 GB as one float tensor.
-        activations = np.concatenate(
-            [
-                centre_activations(view, load_icons(bundle, fed[start : start + FIDELITY_BATCH], prep.channels, icon_size))
-                for start in range(0, len(cells), FIDELITY_BATCH)
-            ]
-        )
-        fidelity = direction_fidelity(activations, bundle.directions(size))
-    else:
-        fidelity = Fidelity(np.zeros(0, np.float32), np.zeros(0, np.int64))
-    bundle.write_fidelity(size, [Score(round(float(c), 4), int(r)) for c, r in zip(fidelity.cosine, fidelity.rank)])
-    return fidelity
+    """This run's icon frame (atlas.featurevis.framing), with what it means for the icons logged."""
+    config = run.config.render
+    frame = frame_icons(run.view, config.icon_size, config.crop_to_field, run.config.seed)
+    if frame.canvas != config.icon_size:
+        run.log(f"[render] icons are rendered at the model's input size, {frame.canvas} px, and shown at {config.icon_size} px")
+    if frame.field is not None:
+        field = frame.field
+        what = f"icons show that {field.size} px square (the whole render in views/)" if field.crops else "it covers the icon: no crop"
+        run.log(f"[render] the centre position sees {field.size} of {field.image_size} px ({field.fraction:.0%}); {what}")
+    return frame
 
 
 def render_settings(run: RunInputs) -> list[Any]:

@@ -5,11 +5,11 @@ setting's icons (8-bit ``[K, C, H, W]``, exactly as the saved PNGs hold them) go
 
 Every side renders the same cells of one atlas (``ARGS["bundle"]``, grid ``ARGS["grid"]``, rows ``ARGS["rows"]``)
 with the pipeline's seeds (``derive_seed(seed, grid, i, j)``) towards the same objective: the cells' directions under
-``whiten: dot`` (``atlas_pipelines.stages.render.objective_for``: grow along the whitened direction, point along the cell's
+``whiten: dot`` (``atlas.featurevis.icons.objective_for``: grow along the whitened direction, point along the cell's
 own), ``cossim_power`` and the model's own mean and std. Timed units wait for a quiet machine and are re-run when
 other processes were busy (``render_sides.Guard``); set-up (model loading, warm-up) is never timed.
 
-- ``ours``: ``atlas_pipelines.stages.render.render_cells`` exactly as the render stage calls it, one batch of the cells,
+- ``ours``: ``atlas.featurevis.icons.render_cells`` exactly as the render stage calls it, one batch of the cells,
   for ``render.param`` fourier, maco and accentuate at each (steps, tries) of ``ARGS["settings"]``, and each
   param once more at equal wall time: the steps that take as long per icon as fourier at the reference setting,
   from the two params' measured seconds in this same process. maco's magnitude spectrum is estimated as
@@ -92,7 +92,7 @@ class Atlas:
         return RenderSettings(**args["render_settings"])
 
     def objective(self, args: dict[str, Any], rows: slice | list[int] | None = None) -> Any:
-        from atlas_pipelines.stages.render import objective_for
+        from atlas.featurevis.icons import objective_for
 
         picked = np.asarray(self.rows)[slice(None) if rows is None else rows]
         return objective_for(self.directions, picked.tolist(), self.whitening, self.settings(args))
@@ -131,8 +131,8 @@ def save(out: Path, name: str, images: torch.Tensor | np.ndarray) -> None:
 
 
 def side_ours(args: dict[str, Any]) -> dict[str, Any]:
-    from atlas.config import RenderConfig
-    from atlas_pipelines.stages.render import ParamInputs, first_patch, render_cells, start_images
+    from atlas.featurevis.icon_files import first_patch, start_images
+    from atlas.featurevis.icons import GridCells, IconRecipe, ParamInputs, render_cells
 
     atlas = Atlas(args)
     out = Path(args["out"])
@@ -142,14 +142,12 @@ def side_ours(args: dict[str, Any]) -> dict[str, Any]:
     inputs = ParamInputs(spectrum, starts)
 
     def run(param: str, steps: int, tries: int, rows: slice = slice(None)) -> Any:
-        config = RenderConfig(
-            param=param, steps=steps, tries=tries, icon_size=atlas.size, whiten=settings.whiten,
-            cossim_power=settings.cossim_power, learning_rate=settings.learning_rate, crop_to_field=False,
-        )  # fmt: skip
+        recipe = IconRecipe(steps=steps, param=param)
         part = ParamInputs(inputs.spectrum, inputs.starts[rows])
-        picked = np.asarray(atlas.rows)[rows].tolist()
+        picked = tuple(np.asarray(atlas.rows)[rows].tolist())
+        cells = GridCells(atlas.directions, picked, tuple(atlas.seeds[rows]), atlas.whitening)
         these = replace(settings, tries=tries)
-        return render_cells(atlas.view, atlas.directions, picked, atlas.whitening, atlas.seeds[rows], config, these, part)
+        return render_cells(atlas.view, cells, recipe, these, atlas.size, part)
 
     guard = Guard(args["quiet_budget_s"])
     for param in args["params"]:  # warm-up outside the timings: thread pools, allocator, kernels for these shapes

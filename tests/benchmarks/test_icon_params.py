@@ -13,7 +13,7 @@ a bundle from before the probe takes ``whiten: dot``, ``cossim_power: 4``, ``lea
 (``icon_params_sides.py`` has the details of each side):
 
 - ``render.param`` fourier, maco and accentuate at 128 and 512 steps with 1 and 4 tries (all four pairs), the
-  cells as one batch, exactly as the render stage renders a batch (``atlas_pipelines.stages.render.render_cells``);
+  cells as one batch, exactly as the render stage renders a batch (``atlas.featurevis.icons.render_cells``);
 - maco and accentuate at equal wall time per icon: the steps that take as long as fourier at 128 steps, 1 try,
   from the seconds measured in the same process;
 - torch-lucent 0.1.8 (``render_vis``, our objective wrapped) at its default 512 steps and at equal wall time;
@@ -163,10 +163,10 @@ class Scorer:
 
         from atlas.bundle import Bundle
         from atlas.config import ModelConfig
+        from atlas.featurevis.icon_files import load_icons
         from atlas.featurevis.pathcheck import choose_layers, early_vectors
         from atlas.models import ModelView, load_model, resolve_layer
         from atlas_pipelines.stages.path import cell_patches
-        from atlas_pipelines.stages.render import load_icons
 
         torch.set_num_threads(cores())
         self.bundle = Bundle(bundle_path)
