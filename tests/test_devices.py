@@ -63,29 +63,37 @@ def _run(device: torch.device, **render: object) -> SimpleNamespace:
     return SimpleNamespace(config=AtlasConfig(render=RenderConfig(**render)), device=device)  # type: ignore[arg-type]
 
 
-def test_cpu_render_key_is_the_one_from_before_devices() -> None:
-    """The settings behind the render stage's key, for the old default CPU render, exactly as they were when
-    render.batch_size was the number 64 and neither precision, device, param nor the probe existed: every CPU bundle
-    made before stays cached when its settings are given. Issue 14's defaults render differently, so they key anew."""
-    before = [{"steps": 128, "icon_size": 80, "tries": 1, "batch_size": 64, "learning_rate": 0.05, "cossim_power": 4.0, "whiten": True}, 0]
-    old_default = {"whiten": True, "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False, "contrast": False, "tries": 1}
-    assert render_settings(_run(CPU, **old_default)) == before  # type: ignore[arg-type]
-    assert render_settings(_run(CPU, batch_size=64, **old_default)) == before  # type: ignore[arg-type]
+def test_the_cpu_render_key_holds_every_setting_that_changes_icons_and_no_device() -> None:
+    """The render stage's key is its section as it is (issue 21 removed the shims that kept older keys alive): on the
+    CPU no device part, ``batch_size`` as resolved, and every setting that changes an icon changes the key; the
+    settings that change nothing (``proximity`` without accentuate, ``probe_cells`` without a probe) leave it alone."""
     assert key_part(CPU) == []
-    now = render_settings(_run(CPU))[0]  # type: ignore[arg-type]
+    default = render_settings(_run(CPU))  # type: ignore[arg-type]
+    assert len(default) == 2 and default[1] == 0, "the section and the seed, no device on the CPU"
+    now = default[0]
+    assert now["batch_size"] == RenderConfig().batch_size_on("cpu") == 64
     assert (now["whiten"], now["cossim_power"], now["learning_rate"], now["crop_to_field"]) == ("auto", "auto", "auto", True)
-    assert (now["contrast"], now["tries"]) == ("auto", "auto")
-    for changed in ({"param": "maco"}, {"alpha": True}, {"param": "accentuate"}, {"whiten": "dot"}, {"contrast": True}, {"tries": 4}):
-        assert render_settings(_run(CPU, **{**old_default, **changed})) != before, changed  # type: ignore[arg-type]
+    assert (now["contrast"], now["tries"], now["param"], now["precision"], now["alpha"]) == ("auto", "auto", "fourier", "fp32", False)
+    assert "proximity" not in now and now["probe_cells"] == RenderConfig().probe_cells
+    fixed = {"whiten": "full", "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False, "contrast": False, "tries": 1}
+    assert "probe_cells" not in render_settings(_run(CPU, **fixed))[0], "no 'auto': no probe"  # type: ignore[arg-type]
+    base = render_settings(_run(CPU, **fixed))  # type: ignore[arg-type]
+    assert render_settings(_run(CPU, proximity=3.0, **fixed)) == base, "proximity without accentuate changes nothing"  # type: ignore[arg-type]
+    changes = (
+        {"param": "maco"}, {"param": "accentuate"}, {"alpha": True}, {"whiten": "dot"}, {"whiten": "off"}, {"contrast": True},
+        {"tries": 4}, {"crop_to_field": True}, {"steps": 64}, {"icon_size": 64}, {"precision": "bf16"}, {"batch_size": 32},
+    )  # fmt: skip
+    keys = [render_settings(_run(CPU, **{**fixed, **changed})) for changed in changes]  # type: ignore[arg-type]
+    assert all(key != base for key in keys), [c for c, k in zip(changes, keys) if k == base]
 
 
 def test_gpu_and_bf16_change_the_render_key() -> None:
     cuda = torch.device("cuda")
     on_gpu = render_settings(_run(cuda))  # type: ignore[arg-type]
     assert on_gpu[0]["batch_size"] == RenderConfig().batch_size_on("cuda") > RenderConfig().batch_size_on("cpu")
-    assert on_gpu[-1] == {"device": "cuda"} and "precision" not in on_gpu[0]
+    assert on_gpu[-1] == {"device": "cuda"} and on_gpu[0]["precision"] == "fp32"
     assert render_settings(_run(torch.device("cuda", 1))) == on_gpu, "which GPU of one kind does not change icons"
-    assert render_settings(_run(cuda, precision="bf16"))[0]["precision"] == "bf16"
+    assert render_settings(_run(cuda, precision="bf16")) != on_gpu
     assert render_settings(_run(CPU, batch_size=32))[0]["batch_size"] == 32  # a set batch size holds everywhere
     assert render_settings(_run(cuda, batch_size=32))[0]["batch_size"] == 32
 

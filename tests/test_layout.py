@@ -68,7 +68,7 @@ def test_use_before_fit_raises_not_fitted() -> None:
     with pytest.raises(NotFittedError):
         layout.transform(x)
     with pytest.raises(NotFittedError):
-        layout.normalise(np.zeros((5, 2)))
+        layout.to_unit_box(np.zeros((5, 2)))
     with pytest.raises(NotFittedError):
         _ = layout.fitted_coords_
     with pytest.raises(NotFittedError):

@@ -3,7 +3,7 @@
 umap-learn's ``AlignedUMAP`` embeds every variant's rows together, with the
 identity relation between consecutive variants (row r is the same image and
 position everywhere) pulling each row towards its place in its neighbours.
-All embeddings are then normalised with one shared box, so coordinates are
+All embeddings are then put in one shared [0, 1] box, so coordinates are
 comparable across variants, not just within one.
 """
 
@@ -24,7 +24,7 @@ def _reduce(x: np.ndarray, components: int | None, seed: int | None) -> np.ndarr
     return x if pca is None else pca.transform(x).astype(np.float32)
 
 
-def normalise_together(embeddings: list[np.ndarray], clip_percentile: float, margin: float) -> list[np.ndarray]:
+def box_together(embeddings: list[np.ndarray], clip_percentile: float, margin: float) -> list[np.ndarray]:
     """One percentile box over every embedding, so [0, 1] means the same place in each."""
     low, high = percentile_box(np.concatenate(embeddings), clip_percentile, margin)
     return [np.clip((e - low) / (high - low), 0.0, 1.0).astype(np.float32) for e in embeddings]
@@ -66,11 +66,11 @@ def aligned_layouts(
             alignment_window_size=window,
             random_state=seed,
         ).fit(reduced, relations=[identity] * (len(reduced) - 1))
-    return normalise_together(list(mapper.embeddings_), layout.clip_percentile, layout.margin)
+    return box_together(list(mapper.embeddings_), layout.clip_percentile, layout.margin)
 
 
 def independent_layouts(activations: list[np.ndarray], layout: AtlasLayout) -> list[np.ndarray]:
-    """One plain atlas layout per variant (the unaligned baseline), each a fresh copy of ``layout`` normalised on its own."""
+    """One plain atlas layout per variant (the unaligned baseline), each a fresh copy of ``layout`` boxed on its own."""
     return [clone(layout).fit_transform(a) for a in activations]
 
 

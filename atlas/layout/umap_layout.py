@@ -1,7 +1,7 @@
-"""2-D layout of activations: PCA, then UMAP, then normalisation to [0, 1].
+"""2-D layout of activations: PCA, then UMAP, then a box that maps it into [0, 1].
 
 A scikit-learn estimator: ``fit`` on a sample learns the PCA, the UMAP
-embedding and the normalisation bounds, and ``transform`` places any other
+embedding and the [0, 1] box, and ``transform`` places any other
 rows the same way, so chunks can be placed in parallel by whoever schedules
 them. Being a real ``BaseEstimator`` means ``get_params``/``set_params``/
 ``clone`` work, so a layout can be copied unfitted (for a per-variant fit) or
@@ -103,7 +103,7 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         return x if self.pca_ is None else self.pca_.transform(x).astype(np.float32)
 
     def fit(self, X: np.ndarray, y: None = None) -> AtlasLayout:
-        """Learn PCA, UMAP and the normalisation box from ``X`` ([N, C] activations, N >= 4)."""
+        """Learn PCA, UMAP and the [0, 1] box from ``X`` ([N, C] activations, N >= 4)."""
         self.check_params()
         x = self._rows(X)
         if len(x) < MIN_ROWS:
@@ -129,7 +129,7 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         """The fitted rows' own coordinates: UMAP's ``transform`` would re-place them, slightly elsewhere."""
         return self.fit(X, y, **fit_params).fitted_coords_
 
-    def normalise(self, embedding: np.ndarray) -> np.ndarray:
+    def to_unit_box(self, embedding: np.ndarray) -> np.ndarray:
         """Raw UMAP coordinates -> [0, 1] through the box learned in ``fit`` (outliers clipped to the edge)."""
         check_is_fitted(self, ("low_", "high_"))
         scaled = (np.asarray(embedding, dtype=np.float64) - self.low_) / (self.high_ - self.low_)
@@ -137,9 +137,9 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
 
     @property
     def fitted_coords_(self) -> np.ndarray:
-        """Normalised coordinates of the rows ``fit`` saw, in order."""
+        """[0, 1] coordinates of the rows ``fit`` saw, in order."""
         check_is_fitted(self, "umap_")
-        return self.normalise(self.umap_.embedding_)
+        return self.to_unit_box(self.umap_.embedding_)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Place new rows ([M, C], the same C as in ``fit``) in the fitted layout, in [0, 1]."""
@@ -149,4 +149,4 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
             raise ValueError(f"expected {self.n_features_in_} features per row (as in fit), got {x.shape[1]}")
         if len(x) == 0:
             return np.empty((0, self.n_components), dtype=np.float32)
-        return self.normalise(self.umap_.transform(self._reduce(x)))
+        return self.to_unit_box(self.umap_.transform(self._reduce(x)))

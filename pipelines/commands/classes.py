@@ -60,13 +60,9 @@ from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import Report, Stage, StageCall, run_stages
 from atlas_pipelines.engine.worker_state import model_view
+from atlas_pipelines.stages import examples, grid, path, render, tiles
 from atlas_pipelines.stages.assemble import assemble
-from atlas_pipelines.stages.examples import EXAMPLES_STAGE
-from atlas_pipelines.stages.grid import GRID
 from atlas_pipelines.stages.layout import compute_layout
-from atlas_pipelines.stages.path import PATH
-from atlas_pipelines.stages.render import RENDER
-from atlas_pipelines.stages.tiles import TILES_STAGE
 
 ROWS_PER_SHARD = 4096  # rows per chunk of a sub-bundle's store
 HELD_OUT_SHARD = 256
@@ -344,7 +340,7 @@ def _as_subset(run: RunInputs) -> SubsetInputs:
 SELECT = Stage("collect", reads=(), settings=select_settings, work=select)
 SUBLAYOUT = Stage("layout", reads=("collect",), settings=sublayout_settings, work=sublayout)
 PATCH = Stage("patch", reads=("grid", "render"), settings=patch_settings, work=patch, version=2)
-CLASS_STAGES: tuple[Stage, ...] = (SELECT, SUBLAYOUT, GRID, EXAMPLES_STAGE, RENDER, PATH, TILES_STAGE)
+CLASS_STAGES: tuple[Stage, ...] = (SELECT, SUBLAYOUT, grid.STAGE, examples.STAGE, render.STAGE, path.STAGE, tiles.STAGE)
 PAIR_STAGES: tuple[Stage, ...] = (*CLASS_STAGES, PATCH)
 
 
@@ -378,7 +374,7 @@ def subset_config(config: AtlasConfig, parent: Bundle, subset: Subset) -> AtlasC
 def inherited_render(config: AtlasConfig, parent: Bundle) -> RenderConfig:
     """Settings left to a probe ('auto') take what the parent's probe chose: same layer, same directions' kind, and
     no probe per class atlas (it would cost more than a small atlas's own icons)."""
-    chosen = {"contrast": False, "tries": 1, **(parent.manifest.render or {})}  # a parent from before those two
+    chosen = parent.manifest.render or {}
     settings = config.render.model_dump()
     for name in ("whiten", "contrast", "cossim_power", "learning_rate", "tries"):
         if settings[name] == "auto" and chosen.get(name) is not None:

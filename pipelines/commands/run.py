@@ -30,16 +30,10 @@ from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import Stage, check_order, run_stages
 from atlas_pipelines.engine.worker_state import model_view, warm_worker
+from atlas_pipelines.stages import collect, examples, grid, layout, path, render, tiles
 from atlas_pipelines.stages.assemble import assemble
-from atlas_pipelines.stages.collect import COLLECT
-from atlas_pipelines.stages.examples import EXAMPLES_STAGE
-from atlas_pipelines.stages.grid import GRID
-from atlas_pipelines.stages.layout import LAYOUT
-from atlas_pipelines.stages.path import PATH
-from atlas_pipelines.stages.render import RENDER
-from atlas_pipelines.stages.tiles import TILES_STAGE
 
-STAGES: tuple[Stage, ...] = (COLLECT, LAYOUT, GRID, EXAMPLES_STAGE, RENDER, PATH, TILES_STAGE)
+STAGES: tuple[Stage, ...] = (collect.STAGE, layout.STAGE, grid.STAGE, examples.STAGE, render.STAGE, path.STAGE, tiles.STAGE)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 check_order(STAGES)
 
@@ -76,7 +70,7 @@ def _run_locked(
     view, n_classes, source = prepared
     with ExitStack() as stack:
         executor = executor or LazyExecutor(config.scheduler, stack, log, device)
-        if not bundle.path(stage_marker(COLLECT.name)).exists():
+        if not bundle.path(stage_marker(collect.STAGE.name)).exists():
             # A first run will collect: start the workers loading the model while this process lists the images.
             started_executor = executor()
             started_executor.warm(warm_worker, config.model, started_executor.threads_per_task, str(device))

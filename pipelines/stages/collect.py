@@ -76,11 +76,9 @@ def collect_settings(run: RunInputs) -> Any:
         model_files_identity(config.model.spec),
         run.source.identity(),
         file_fingerprint(index) if index.exists() else None,
-        # Batching changes speed, not rows; ``nonfinite`` enters the key only when not the default, so every key
-        # made before it existed stays the same (and a bundle collected with "drop" is collected again to "stop").
-        config.collect.model_dump(mode="json", exclude={"batch_size"} | ({"nonfinite"} if config.collect.nonfinite == "drop" else set())),
+        config.collect.model_dump(mode="json", exclude={"batch_size"}),  # batching changes speed, not rows
         config.seed,
-        *key_part(run.device),  # GPU rows differ from CPU rows in the last bits; on CPU the key is what it always was
+        *key_part(run.device),  # GPU rows differ from CPU rows in the last bits
     ]
 
 
@@ -200,4 +198,4 @@ def _listing_skips(path: Location, keep: int) -> tuple[int, list[dict[str, str]]
     return count, skips
 
 
-COLLECT = Stage("collect", reads=(), settings=collect_settings, work=collect)
+STAGE = Stage("collect", reads=(), settings=collect_settings, work=collect)

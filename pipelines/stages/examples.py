@@ -95,4 +95,4 @@ def examples_settings(run: RunInputs) -> Any:
     return [run.config.tiles.examples_per_cell]
 
 
-EXAMPLES_STAGE = Stage("examples", reads=("grid",), settings=examples_settings, work=examples)
+STAGE = Stage("examples", reads=("grid",), settings=examples_settings, work=examples)

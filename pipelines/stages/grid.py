@@ -39,4 +39,4 @@ def grid(call: StageCall) -> Report:
     return {"levels": levels}
 
 
-GRID = Stage("grid", reads=("layout",), settings=grid_settings, work=grid)
+STAGE = Stage("grid", reads=("layout",), settings=grid_settings, work=grid)

@@ -187,4 +187,4 @@ def given_coords(path: Path, n_rows: int) -> np.ndarray:
     return coords.astype(np.float32)
 
 
-LAYOUT = Stage("layout", reads=("collect",), settings=layout_settings, work=layout)
+STAGE = Stage("layout", reads=("collect",), settings=layout_settings, work=layout)

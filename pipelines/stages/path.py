@@ -93,4 +93,4 @@ def path_settings(run: RunInputs) -> list[Any]:
     return [path_layers(run), *key_part(run.device)]
 
 
-PATH = Stage("path", reads=("render", "examples"), settings=path_settings, work=check_paths)
+STAGE = Stage("path", reads=("render", "examples"), settings=path_settings, work=check_paths)

@@ -243,23 +243,18 @@ def icon_frame(run: RunInputs) -> IconFrame:
 
 
 def render_settings(run: RunInputs) -> list[Any]:
-    """The render section as it keys the stage, so that a run that renders as before keeps its key: ``batch_size`` as
-    resolved ('auto' is 64 on CPU, the old default), ``precision``, ``param``, ``alpha``, ``crop_to_field`` and
-    ``contrast`` only away from the values that render as before, and the device only off the CPU (GPU icons differ from CPU icons in
-    the last bits; bf16 ones more). The defaults of issue 14 (settings chosen by a probe, icons cropped to the
-    receptive field) render differently, so a default run re-renders an older default bundle."""
+    """The render section as it keys the stage: every setting, with ``batch_size`` as resolved for the device (a
+    batch's cells share a retrieval term), and the device off the CPU (GPU icons differ from CPU icons in the last
+    bits). ``proximity`` counts only for accentuate and ``probe_cells`` only when a probe runs: they change nothing
+    otherwise, and a key must not change without the icons."""
     config = run.config.render
     section = {**config.model_dump(mode="json"), "batch_size": config.batch_size_on(run.device.type)}
-    # Settings added later leave the key alone at the value that renders as before, so older bundles stay cached.
-    for name, before in (("precision", "fp32"), ("param", "fourier"), ("alpha", False), ("crop_to_field", False), ("contrast", False)):
-        if section[name] == before:
-            del section[name]
     if config.param != "accentuate":
         del section["proximity"]
     if not config.probes():
-        del section["probe_cells"]  # without an 'auto' setting there is no probe
-    section["whiten"] = {"full": True, "off": False}.get(config.whiten, config.whiten)  # the key's old true/false
+        del section["probe_cells"]
     return [section, run.config.seed, *key_part(run.device)]
 
 
-RENDER = Stage("render", reads=("grid",), settings=render_settings, work=render_icons)
+# version 2: the key holds every setting as it is (version 1 dropped settings at the values older runs used)
+STAGE = Stage("render", reads=("grid",), settings=render_settings, work=render_icons, version=2)

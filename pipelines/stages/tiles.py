@@ -202,4 +202,4 @@ def tiles_settings(run: RunInputs) -> Any:
     return run.config.tiles.model_dump(mode="json", exclude={"examples_per_cell"})  # examples are their own stage
 
 
-TILES_STAGE = Stage("tiles", reads=("grid", "render"), settings=tiles_settings, work=tiles, version=2)
+STAGE = Stage("tiles", reads=("grid", "render"), settings=tiles_settings, work=tiles, version=2)
