@@ -54,3 +54,17 @@ def test_importing_featurevis_and_bundle_pulls_in_no_configuration() -> None:
     check = "import atlas.featurevis, atlas.bundle, sys; print(sorted(m for m in ('pydantic','yaml') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_config_at_the_edge_contract_covers_every_library_module() -> None:
+    """lint-imports checks only the modules a contract names: a new library module must be named there too."""
+    import tomllib
+
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (edge,) = [c for c in contracts if c["id"] == "config-at-the-edge"]
+    library = {
+        f"atlas.{path.stem if path.is_file() else path.name}"
+        for path in (REPO / "atlas").iterdir()
+        if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").is_file()
+    }
+    assert library - {"atlas.config"} == set(edge["source_modules"])

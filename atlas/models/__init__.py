@@ -1,7 +1,9 @@
 """Models: resolve a spec to a module plus its preprocessing and labels, and look at one of its layers.
 
-The view, the capture and the layer listing import no configuration and no model zoo; ``load_model`` and
-``model_files_identity`` (which need them) are imported on first use, so ``import atlas.featurevis`` stays light.
+Nothing here imports the configuration: ``load_model`` takes a :class:`ModelRequest` (or anything with its fields,
+such as the config's ``ModelConfig``). The view, the capture and the layer listing import no model zoo;
+``load_model`` and ``model_files_identity`` (which do) are imported on first use, so ``import atlas.featurevis``
+stays light.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from atlas.models.capture import LayerCapture, run_to_layer
 from atlas.models.layers import LayerInfo, format_layers, list_layers, resolve_layer
-from atlas.models.record import LoadedModel, Preprocessing
+from atlas.models.record import LoadedModel, ModelFields, ModelRequest, Preprocessing
 from atlas.models.view import ChannelsFirst, LayerLayout, ModelView
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ __all__ = [
     "LayerInfo",
     "LayerLayout",
     "LoadedModel",
+    "ModelFields",
+    "ModelRequest",
     "ModelView",
     "Preprocessing",
     "format_layers",

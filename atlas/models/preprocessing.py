@@ -17,10 +17,9 @@ from typing import Any
 
 from torch import nn
 
-from atlas.config import ModelConfig
 from atlas.errors import AtlasError
 from atlas.models.imagenet import IMAGENET_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD
-from atlas.models.record import Preprocessing
+from atlas.models.record import ModelFields, Preprocessing
 
 FALLBACK_SMALL_SIZE = 28  # 1-channel models are assumed MNIST-sized unless told otherwise
 
@@ -80,7 +79,7 @@ def from_timm(module: nn.Module) -> tuple[Preprocessing, dict[str, str]] | None:
     return preprocessing, {"interpolation": str(data["interpolation"]), "crop_pct": str(data["crop_pct"])}
 
 
-def final_preprocessing(base: Preprocessing | None, config: ModelConfig, module: nn.Module, spec: str) -> Preprocessing:
+def final_preprocessing(base: Preprocessing | None, config: ModelFields, module: nn.Module, spec: str) -> Preprocessing:
     """The source's preprocessing (or the inferred one) with ``model.input_size/channels/mean/std`` on top."""
     conv_channels = first_conv_channels(module)
     if base is None:

@@ -4,8 +4,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
 
 import torch
+
+
+class ModelFields(Protocol):
+    """What :func:`atlas.models.load_model` reads of a model request: plain values. The configuration's
+    ``ModelConfig`` has these fields and is accepted as it is; from Python, :class:`ModelRequest` needs no config."""
+
+    @property
+    def spec(self) -> str: ...
+    @property
+    def weights(self) -> Path | None: ...
+    @property
+    def classes(self) -> Path | None: ...
+    @property
+    def input_size(self) -> int | None: ...
+    @property
+    def channels(self) -> int | None: ...
+    @property
+    def mean(self) -> tuple[float, ...] | None: ...
+    @property
+    def std(self) -> tuple[float, ...] | None: ...
+    @property
+    def trust_pickle(self) -> bool: ...
+    @property
+    def pretrained(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """A model asked for in plain values (``ModelRequest("timm:resnet18", pretrained=False)``): the spec string, an
+    optional state dict and class-name file, preprocessing overrides, and whether to trust a pickled model."""
+
+    spec: str = "efficientnet-lite0"
+    weights: Path | None = None
+    classes: Path | None = None
+    input_size: int | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    trust_pickle: bool = False
+    pretrained: bool = True
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from atlas.config import ModelConfig
 from atlas.errors import AtlasError
 from atlas.models.capture import zeros_input
 from atlas.models.preprocessing import final_preprocessing
-from atlas.models.record import LoadedModel, Preprocessing
+from atlas.models.record import LoadedModel, ModelFields, Preprocessing
 from atlas.models.specs import form_for
 from atlas.models.weights import load_weights
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
+def load_model(config: ModelFields) -> LoadedModel:
     """Build the model a config names, load its weights, and attach preprocessing and class names; eval mode."""
     spec = config.spec.strip()
     source = form_for(spec).load(spec, config)

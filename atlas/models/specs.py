@@ -24,16 +24,15 @@ from typing import Any
 
 from torch import nn
 
-from atlas.config import ModelConfig
 from atlas.errors import AtlasError
 from atlas.models import efficientnet_lite0
 from atlas.models.card import MODEL_CARD, read_card
 from atlas.models.libraries import load_timm, load_torchvision
 from atlas.models.messages import closest
-from atlas.models.record import Source
+from atlas.models.record import ModelFields, Source
 from atlas.models.weights import load_pickled_model, load_weights
 
-Loader = Callable[[str, ModelConfig], Source]
+Loader = Callable[[str, ModelFields], Source]
 Recogniser = Callable[[str], bool]
 
 
@@ -84,7 +83,7 @@ def spec_help() -> str:
     return ", ".join(form.syntax for form in SPEC_FORMS)
 
 
-def _pretrained(config: ModelConfig) -> bool:
+def _pretrained(config: ModelFields) -> bool:
     """With a weights file the architecture is built untrained: no download, the file supplies the weights."""
     return config.pretrained and config.weights is None
 
@@ -114,7 +113,7 @@ def _looks_like_file(spec: str) -> bool:
     recognise=lambda spec: spec.lower() == efficientnet_lite0.SPEC,
     names=(efficientnet_lite0.SPEC,),
 )
-def _load_builtin(spec: str, config: ModelConfig) -> Source:
+def _load_builtin(spec: str, config: ModelFields) -> Source:
     loaded = efficientnet_lite0.load(pretrained=_pretrained(config))
     return Source(loaded.module, loaded.preprocessing, loaded.labels, loaded.extra)
 
@@ -125,7 +124,7 @@ def _load_builtin(spec: str, config: ModelConfig) -> Source:
     help="torchvision:NAME (a torchvision classifier)",
     recognise=lambda spec: spec.startswith("torchvision:"),
 )
-def _load_torchvision(spec: str, config: ModelConfig) -> Source:
+def _load_torchvision(spec: str, config: ModelFields) -> Source:
     return load_torchvision(spec, spec.partition(":")[2], _pretrained(config))
 
 
@@ -135,7 +134,7 @@ def _load_torchvision(spec: str, config: ModelConfig) -> Source:
     help="timm:NAME (a timm model)",
     recognise=lambda spec: spec.startswith("timm:"),
 )
-def _load_timm(spec: str, config: ModelConfig) -> Source:
+def _load_timm(spec: str, config: ModelFields) -> Source:
     return load_timm(spec, spec.partition(":")[2], _pretrained(config))
 
 
@@ -145,7 +144,7 @@ def _load_timm(spec: str, config: ModelConfig) -> Source:
     help="a variant folder from atlas train",
     recognise=lambda spec: _path(spec).is_dir(),
 )
-def _load_variant_folder(spec: str, config: ModelConfig) -> Source:
+def _load_variant_folder(spec: str, config: ModelFields) -> Source:
     """A folder written by ``atlas train``: ``model.json`` (architecture, preprocessing, classes) + its weights file."""
     path = _path(spec)
     card_path = path / MODEL_CARD
@@ -166,7 +165,7 @@ def _load_variant_folder(spec: str, config: ModelConfig) -> Source:
     help="a file saved with torch.save(model)",
     recognise=_looks_like_file,
 )
-def _load_model_file(spec: str, config: ModelConfig) -> Source:
+def _load_model_file(spec: str, config: ModelFields) -> Source:
     """A whole pickled model; unpickling runs code from the file, so it needs ``model.trust_pickle: true``."""
     path = _path(spec)
     if not path.is_file():
@@ -180,7 +179,7 @@ def _load_model_file(spec: str, config: ModelConfig) -> Source:
     help="package.module:factory (a callable taking no arguments)",
     recognise=lambda spec: _FACTORY.match(spec) is not None,
 )
-def _load_factory(spec: str, config: ModelConfig) -> Source:
+def _load_factory(spec: str, config: ModelFields) -> Source:
     match = _FACTORY.match(spec)
     assert match is not None  # recognised above
     return Source(_call_factory(spec, match.group(1), match.group(2)), None, None, {"source": "factory"})
