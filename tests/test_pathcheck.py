@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from atlas.bundle import Bundle, full_view_file
+from atlas.bundle import RENDER_FRAME, Bundle, full_view_file
 from atlas.config import ModelConfig
 from atlas.errors import AtlasError
 from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
@@ -157,20 +157,32 @@ def test_examples_are_nearer_their_own_cell_and_icons_nearer_them_than_noise(che
 
 
 def test_the_full_view_is_what_is_checked_when_render_kept_one(checked: Path) -> None:
-    bundle = Bundle(checked)
-    cell = bundle.grid_cells(4)[0]
+    """Render records once whether its icons have full views (render/frame.json); fidelity, the path check and the
+    cells all ask the bundle, which reads that record. A bundle from before the record is looked up on disk."""
+    cell = Bundle(checked).grid_cells(4)[0]
+    frame = Bundle(checked).render_frame
+    assert frame is not None and isinstance(frame["views"], bool)
+    recorded = full_view_file(cell.icon) if frame["views"] else cell.icon
+    assert Bundle(checked).fed_image(cell.icon) == recorded
+    assert (checked / recorded).is_file(), "what the record names was written"
+    record = checked / RENDER_FRAME
+    saved_record = record.read_bytes()
+    record.unlink()  # as a bundle rendered before the record existed
     view = checked / full_view_file(cell.icon)
     kept = view.read_bytes() if view.is_file() else None
-    view.unlink(missing_ok=True)
-    assert bundle.fed_image(cell.icon) == cell.icon, "without a full view, the icon itself"
-    view.parent.mkdir(exist_ok=True)
-    if kept is None:
-        Image.new("RGB", (96, 96), (128, 64, 32)).save(view)
-    else:
-        view.write_bytes(kept)
-    assert bundle.fed_image(cell.icon) == full_view_file(cell.icon) == f"levels/4/views/{view.name}"
-    if kept is None:
-        view.unlink()
+    try:
+        view.unlink(missing_ok=True)
+        assert Bundle(checked).fed_image(cell.icon) == cell.icon, "without a full view, the icon itself"
+        view.parent.mkdir(exist_ok=True)
+        if kept is None:
+            Image.new("RGB", (96, 96), (128, 64, 32)).save(view)
+        else:
+            view.write_bytes(kept)
+        assert Bundle(checked).fed_image(cell.icon) == full_view_file(cell.icon) == f"levels/4/views/{view.name}"
+    finally:
+        record.write_bytes(saved_record)
+        if kept is None:
+            view.unlink(missing_ok=True)
 
 
 def test_other_layers_rerun_only_the_path_stage_and_a_wrong_one_fails_first(photo_folder: Path, checked: Path) -> None:

@@ -26,6 +26,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "PARENT_ROWS",
     "PATCH_LIST",
     "PATCH_RESULTS",
+    "RENDER_FRAME",
     "RENDER_PROBE",
     "RENDER_SPECTRUM",
     "ROWS",
@@ -80,6 +81,7 @@ LISTING_SKIPS = f"{IMAGES}/{LISTING_SKIPS_NAME}"  # files the listing passed ove
 COORDS = "layout/coords.npy"  # layout
 WHITENING = "layout/whitening.npy"  # layout
 RENDER_SPECTRUM = "render/spectrum.npy"  # render (render.param: maco): the run's images' mean Fourier magnitude at icon size
+RENDER_FRAME = "render/frame.json"  # render: the icons' frame (canvas, icon size, whether full views were kept)
 RENDER_PROBE = "render/probe.json"  # render: the settings its probe chose, under the stage key (absent without 'auto')
 EXAMPLES = "examples"  # examples: one patch per (image, position)
 PATCH_LIST = "examples/patches.json"  # examples: the patches it wrote

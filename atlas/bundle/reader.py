@@ -21,6 +21,7 @@ from atlas.bundle.paths import (
     MANIFEST,
     PAIRS,
     PATCH_LIST,
+    RENDER_FRAME,
     RENDER_PROBE,
     RENDER_SPECTRUM,
     WHITENING,
@@ -145,10 +146,19 @@ class Bundle:
         """An icon or patch of this bundle, loaded (wherever the bundle lives)."""
         return open_image(self.path(relative))
 
+    @cached_property
+    def render_frame(self) -> dict[str, Any] | None:
+        """The icons' frame as render recorded it ({canvas, icon, views}); None before render (or in an older bundle)."""
+        path = self.path(RENDER_FRAME)
+        return read_json(path) if path.is_file() else None
+
     def full_view(self, icon: str) -> str | None:
-        """The whole render kept behind an icon cropped to its receptive field, or None where the icon is what the
-        model was fed: the one place that looks on disk (assemble links them from render's report instead)."""
+        """The whole render kept behind an icon (cropped to its receptive field or scaled), or None where the icon is
+        what the model was fed. Render decides once for all icons and records it (``render/frame.json``); only a
+        bundle from before that record is looked up on disk."""
         view = full_view_file(icon)
+        if self.render_frame is not None:
+            return view if self.render_frame.get("views") else None
         return view if self.path(view).is_file() else None
 
     def fed_image(self, icon: str) -> str:

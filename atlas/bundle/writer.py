@@ -21,6 +21,7 @@ from atlas.bundle.paths import (
     PARENT_ROWS,
     PATCH_LIST,
     PATCH_RESULTS,
+    RENDER_FRAME,
     RENDER_PROBE,
     RENDER_SPECTRUM,
     WHITENING,
@@ -57,6 +58,10 @@ class BundleWriter(Bundle):
 
     def write_render_spectrum(self, spectrum: np.ndarray) -> None:
         write_npy(self.path(RENDER_SPECTRUM), spectrum.astype(np.float32))
+
+    def write_render_frame(self, record: dict[str, Any]) -> None:
+        write_json(self.path(RENDER_FRAME), record)
+        self.__dict__.pop("render_frame", None)  # the next read sees what was written
 
     def write_render_probe(self, record: dict[str, Any]) -> None:
         write_json(self.path(RENDER_PROBE), record)

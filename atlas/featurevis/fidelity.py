@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from atlas.bundle import BundleWriter, Score, full_view_file
+from atlas.bundle import BundleWriter, Score
 from atlas.featurevis.icon_files import load_icons
 from atlas.models.view import ModelView
 
@@ -70,11 +70,11 @@ def direction_fidelity(activations: np.ndarray, directions: np.ndarray, block: i
     return Fidelity(cosine.astype(np.float32), rank, int(broken.sum()))
 
 
-def measure_fidelity(bundle: BundleWriter, grid: int, view: ModelView, canvas: int, views: bool = False) -> Fidelity:
-    """Feed a grid's saved PNGs back through the model (the full views when the icons are framed: what was
+def measure_fidelity(bundle: BundleWriter, grid: int, view: ModelView, canvas: int) -> Fidelity:
+    """Feed a grid's saved PNGs back through the model (each icon's full view where render kept one: what was
     optimised, ``canvas`` px); each cell's cosine and rank go to the level's fidelity file."""
     cells = bundle.grid_cells(grid)
-    fed = [full_view_file(c.icon) if views else c.icon for c in cells]
+    fed = [bundle.fed_image(c.icon) for c in cells]
     channels = view.preprocessing.channels
     if len(cells):
         # A batch of icons at a time: a 320 grid of 80 px RGB icons would be 4 GB as one float tensor.

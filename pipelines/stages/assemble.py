@@ -17,7 +17,7 @@ import dataclasses
 import importlib.metadata
 from typing import Any
 
-from atlas.bundle import FORMAT, VIEWER, Bundle, Cell, Manifest, alpha_file, full_view_file, patch_file
+from atlas.bundle import FORMAT, VIEWER, Bundle, Cell, Manifest, alpha_file, patch_file
 from atlas.viewer import install_viewer
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import StageRecord, merge_reports
@@ -33,7 +33,7 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
         patches = bundle.patches() if "examples" in records else None
         for size in config.grid.sizes:
             cells = joined_cells(bundle, size, "render" in records, patches, config.tiles.examples_per_cell, "path" in records,
-                                 rendered_extras(records))  # fmt: skip
+                                 rendered_alpha(records))  # fmt: skip
             bundle.write_cells(size, cells)
             viewer_levels.append({"grid": size, **bundle.write_viewer_cells(size, cells)})
     if "tiles" in records:
@@ -49,10 +49,10 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
     return manifest
 
 
-def rendered_extras(records: dict[str, StageRecord]) -> tuple[bool, bool]:
-    """Whether render kept full views (icons cropped to the receptive field) and transparency maps."""
+def rendered_alpha(records: dict[str, StageRecord]) -> bool:
+    """Whether render wrote transparency maps."""
     report = records["render"].report.get("render", {}) if "render" in records else {}
-    return bool((report.get("frame") or {}).get("views")), bool(report.get("alpha"))
+    return bool(report.get("alpha"))
 
 
 def joined_cells(
@@ -62,10 +62,10 @@ def joined_cells(
     patches: set[str] | None,
     per_cell: int,
     checked: bool = False,
-    extras: tuple[bool, bool] = (False, False),
+    alphas: bool = False,
 ) -> list[Cell]:
-    """``extras``: link each icon's full view and its transparency map (render's report says whether it wrote them)."""
-    views, alphas = extras
+    """Each cell with its fidelity, its icon's full view (where render recorded keeping them) and transparency map
+    (``alphas``: render's report says it wrote them), its path check and its shown examples' patches."""
     fidelity = bundle.fidelity(size) if rendered else None
     paths = bundle.path_check(size) if checked else None
     cells = []
@@ -74,7 +74,7 @@ def joined_cells(
             cell = dataclasses.replace(
                 cell,
                 fidelity=fidelity[n],
-                view=full_view_file(cell.icon) if views else None,  # render wrote one for every icon: no look per cell
+                view=bundle.full_view(cell.icon),
                 alpha=alpha_file(cell.icon) if alphas else None,
             )
         if paths is not None:

@@ -109,6 +109,7 @@ def render_icons(call: StageCall) -> Report:
     config, bundle, sizes = run.config.render, run.bundle, run.config.grid.sizes
     batches = plan_batches(bundle, sizes, config.batch_size_on(run.device.type), run.config.seed)
     frame = icon_frame(run)
+    bundle.write_render_frame(frame.to_json())  # the one record of whether icons have full views: every reader asks the bundle
     spectrum = run_spectrum(run, frame.canvas) if config.param == "maco" else None
     settings, trials = chosen_settings(run, key, frame, spectrum)
     todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
@@ -141,7 +142,7 @@ def render_icons(call: StageCall) -> Report:
 
 def grid_fidelity(run: RunInputs, size: int, frame: IconFrame) -> dict[str, Any] | None:
     """A grid's icons fed back through the model, logged and summed up for the manifest (None: no cells)."""
-    fidelity = measure_fidelity(run.bundle, size, run.view, frame.canvas, frame.keeps_views)
+    fidelity = measure_fidelity(run.bundle, size, run.view, frame.canvas)
     if not len(fidelity.rank):
         run.log(f"[render] grid {size}: no cells, no icons")
         return None
