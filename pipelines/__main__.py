@@ -1,5 +1,5 @@
-"""``python -m atlas_pipelines``: the ``atlas`` command without its script."""
+"""``python -m atlas_pipelines``: the ``atlas`` command without its script (same exit status)."""
 
 from atlas_pipelines.commands.cli import main
 
-main()
+raise SystemExit(main())

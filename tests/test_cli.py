@@ -53,6 +53,13 @@ def _warnings(stderr: str) -> list[str]:
     return [line for line in stderr.replace("\r", "\n").splitlines() if "Warning" in line or "warnings.warn" in line]
 
 
+def test_python_m_atlas_pipelines_exits_with_the_command_s_status() -> None:
+    """``python -m atlas_pipelines`` is the ``atlas`` command: a user error is one line and a non-zero exit, as from the script."""
+    done = subprocess.run([sys.executable, "-m", "atlas_pipelines", "layers", "no-such-model"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+
+
 def test_only_the_dependency_warnings_a_user_cannot_act_on_are_silenced() -> None:
     deprecated = "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`."
     with warnings.catch_warnings(record=True) as shown:
