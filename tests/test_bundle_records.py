@@ -88,6 +88,12 @@ def test_an_old_style_bundle_reads_through_the_typed_records(old_bundle: Path) -
     assert level.icons == [None, None]
 
 
+def test_cells_read_before_the_first_manifest_is_written(old_bundle: Path) -> None:
+    """A first run cut short before assemble has grid.json or cells.json but no manifest: cells still read, as before."""
+    (old_bundle / "manifest.json").unlink()
+    assert [cell.to_json() for cell in Bundle(old_bundle).cells(2)] == CELLS
+
+
 def test_the_reader_has_no_write_methods_and_the_writer_all_of_them() -> None:
     assert not [name for name in dir(Bundle) if name.startswith("write")]
     assert not issubclass(Bundle, BundleWriter) and issubclass(BundleWriter, Bundle)

@@ -166,8 +166,9 @@ class Bundle:
         return self.full_view(icon) or icon
 
     def cells(self, grid: int) -> list[Cell]:
-        """The contract's cells of one grid (cells.json; grid.json's where a grid has no cells.json yet)."""
-        entry = self.manifest.level(grid)
+        """The contract's cells of one grid (cells.json; grid.json's where a grid has no cells.json yet), also in a
+        bundle whose first run has not written its manifest yet."""
+        entry = self.manifest.level(grid) if "manifest" in self.__dict__ or self.path(MANIFEST).is_file() else None
         path = self.path((entry.cells if entry is not None else None) or cells_file(grid))
         return [Cell.from_json(cell) for cell in read_json(path)] if path.is_file() else self.grid_cells(grid)
 
