@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,18 @@ def test_too_few_rows_fails_in_one_line_with_the_counts(built: tuple[Bundle, Cla
     assert main(["classes", str(parent.root), "--class", a.name, *CLASSES_SMALL, "--set", "classes.min_rows=100000"]) == 2
     line = capsys.readouterr().err.strip()
     assert "\n" not in line and "classes.min_rows = 100000" in line and f"class {a.name!r}" in line and "top_k" in line
+
+
+def test_a_class_atlas_of_an_older_parent_renders_as_the_parent_did(tmp_path: Path) -> None:
+    """A parent from before render recorded contrast and tries rendered without either: its class atlases do too,
+    taking every 'auto' from the parent, so none runs a probe of its own."""
+    from atlas.config import AtlasConfig
+    from atlas_pipelines.commands.classes import inherited_render
+
+    chosen = {"whiten": "full", "cossim_power": 4.0, "learning_rate": 0.05}
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "activation-atlas/1", "render": chosen}))
+    render = inherited_render(AtlasConfig(), Bundle(tmp_path))
+    assert (render.whiten, render.contrast, render.tries) == ("full", False, 1) and not render.probes()
 
 
 def test_wilson_interval_matches_known_values() -> None:

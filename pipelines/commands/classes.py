@@ -374,7 +374,9 @@ def subset_config(config: AtlasConfig, parent: Bundle, subset: Subset) -> AtlasC
 def inherited_render(config: AtlasConfig, parent: Bundle) -> RenderConfig:
     """Settings left to a probe ('auto') take what the parent's probe chose: same layer, same directions' kind, and
     no probe per class atlas (it would cost more than a small atlas's own icons)."""
-    chosen = parent.manifest.render or {}
+    # A parent written before render recorded contrast and tries rendered with neither (contrast off, one try): that is
+    # what it chose, and without it those two would stay 'auto' and each class atlas would run a probe of its own.
+    chosen = {"contrast": False, "tries": 1, **(parent.manifest.render or {})}
     settings = config.render.model_dump()
     for name in ("whiten", "contrast", "cossim_power", "learning_rate", "tries"):
         if settings[name] == "auto" and chosen.get(name) is not None:
