@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,12 +13,14 @@ from torch import nn
 
 import atlas.models.resolve
 from atlas.collect import activations_at
+from atlas.config import AtlasConfig
 from atlas.errors import AtlasError
 from atlas.featurevis import Channel, fourier, render, score_images
 from atlas.models import ChannelsFirst, ModelView, Preprocessing
 from atlas.models.view import centre
 from atlas_pipelines.commands.cli import main
 from atlas_pipelines.engine import worker_state
+from atlas_pipelines.stages.assemble import base_manifest
 
 
 def small_cnn() -> nn.Sequential:
@@ -147,6 +150,9 @@ def test_another_layout_plugs_in_without_changing_the_callers() -> None:
     np.testing.assert_array_equal(got.activation, expected.activation)
     assert got.attribution is not None and expected.attribution is not None
     np.testing.assert_allclose(got.attribution, expected.attribution, rtol=1e-5, atol=1e-6)
+    run = SimpleNamespace(config=AtlasConfig(), model=view.model, view=view, layer_shape=view.layer_shape, labels=None)
+    manifest = base_manifest(run)  # type: ignore[arg-type]
+    assert manifest["channels"] == 6 and manifest["layer_shape"] == [8, 8, 6], "the manifest reads channels through the layout"
 
 
 class _Unpermute(nn.Module):

@@ -96,7 +96,7 @@ def base_manifest(run: RunInputs) -> dict[str, Any]:
         "name": config.name,
         "model": config.model.spec,
         "layer": config.model.layer,
-        "channels": run.layer_shape[0],
+        "channels": run.view.channels,  # through the layout: the length of one position's vector, as collect stores it
         "layer_shape": list(run.layer_shape),
         "input_size": prep.input_size,
         "input_channels": prep.channels,
