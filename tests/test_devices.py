@@ -93,7 +93,8 @@ def test_gpu_and_bf16_change_the_render_key() -> None:
     assert on_gpu[0]["batch_size"] == RenderConfig().batch_size_on("cuda") > RenderConfig().batch_size_on("cpu")
     assert on_gpu[-1] == {"device": "cuda"} and on_gpu[0]["precision"] == "fp32"
     assert render_settings(_run(torch.device("cuda", 1))) == on_gpu, "which GPU of one kind does not change icons"
-    assert render_settings(_run(cuda, precision="bf16")) != on_gpu
+    bf16 = render_settings(_run(cuda, precision="bf16"))
+    assert bf16[0]["precision"] == "bf16" and bf16 != on_gpu
     assert render_settings(_run(CPU, batch_size=32))[0]["batch_size"] == 32  # a set batch size holds everywhere
     assert render_settings(_run(cuda, batch_size=32))[0]["batch_size"] == 32
 
