@@ -35,7 +35,7 @@ class LayerLayout(Protocol):
 
     @property
     def name(self) -> str:
-        """What the manifest will call this layout."""
+        """What this layout is called; no manifest key records it yet (every run reads channels first)."""
         ...
 
     def grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
