@@ -94,6 +94,13 @@ def test_cells_read_before_the_first_manifest_is_written(old_bundle: Path) -> No
     assert [cell.to_json() for cell in Bundle(old_bundle).cells(2)] == CELLS
 
 
+def test_copy_for_viewing_takes_an_opened_bundle_as_before(old_bundle: Path, tmp_path: Path) -> None:
+    """atlas.bundle.copy_for_viewing took a Bundle before it took a location: both still reach its check."""
+    for given in (Bundle(old_bundle), Bundle(old_bundle).root):
+        with pytest.raises(TypeError, match="a local bundle is served where it is"):
+            atlas.bundle.copy_for_viewing(given, tmp_path / "copy")
+
+
 def test_the_reader_has_no_write_methods_and_the_writer_all_of_them() -> None:
     assert not [name for name in dir(Bundle) if name.startswith("write")]
     assert not issubclass(Bundle, BundleWriter) and issubclass(BundleWriter, Bundle)

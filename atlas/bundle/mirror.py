@@ -5,17 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from atlas.bundle.paths import ACTIVATIONS, MANIFEST
+from atlas.bundle.reader import Bundle
 from atlas.errors import AtlasError
 from atlas.storage import Location
 
 
-def copy_for_viewing(root: Location, target: Path) -> int:
-    """Mirror what the viewer reads of the bundle at ``root`` (on a store) into the local folder ``target``; returns files fetched.
+def copy_for_viewing(root: Location | Bundle, target: Path) -> int:
+    """Mirror what the viewer reads of the bundle at ``root`` (on a store; or an opened Bundle, as this took before)
+    into the local folder ``target``; returns files fetched.
 
     Leaves out activation stores (the bulk of a bundle and of its class atlases; the page never reads them) and
     dot-files (markers).
     A file already there with the same size is not fetched again, so a second call fetches only what changed.
     """
+    if isinstance(root, Bundle):
+        root = root.root
     if isinstance(root, Path):
         raise TypeError("copy_for_viewing copies a bundle on a store; a local bundle is served where it is")
     fs, base = root.fs, root.path.rstrip("/")
