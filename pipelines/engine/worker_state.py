@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -30,8 +31,16 @@ def use_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _Loaded:
+    """A cached model and its views by layer: a view lives exactly as long as the model it holds."""
+
+    model: LoadedModel
+    views: dict[str, ModelView] = field(default_factory=dict)
+
+
 @lru_cache(maxsize=2)
-def _model(model_json: str, files: str | None, device: str) -> LoadedModel:
+def _model(model_json: str, files: str | None, device: str) -> _Loaded:
     """``model_json``: the model section without its layer, so two layers of one model share one copy; ``files``: the
     identity of the files behind it, so a retrained model is loaded again, not served stale.
 
@@ -46,12 +55,7 @@ def _model(model_json: str, files: str | None, device: str) -> LoadedModel:
             raise
         raise AtlasError(f"on worker {worker}: {err}") from None
     model.module.to(device=torch.device(device), memory_format=torch.channels_last)
-    return model
-
-
-@lru_cache(maxsize=4)
-def _view(model_json: str, files: str | None, device: str, layer: str) -> ModelView:
-    return ModelView.of(_model(model_json, files, device), layer)
+    return _Loaded(model)
 
 
 def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
@@ -59,8 +63,10 @@ def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
 
     ``device``: the run's resolved device (``atlas.devices.resolve_device``), as a string: ``cpu``, ``cuda``, ``cuda:N``.
     """
-    model_json = config.model_dump_json(exclude={"layer"})
-    return _view(model_json, _files_identity(config), device, config.layer)
+    loaded = _model(config.model_dump_json(exclude={"layer"}), _files_identity(config), device)
+    if config.layer not in loaded.views:
+        loaded.views[config.layer] = ModelView.of(loaded.model, config.layer)
+    return loaded.views[config.layer]
 
 
 def _files_identity(config: ModelConfig) -> str | None:
