@@ -178,11 +178,9 @@ def test_a_sync_run_loads_the_model_once(photo_folder: Path, tmp_path: Path, mon
         return real(spec)
 
     worker_state._model.cache_clear()
-    worker_state._view.cache_clear()
     monkeypatch.setattr(atlas.models.resolve, "form_for", counting)
     try:
         assert main(["run", "--images", str(photo_folder), "--out", str(tmp_path), "--name", "once", *SYNC_COLLECT]) == 0
     finally:
         worker_state._model.cache_clear()
-        worker_state._view.cache_clear()
     assert loads == ["efficientnet-lite0"]
