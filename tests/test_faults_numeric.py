@@ -269,15 +269,19 @@ def test_stop_names_the_first_bad_image_and_the_fix(faulty_run: SimpleNamespace,
     assert not faulty_run.stop_marker  # the stage was not recorded as done; the drop run after it collected afresh
 
 
-def test_the_default_policy_leaves_the_collect_key_as_it_was(tmp_path: Path) -> None:
+def test_the_nonfinite_policy_is_part_of_the_collect_key(tmp_path: Path) -> None:
+    """Issue 21 removed the shim that left the default out of the key: a bundle collected under "drop" is collected
+    again under "stop" (which would stop at a row "drop" kept out), and the key says which policy made the rows."""
+
     def settings(nonfinite: str) -> str:
         config = AtlasConfig.model_validate({"collect": {"nonfinite": nonfinite}})
         bundle = SimpleNamespace(path=lambda name: tmp_path / name)
         run = SimpleNamespace(config=config, bundle=bundle, source=SimpleNamespace(identity=lambda: "builtin"), device=torch.device("cpu"))
         return json.dumps(collect_settings(run))  # type: ignore[arg-type]
 
-    assert "nonfinite" not in settings("drop")
+    assert '"nonfinite": "drop"' in settings("drop")
     assert '"nonfinite": "stop"' in settings("stop")
+    assert settings("drop") != settings("stop")
 
 
 def test_a_layer_zero_for_every_image_fails_in_one_line(
