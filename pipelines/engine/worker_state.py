@@ -18,6 +18,7 @@ from atlas.dependency_warnings import silence_dependency_warnings
 from atlas.errors import AtlasError
 from atlas.io import DISK_FULL
 from atlas.models import LoadedModel, ModelView, load_model, model_files_identity
+from atlas.models.layout_reading import LayoutRequest, view_with_layout
 from atlas.runtime import tune_allocator
 
 
@@ -28,6 +29,9 @@ def use_threads(threads: int) -> None:
     quiet_user_errors()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+READING_KEYS = ("layout", "prefix_tokens", "output")  # how the layer is read: one model serves every reading
 
 
 @lru_cache(maxsize=2)
@@ -50,8 +54,8 @@ def _model(model_json: str, files: str | None, device: str) -> LoadedModel:
 
 
 @lru_cache(maxsize=4)
-def _view(model_json: str, files: str | None, device: str, layer: str) -> ModelView:
-    return ModelView.of(_model(model_json, files, device), layer)
+def _view(model_json: str, files: str | None, device: str, layer: str, layout: LayoutRequest) -> ModelView:
+    return view_with_layout(_model(model_json, files, device), layer, layout)
 
 
 def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
@@ -59,8 +63,9 @@ def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
 
     ``device``: the run's resolved device (``atlas.devices.resolve_device``), as a string: ``cpu``, ``cuda``, ``cuda:N``.
     """
-    model_json = config.model_dump_json(exclude={"layer"})
-    return _view(model_json, _files_identity(config), device, config.layer)
+    model_json = config.model_dump_json(exclude={"layer", *READING_KEYS})
+    layout = LayoutRequest(config.layout, config.prefix_tokens, config.output)
+    return _view(model_json, _files_identity(config), device, config.layer, layout)
 
 
 def _files_identity(config: ModelConfig) -> str | None:
