@@ -16,6 +16,7 @@ from atlas.featurevis.framing import frame_icons
 from atlas.models import ModelView
 from atlas.models.layout_reading import LayoutRequest, read_layout, view_with_layout
 from atlas.models.layouts import ChannelsLast, Element, Tokens
+from atlas_pipelines.commands.cli import main
 
 
 class _Permute(nn.Module):
@@ -196,3 +197,11 @@ class _Prepend(nn.Module):
 class _Unsqueeze(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(2)
+
+
+def test_atlas_layers_prints_each_layers_reading(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["layers", "timm:vit_tiny_patch16_224", "--set", "model.pretrained=false"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert rows["name"][-1] == "layout"
+    assert rows["blocks.6"][-2:] == ["tokens", "1+14x14"] and rows["patch_embed"][-2:] == ["tokens", "0+14x14"]
+    assert rows["patch_embed.proj"][-1] == "channels_first"

@@ -58,4 +58,14 @@ def accepts_input_size(view: ModelView, size: int) -> bool:
     return size == view.preprocessing.input_size or output_if_accepted(view, size) is not None
 
 
-__all__ = ["accepts_input_size", "declared_input_size", "output_at", "output_if_accepted"]
+def only_input_size(view: ModelView) -> int | None:
+    """The model's input size when it takes no other (timm's strict patch embedding, or a refused forward at twice
+    the size), else None: images of any size may then be fed as they are."""
+    declared = declared_input_size(view.module)
+    if declared is not None:
+        return declared
+    size = view.preprocessing.input_size
+    return None if output_if_accepted(view, 2 * size) is not None else size
+
+
+__all__ = ["accepts_input_size", "declared_input_size", "only_input_size", "output_at", "output_if_accepted"]

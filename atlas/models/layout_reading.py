@@ -191,8 +191,12 @@ def _token_layout(
     count, width = shape
     text = shape_text(shape)
     declared = getattr(module, "num_prefix_tokens", None)
+    embed_grid = getattr(getattr(module, "patch_embed", None), "grid_size", None)
+    embed_patches = math.prod(embed_grid) if embed_grid is not None and len(tuple(embed_grid)) == 2 else None
     if isinstance(setting, int):
         prefix = setting
+    elif embed_patches == count:
+        prefix = 0  # exactly the patch embedding's grid: before the prefix tokens are put in front
     elif isinstance(declared, int):
         prefix = declared
     else:
@@ -210,8 +214,7 @@ def _token_layout(
             )
         (prefix,) = candidates
     patches = count - prefix
-    embed_grid = getattr(getattr(module, "patch_embed", None), "grid_size", None)
-    if embed_grid is not None and len(tuple(embed_grid)) == 2 and math.prod(embed_grid) == patches:
+    if embed_grid is not None and embed_patches == patches:
         return Tokens(prefix, (int(embed_grid[0]), int(embed_grid[1])))
     side = _side(patches)
     if side is None:
@@ -258,18 +261,26 @@ def view_with_layout(model: LoadedModel, layer_name: str, request: LayoutRequest
     return view if layout == CHANNELS_FIRST else ModelView(model, layer_name, view.layer, layout)
 
 
+def shapes_at_twice_the_size(model: LoadedModel) -> dict[str, tuple[int, ...] | None]:
+    """Every module's output shape for an input twice the model's size (empty for a model that takes only its own):
+    the dimensions that changed are the spatial ones."""
+    module, prep = model.module, model.preprocessing
+    size = 2 * prep.input_size
+    declared = declared_input_size(module)
+    if declared is not None and declared != size:
+        return {}
+    try:
+        return {t.name: t.shape for t in trace_modules(module, zeros_input(module, prep.channels, size))}
+    except REFUSALS:
+        return {}
+
+
 def layer_readings(model: LoadedModel, infos: list[LayerInfo]) -> dict[str, str]:
     """``atlas layers``' layout column: each listed layer's reading with the default settings, or the key to set.
 
     One more traced forward at twice the input size (skipped for a model that accepts only its own size)."""
-    module, prep = model.module, model.preprocessing
-    resized: dict[str, tuple[int, ...] | None] = {}
-    declared = declared_input_size(module)
-    if declared is None or declared == 2 * prep.input_size:
-        try:
-            resized = {t.name: t.shape for t in trace_modules(module, zeros_input(module, prep.channels, 2 * prep.input_size))}
-        except REFUSALS:
-            resized = {}
+    module = model.module
+    resized = shapes_at_twice_the_size(model)
     modules = dict(module.named_modules())
     readings = {}
     for info in infos:
@@ -302,6 +313,7 @@ __all__ = [
     "layout_text",
     "read_layout",
     "shape_text",
+    "shapes_at_twice_the_size",
     "tensor_layout",
     "view_with_layout",
 ]
