@@ -169,6 +169,9 @@ def test_a_reading_the_model_cannot_decide_is_one_line_naming_the_shape_and_the_
     message = str(raised.value)
     assert "\n" not in message and "[B, 8, 8, 8]" in message and "set model.layout to channels_first or channels_last" in message
     assert view_with_layout(model, "2", LayoutRequest(layout="channels_last")).layout == ChannelsLast()
+    wrong_size = ModelView.of_module(cube, "2", input_size=24).model
+    with pytest.raises(AtlasError, match=r"at 3x24x24 failed \(Input height \(24\) doesn't match model \(16\).\); set model.input_size"):
+        view_with_layout(wrong_size, "2")
     with pytest.raises(AtlasError, match=r"model.layout tokens reads \[B, N, C\], but layer '2' outputs \[B, 8, 8, 8\]"):
         view_with_layout(model, "2", LayoutRequest(layout="tokens"))
     tokens = nn.Sequential(_OnlySize(16), nn.Conv2d(3, 4, 8, stride=8), nn.Flatten(2), _Permute(0, 2, 1), _Prepend(1))
