@@ -3,6 +3,10 @@ decided from the model and the settings, or asked for in one line."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import timm
@@ -11,12 +15,14 @@ from test_model_view import small_cnn
 from torch import nn
 
 from atlas.collect import activations_at
+from atlas.config import AtlasConfig
 from atlas.errors import AtlasError
 from atlas.featurevis.framing import frame_icons
 from atlas.models import ModelView
 from atlas.models.layout_reading import LayoutRequest, read_layout, view_with_layout
 from atlas.models.layouts import ChannelsLast, Element, Tokens
 from atlas_pipelines.commands.cli import main
+from atlas_pipelines.stages.collect import collect_settings
 
 
 class _Permute(nn.Module):
@@ -208,3 +214,27 @@ def test_atlas_layers_prints_each_layers_reading(capsys: pytest.CaptureFixture[s
     assert rows["name"][-1] == "layout"
     assert rows["blocks.6"][-2:] == ["tokens", "1+14x14"] and rows["patch_embed"][-2:] == ["tokens", "0+14x14"]
     assert rows["patch_embed.proj"][-1] == "channels_first"
+
+
+def test_the_collect_key_changes_with_a_layout_setting_and_auto_keeps_it(tmp_path: Path) -> None:
+    def settings(**model: object) -> str:
+        config = AtlasConfig.model_validate({"model": model})
+        run = SimpleNamespace(
+            config=config,
+            bundle=SimpleNamespace(path=lambda name: tmp_path / name),
+            source=SimpleNamespace(identity=lambda: "builtin"),
+            device=torch.device("cpu"),
+        )
+        return json.dumps(collect_settings(run))  # type: ignore[arg-type]
+
+    default = settings()
+    assert "layout" not in default and "prefix_tokens" not in default, "keys made before the layout settings still hold"
+    assert settings(layout="auto", prefix_tokens="auto", output="auto") == default
+    changed = {
+        settings(layout="channels_last"),
+        settings(layout="tokens"),
+        settings(prefix_tokens=2),
+        settings(output=1),
+        settings(output="x"),
+    }
+    assert len(changed) == 5 and default not in changed
