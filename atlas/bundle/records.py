@@ -182,6 +182,7 @@ class Manifest(Mapping[str, Any]):
     render: JSON | None
     config: JSON
     document: JSON = field(repr=False)
+    layer_layout: JSON | None = None  # how the layer's output was read (name; tokens: prefix_tokens, grid); older: None
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> Manifest:
@@ -202,6 +203,7 @@ class Manifest(Mapping[str, Any]):
             render=document.get("render"),
             config=document.get("config") or {},
             document=dict(document),
+            layer_layout=document.get("layer_layout"),
         )
 
     def to_json(self) -> JSON:

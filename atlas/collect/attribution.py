@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from atlas.models.capture import LayerCapture
+from atlas.models.layouts import batch_size, map_outputs
 from atlas.models.view import ModelView
 
 
@@ -81,15 +84,16 @@ def _attribute(
     """
     captured: dict[str, torch.Tensor] = {}
 
-    def make_dual(output: torch.Tensor) -> torch.Tensor:
+    def make_dual(output: Any) -> Any:
         if expand is not None:
-            output = output[expand]
-        own = torch.arange(len(output), device=output.device)
+            output = map_outputs(lambda part: part[expand], output)
+        own = torch.arange(batch_size(output), device=ys.device)
         h = view.layout.at(output, own, ys, xs)
         captured["h"] = h.detach().clone()  # later in-place ops must not change the stored rows
-        return fwAD.make_dual(output, view.layout.place(output, own, ys, xs, h))
+        return map_outputs(fwAD.make_dual, output, view.layout.place(output, own, ys, xs, h))
 
-    with torch.no_grad(), fwAD.dual_level(), LayerCapture(view.layer, store=False, transform=make_dual):
+    # The fused attention kernels have no forward-mode derivative; the math one does, and gives the same values.
+    with torch.no_grad(), fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH), LayerCapture(view.layer, store=False, transform=make_dual):
         logits = view.module(images)
         tangent_out = fwAD.unpack_dual(logits).tangent
     if tangent_out is None:

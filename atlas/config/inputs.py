@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from atlas.config.section import Batch, Count, InputSize, Positions, Section
+from atlas.config.section import Batch, Count, InputSize, Positions, PrefixTokens, Section
 
 
 class ModelConfig(Section):
@@ -21,6 +21,22 @@ class ModelConfig(Section):
     std: tuple[float, ...] | None = None
     trust_pickle: bool = False
     pretrained: bool = True
+    layout: Literal["auto", "channels_first", "channels_last", "tokens"] = Field(
+        default="auto", description="how the layer's output is read; auto decides from the model or asks"
+    )
+    prefix_tokens: PrefixTokens | Literal["auto"] = "auto"
+    output: Literal["auto"] | int | str = Field(
+        default="auto", description="the index or key of the tensor to read when the layer outputs a tuple or dict"
+    )
+
+    @field_validator("output")
+    @classmethod
+    def _output_element(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("expected auto, an index from 0, or a key of the layer's dict output")
+        if isinstance(value, str) and value != "auto" and not value.isidentifier():
+            raise ValueError("expected auto, an index from 0, or a key of the layer's dict output (a Python name)")
+        return value
 
 
 class ImagesConfig(Section):

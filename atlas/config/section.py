@@ -48,6 +48,9 @@ InputSize = Annotated[
     Field(ge=1, le=MAX_INPUT_SIZE, description=f"px per side, at most {MAX_INPUT_SIZE}: one larger RGB image exceeds 200 MB in float32"),
 ]
 GridSide = Annotated[int, Field(ge=1, le=MAX_GRID, description=f"cells per side, at most {MAX_GRID} (a million cells, each rendered)")]
+PrefixTokens = Annotated[
+    int, Field(ge=0, le=64, description="leading non-patch tokens (class, distillation, registers), 0 to 64; auto reads the model")
+]
 Positions = Annotated[int, Field(ge=1, le=16_384, description="at most 16,384 per image ('all' takes every position of the map)")]
 
 

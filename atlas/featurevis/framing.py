@@ -1,9 +1,10 @@
 """Icon framing: the canvas an icon is rendered on, the size it is shown at, and the receptive-field crop.
 
-An icon is rendered no larger than the model's input (a 28 px model's icons are rendered at 28 px and scaled up)
-and, when asked, shows only the square the centre position sees (atlas.featurevis.receptive). Whenever what is
-shown is not what the model was fed, the whole render is kept as the icon's full view, which fidelity and the
-path check score.
+An icon is rendered no larger than the model's input (a 28 px model's icons are rendered at 28 px and scaled up),
+at the input size itself when the model accepts only that one (a 224 px ViT's 80 px icons are rendered at 224 and
+scaled down), and when asked, shows only the square the centre position sees (atlas.featurevis.receptive).
+Whenever what is shown is not what the model was fed, the whole render is kept as the icon's full view, which
+fidelity and the path check score.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas.featurevis.receptive import ReceptiveField, measure_receptive_field
+from atlas.models.input_sizes import accepts_input_size
 from atlas.models.view import ModelView
 
 
@@ -50,10 +52,13 @@ class IconFrame:
 
 
 def frame_icons(view: ModelView, icon_size: int, crop_to_field: bool, seed: int) -> IconFrame:
-    """The frame of every icon of a layer: the canvas is the icon size capped at the model's input, and with
+    """The frame of every icon of a layer: the canvas is the icon size capped at the model's input (the input size
+    itself for a model that accepts no other), and with
     ``crop_to_field`` the centre position's receptive field on that canvas, measured once from the model."""
     prep = view.preprocessing
     canvas = min(icon_size, prep.input_size)
+    if canvas != prep.input_size and not accepts_input_size(view, canvas):
+        canvas = prep.input_size  # a model of one input size (ViT, Swin): render at it, show at the icon size
     if not crop_to_field:
         return IconFrame(canvas, icon_size)
     field = measure_receptive_field(view, canvas, seed=seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -18,10 +19,12 @@ import torch
 from torch import nn
 
 from atlas.errors import AtlasError
+from atlas.featurevis.transforms import resize
 from atlas.models.capture import zeros_input
 from atlas.models.layers import Traced, resolve_layer, trace_modules
+from atlas.models.layout_reading import LayoutRequest, UnclearLayout, shapes_at_twice_the_size, tensor_layout
 from atlas.models.record import LoadedModel
-from atlas.models.view import ModelView
+from atlas.models.view import ChannelsFirst, LayerLayout, ModelView
 
 SETTING = "path_check.layers"
 
@@ -32,13 +35,17 @@ def _trace_to(model: LoadedModel, layer: nn.Module, layer_name: str) -> list[Tra
     return trace_modules(model.module, zeros_input(model.module, prep.channels, prep.input_size), stop_at=layer, skip=layer_name)
 
 
-def choose_layers(model: LoadedModel, atlas_layer: str, setting: Sequence[str] | Literal["auto"] = "auto") -> list[str]:
+def choose_layers(
+    model: LoadedModel, atlas_layer: str, setting: Sequence[str] | Literal["auto"] = "auto", own_layouts: bool = False
+) -> list[str]:
     """The early layers of the check: the named ones (checked, with model.layer's one-line error), or chosen.
 
     ``auto``: among the modules that finish before the atlas layer starts, with a 4-D output, run once, and not
     handing back their input (Identity, Dropout, in-place activations), at no deeper nesting than the atlas layer
     when that leaves two or more (block outputs rather than a block's inner convolutions): the ones at about 1/3
     and 2/3 of that forward order. A model with nothing before its atlas layer checks at the atlas layer itself.
+    ``own_layouts`` (an atlas layer that is not channels first): only layers whose own layout reads for certain
+    (:func:`early_layouts`), token outputs too (a transformer's blocks).
     """
     if setting != "auto":
         for name in setting:
@@ -48,7 +55,11 @@ def choose_layers(model: LoadedModel, atlas_layer: str, setting: Sequence[str] |
                 raise AtlasError(str(err).replace("model.layer", SETTING, 1)) from None
         return list(dict.fromkeys(setting))
     traced = _trace_to(model, resolve_layer(model, atlas_layer), atlas_layer)
-    candidates = [t.name for t in traced if t.shape is not None and len(t.shape) == 3 and t.calls == 1 and not t.passthrough]
+    mapped = [t for t in traced if t.shape is not None and len(t.shape) in (2, 3) and t.calls == 1 and not t.passthrough]
+    if own_layouts:
+        readable = early_layouts(model, [t.name for t in mapped])
+        mapped = [t for t in mapped if t.name in readable]
+    candidates = [t.name for t in mapped if own_layouts or len(t.shape or ()) == 3]
     depth = atlas_layer.count(".")
     shallow = [name for name in candidates if name.count(".") <= depth]
     candidates = shallow if len(shallow) >= 2 else candidates
@@ -61,7 +72,45 @@ class _AllSeen(Exception):
     """Raised once every early layer has run, so nothing after the last of them is computed."""
 
 
-def _batch_vectors(view: ModelView, layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+def early_layouts(model: LoadedModel, names: Sequence[str]) -> dict[str, LayerLayout]:
+    """Each named early layer's own layout, read as the atlas layer's is (the model's metadata, and the outputs at
+    twice the input size where the model takes it); a layer with no certain reading is left out."""
+    module, prep = model.module, model.preprocessing
+    traced = {t.name: t.shape for t in trace_modules(module, zeros_input(module, prep.channels, prep.input_size))}
+    resized = shapes_at_twice_the_size(model)
+    found: dict[str, LayerLayout] = {}
+    for name in names:
+        shape = traced.get(name)
+        if shape is None:
+            continue
+        try:
+            found[name] = tensor_layout(module, name, resolve_layer(model, name), shape, LayoutRequest(), partial(resized.get, name))
+        except UnclearLayout:
+            continue
+    return found
+
+
+def reads_own_layouts(view: ModelView) -> bool:
+    """Whether the early layers are read each in its own layout: for any atlas layer that is not channels first (a
+    channels-first atlas reads its early layers channels first, as it always has)."""
+    return not isinstance(view.layout, ChannelsFirst)
+
+
+def path_layouts(view: ModelView, names: Sequence[str]) -> list[LayerLayout] | None:
+    """The layouts :func:`early_vectors` reads ``names`` with (None: the atlas layer's, for every one); a named layer
+    without a certain reading is one line."""
+    if not reads_own_layouts(view):
+        return None
+    found = {**early_layouts(view.model, [name for name in names if name != view.layer_name]), view.layer_name: view.layout}
+    for name in names:
+        if name not in found:
+            raise AtlasError(f"{SETTING}: layer {name!r} has no certain layout (see `atlas layers`); name another layer")
+    return [found[name] for name in names]
+
+
+def _batch_vectors(
+    view: ModelView, layers: Sequence[nn.Module], x: torch.Tensor, layouts: Sequence[LayerLayout] | None = None
+) -> torch.Tensor:
     """[B, sum of channels]: each layer's spatial mean, taken in its hook (before any in-place op changes it).
 
     Several layers at once, stopping after the last of them, so not :class:`atlas.models.capture.LayerCapture`."""
@@ -72,7 +121,7 @@ def _batch_vectors(view: ModelView, layers: Sequence[nn.Module], x: torch.Tensor
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if threading.get_ident() != thread or k in means or not isinstance(output, torch.Tensor):
                 return
-            means[k] = view.layout.spatial_mean(output.float())
+            means[k] = (layouts[k] if layouts is not None else view.layout).spatial_mean(output.float())
             if len(means) == len(layers):
                 raise _AllSeen
 
@@ -93,10 +142,17 @@ def _batch_vectors(view: ModelView, layers: Sequence[nn.Module], x: torch.Tensor
 
 
 def early_vectors(
-    view: ModelView, layers: Sequence[nn.Module], images: Sequence[torch.Tensor] | torch.Tensor, batch_size: int = 64
+    view: ModelView,
+    layers: Sequence[nn.Module],
+    images: Sequence[torch.Tensor] | torch.Tensor,
+    batch_size: int = 64,
+    layouts: Sequence[LayerLayout] | None = None,
+    fixed_size: int | None = None,
 ) -> np.ndarray:
-    """[N, D]: per image in [0, 1] ([C, H, W], each fed at its own size), every early layer's spatial mean activation,
-    L2-normalised per layer (so each layer weighs the same) and concatenated. Images of one size go in batches."""
+    """[N, D]: per image in [0, 1] ([C, H, W], each fed at its own size, or resized to ``fixed_size`` for a model of
+    one input size), every early layer's spatial mean activation (read through ``layouts``, one per layer; default:
+    the atlas layer's), L2-normalised per layer (so each layer weighs the same) and concatenated. Images of one size
+    go in batches."""
     device = view.device
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for n, image in enumerate(images):
@@ -106,8 +162,9 @@ def early_vectors(
         for members in by_shape.values():
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
-                batch = view.normalise(torch.stack([images[n] for n in chunk]).to(device).float())
-                vectors = _batch_vectors(view, layers, batch.contiguous(memory_format=torch.channels_last)).cpu().numpy()
+                pixels = torch.stack([images[n] for n in chunk]).to(device).float()
+                batch = view.normalise(pixels if fixed_size is None else resize(pixels, fixed_size))
+                vectors = _batch_vectors(view, layers, batch.contiguous(memory_format=torch.channels_last), layouts).cpu().numpy()
                 if out is None:
                     out = np.zeros((len(images), vectors.shape[1]), np.float32)
                 out[chunk] = vectors

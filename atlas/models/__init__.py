@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from atlas.models.capture import LayerCapture, run_to_layer
 from atlas.models.layers import LayerInfo, format_layers, list_layers, resolve_layer
+from atlas.models.layout_reading import LayoutRequest, view_with_layout
+from atlas.models.layouts import ChannelsLast, Element, Tokens
 from atlas.models.record import LoadedModel, ModelFields, ModelRequest, Preprocessing
 from atlas.models.view import ChannelsFirst, LayerLayout, ModelView
 
@@ -31,18 +33,23 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ChannelsFirst",
+    "ChannelsLast",
+    "Element",
     "LayerCapture",
     "LayerInfo",
     "LayerLayout",
+    "LayoutRequest",
     "LoadedModel",
     "ModelFields",
     "ModelRequest",
     "ModelView",
     "Preprocessing",
+    "Tokens",
     "format_layers",
     "list_layers",
     "load_model",
     "model_files_identity",
     "resolve_layer",
     "run_to_layer",
+    "view_with_layout",
 ]

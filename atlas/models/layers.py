@@ -116,9 +116,11 @@ def layer_name_of(module: nn.Module, layer: nn.Module) -> str:
     return type(layer).__name__
 
 
-def format_layers(infos: list[LayerInfo]) -> str:
-    """Aligned name / type / output-shape table for ``atlas layers``."""
-    rows = [("name", "type", "output shape")]
-    rows += [(i.name, i.type, " x ".join(map(str, i.shape)) if i.shape is not None else "-") for i in infos]
-    widths = [max(len(row[col]) for row in rows) for col in range(2)]
-    return "\n".join(f"{n:<{widths[0]}}  {t:<{widths[1]}}  {s}".rstrip() for n, t, s in rows)
+def format_layers(infos: list[LayerInfo], readings: dict[str, str] | None = None) -> str:
+    """Aligned name / type / output-shape table for ``atlas layers``; ``readings``: a layout column by layer name."""
+    rows = [("name", "type", "output shape", "layout" if readings is not None else "")]
+    rows += [
+        (i.name, i.type, " x ".join(map(str, i.shape)) if i.shape is not None else "-", (readings or {}).get(i.name, "")) for i in infos
+    ]
+    widths = [max(len(row[col]) for row in rows) for col in range(3)]
+    return "\n".join(f"{n:<{widths[0]}}  {t:<{widths[1]}}  {s:<{widths[2]}}  {r}".rstrip() for n, t, s, r in rows)

@@ -38,6 +38,14 @@ class LayerLayout(Protocol):
         """What this layout is called; no manifest key records it yet (every run reads channels first)."""
         ...
 
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's ``layer_layout``: the name and whatever else fixes the reading (prefix, grid, element)."""
+        ...
+
+    def tensor(self, output: Any) -> Any:
+        """The tensor read from a raw output: itself, or the chosen element of a tuple or dict output."""
+        ...
+
     def grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
         """``(H, W)``: the positions an image gives; ``(1, 1)`` for a layer without space."""
         ...
@@ -84,6 +92,12 @@ class ChannelsFirst:
     """``[B, C, H, W]`` (a convolutional map) or ``[B, C]`` (a flat layer: one position)."""
 
     name: str = "channels_first"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def tensor(self, output: Any) -> Any:
+        return output
 
     def grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
         return (shape[1], shape[2]) if len(shape) == 3 else (1, 1)
@@ -209,10 +223,11 @@ class ModelView:
 
     @cached_property
     def layer_shape(self) -> tuple[int, ...]:
-        """The layer's raw output shape without the batch, at the model's input size: ``(C, H, W)`` or ``(C,)``."""
+        """The shape of the tensor the layout reads, without the batch, at the model's input size: ``(C, H, W)`` or
+        ``(C,)`` for channels first, ``(H, W, C)`` channels last, ``(N, C)`` tokens."""
         prep = self.preprocessing
         with torch.no_grad():
-            output = self.run_to_layer(zeros_input(self.module, prep.channels, prep.input_size))
+            output = self.layout.tensor(self.run_to_layer(zeros_input(self.module, prep.channels, prep.input_size)))
         return tuple(output.shape[1:])
 
     @property

@@ -119,6 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _layers(args: argparse.Namespace) -> int:
     from atlas.config import apply_assignment, parse_assignment
     from atlas.models import format_layers, list_layers, load_model
+    from atlas.models.layout_reading import layer_readings
 
     tree: dict = {"model": {"spec": args.spec}}
     for text in args.set or []:
@@ -129,7 +130,8 @@ def _layers(args: argparse.Namespace) -> int:
     model_config: ModelConfig = validate_tree(tree, AtlasConfig).model
     check_model_files(model_config)
     model = load_model(model_config)
-    print(format_layers(list_layers(model)))
+    infos = list_layers(model)
+    print(format_layers(infos, layer_readings(model, infos)))
     return 0
 
 

@@ -17,7 +17,7 @@ from atlas.bundle import IMAGES, BundleWriter, stage_marker
 from atlas.config import AtlasConfig
 from atlas.devices import resolve_device
 from atlas.errors import AtlasError
-from atlas.featurevis.pathcheck import choose_layers
+from atlas.featurevis.pathcheck import choose_layers, path_layouts, reads_own_layouts
 from atlas.images import open_source
 from atlas.images.source import ImageSource
 from atlas.io import out_of_space_as_error
@@ -94,7 +94,8 @@ def _prepare(config: AtlasConfig, device: torch.device) -> tuple[ModelView, int,
     """The model view (its layer's shape measured), the class count and the image source: everything a config can get
     wrong. The model comes from this process's cache, which the workers' tasks share under ``--scheduler sync``."""
     view = model_view(config.model, str(device))  # a wrong spec or layer fails here, before any work
-    choose_layers(view.model, config.model.layer, config.path_check.layers)  # and a wrong path_check.layers
+    names = choose_layers(view.model, config.model.layer, config.path_check.layers, reads_own_layouts(view))
+    path_layouts(view, names)  # and a wrong path_check.layers
     view.layer_shape  # noqa: B018  (measured now: a layer that does not run fails here)
     n_classes = 0
     if config.collect.attribution:

@@ -19,6 +19,7 @@ from atlas.dependency_warnings import silence_dependency_warnings
 from atlas.errors import AtlasError
 from atlas.io import DISK_FULL
 from atlas.models import LoadedModel, ModelView, load_model, model_files_identity
+from atlas.models.layout_reading import LayoutRequest, view_with_layout
 from atlas.runtime import tune_allocator
 
 
@@ -33,10 +34,13 @@ def use_threads(threads: int) -> None:
 
 @dataclass
 class _Loaded:
-    """A cached model and its views by layer: a view lives exactly as long as the model it holds."""
+    """A cached model and its views by layer and reading: a view lives exactly as long as the model it holds."""
 
     model: LoadedModel
-    views: dict[str, ModelView] = field(default_factory=dict)
+    views: dict[tuple[str, LayoutRequest], ModelView] = field(default_factory=dict)
+
+
+READING_KEYS = ("layout", "prefix_tokens", "output")  # how the layer is read: one model serves every reading
 
 
 @lru_cache(maxsize=2)
@@ -63,10 +67,11 @@ def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
 
     ``device``: the run's resolved device (``atlas.devices.resolve_device``), as a string: ``cpu``, ``cuda``, ``cuda:N``.
     """
-    loaded = _model(config.model_dump_json(exclude={"layer"}), _files_identity(config), device)
-    if config.layer not in loaded.views:
-        loaded.views[config.layer] = ModelView.of(loaded.model, config.layer)
-    return loaded.views[config.layer]
+    loaded = _model(config.model_dump_json(exclude={"layer", *READING_KEYS}), _files_identity(config), device)
+    key = (config.layer, LayoutRequest(config.layout, config.prefix_tokens, config.output))
+    if key not in loaded.views:
+        loaded.views[key] = view_with_layout(loaded.model, *key)
+    return loaded.views[key]
 
 
 def _files_identity(config: ModelConfig) -> str | None:

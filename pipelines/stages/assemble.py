@@ -98,6 +98,7 @@ def base_manifest(run: RunInputs) -> dict[str, Any]:
         "layer": config.model.layer,
         "channels": run.view.channels,  # through the layout: the length of one position's vector, as collect stores it
         "layer_shape": list(run.layer_shape),
+        "layer_layout": run.view.layout.to_json(),
         "input_size": prep.input_size,
         "input_channels": prep.channels,
         "n_images": 0,

@@ -17,7 +17,7 @@ from atlas.models import model_files_identity
 from atlas.storage import Location
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall, file_fingerprint, file_identity
-from atlas_pipelines.engine.worker_state import model_view, use_threads
+from atlas_pipelines.engine.worker_state import READING_KEYS, model_view, use_threads
 
 MIN_ROWS = 4  # UMAP and the grid need a few rows to mean anything
 MANIFEST_LIST = 1000  # the manifest names at most this many skipped files, and as many images with non-finite rows
@@ -70,8 +70,9 @@ def store_layout(run: RunInputs) -> StoreLayout:
 def collect_settings(run: RunInputs) -> Any:
     config = run.config
     index = run.bundle.path(IMAGE_INDEX)
+    reading = {key: value for key, value in config.model.model_dump(mode="json", include=set(READING_KEYS)).items() if value != "auto"}
     return [
-        config.model.model_dump(mode="json", exclude={"classes"}),
+        config.model.model_dump(mode="json", exclude={"classes", *READING_KEYS}),
         file_identity(config.model.weights),
         model_files_identity(config.model.spec),
         run.source.identity(),
@@ -79,6 +80,7 @@ def collect_settings(run: RunInputs) -> Any:
         config.collect.model_dump(mode="json", exclude={"batch_size"}),  # batching changes speed, not rows
         config.seed,
         *key_part(run.device),  # GPU rows differ from CPU rows in the last bits
+        *([reading] if reading else []),  # how the layer is read, when set: auto keeps the keys it always had
     ]
 
 

@@ -7,6 +7,7 @@ and each grid's scores written to ``levels/<g>/path.json``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,9 @@ from PIL import UnidentifiedImageError
 from atlas.bundle import Bundle, Cell, Score, patch_file
 from atlas.devices import key_part
 from atlas.featurevis.icon_files import load_icons
-from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check
-from atlas.models import ModelView, resolve_layer
+from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check, path_layouts, reads_own_layouts
+from atlas.models import LayerLayout, ModelView, resolve_layer
+from atlas.models.input_sizes import only_input_size
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 
@@ -25,7 +27,7 @@ READ_BATCH = 256  # images read and fed at a time: a 320 grid's icons would be g
 
 
 def path_layers(run: RunInputs) -> list[str]:
-    return choose_layers(run.model, run.config.model.layer, run.config.path_check.layers)
+    return choose_layers(run.model, run.config.model.layer, run.config.path_check.layers, reads_own_layouts(run.view))
 
 
 def cell_patches(cell: Cell, per_cell: int, written: set[str]) -> list[str]:
@@ -42,7 +44,17 @@ def _read(bundle: Bundle, name: str, channels: int) -> torch.Tensor | None:
         return None
 
 
-def vectors_of(bundle: Bundle, names: list[str], view: ModelView, layers: list[torch.nn.Module], strict: bool) -> list[np.ndarray | None]:
+@dataclass(frozen=True)
+class EarlyLayers:
+    """The layers the check reads, how each is read (None: as the atlas layer), and the one input size images are
+    resized to for a model that takes no other (None: each fed at its own size)."""
+
+    modules: list[torch.nn.Module]
+    layouts: list[LayerLayout] | None
+    fixed_size: int | None
+
+
+def vectors_of(bundle: Bundle, names: list[str], view: ModelView, early: EarlyLayers, strict: bool) -> list[np.ndarray | None]:
     """Each named image's early vector (None: unreadable, allowed only when not ``strict``), READ_BATCH at a time."""
     prep = view.preprocessing
     found: list[np.ndarray | None] = []
@@ -50,7 +62,7 @@ def vectors_of(bundle: Bundle, names: list[str], view: ModelView, layers: list[t
         chunk = names[start : start + READ_BATCH]
         images = [load_icons(bundle, [name], prep.channels, 0)[0] if strict else _read(bundle, name, prep.channels) for name in chunk]
         readable = [image for image in images if image is not None]
-        vectors = iter(early_vectors(view, layers, readable))
+        vectors = iter(early_vectors(view, early.modules, readable, layouts=early.layouts, fixed_size=early.fixed_size))
         found += [next(vectors) if image is not None else None for image in images]
     return found
 
@@ -59,16 +71,16 @@ def check_paths(call: StageCall) -> Report:
     run = call.run
     bundle, view = run.bundle, run.view
     names = path_layers(run)
-    layers = [resolve_layer(view.model, name) for name in names]
+    early = EarlyLayers([resolve_layer(view.model, name) for name in names], path_layouts(view, names), only_input_size(view))
     per_cell = run.config.tiles.examples_per_cell
     written = bundle.patches()
     cells = {size: bundle.grid_cells(size) for size in run.config.grid.sizes}
     unique = sorted({name for grid in cells.values() for cell in grid for name in cell_patches(cell, per_cell, written)})
-    patch_vectors = dict(zip(unique, vectors_of(bundle, unique, view, layers, strict=False)))
+    patch_vectors = dict(zip(unique, vectors_of(bundle, unique, view, early, strict=False)))
     run.log(f"[path] {len(unique)} example patches at {', '.join(names)}")
     levels = []
     for size, grid in cells.items():
-        icons = [v for v in vectors_of(bundle, [bundle.fed_image(c.icon) for c in grid], view, layers, strict=True) if v is not None]
+        icons = [v for v in vectors_of(bundle, [bundle.fed_image(c.icon) for c in grid], view, early, strict=True) if v is not None]
         dim = len(icons[0]) if icons else 0
         examples = []
         for cell in grid:
