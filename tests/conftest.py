@@ -84,3 +84,23 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_vit(fashion_available: bool, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ViT (GELU, 4 blocks of 64-channel tokens) trained on 6,000 real Fashion-MNIST images, as a variant folder.
+
+    The folder is a model spec (``ModelConfig(spec=str(folder), ...)``); its ``metrics.json`` holds the test accuracy
+    on 1,000 test images (about 0.7). Trained once per session, only by a test that asks for it (20 to 60 s on one core).
+    """
+    if not fashion_available:
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    from atlas.config import TrainConfig
+    from atlas.train.trainer import train_variant
+    from atlas_pipelines.commands.train import schedule_of, training_data, variant_for
+
+    config = TrainConfig(architecture="vit", limit_train_images=6000, limit_test_images=1000, epochs=2, batch_size=32)
+    data = training_data(config, log=lambda _m: None)
+    folder = tmp_path_factory.mktemp("tiny-vit") / "gelu"
+    train_variant(variant_for(config, "gelu", data), data, schedule_of(config), folder)
+    return folder

@@ -468,7 +468,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {  # small values, so nothing they ad
 }
 VALID_EXPERIMENT: dict[str, st.SearchStrategy[Any]] = {
     **VALID,
-    "train.architecture": st.sampled_from(["vgg", "resnet"]),
+    "train.architecture": st.sampled_from(["vgg", "resnet", "vit"]),
     "train.epochs": st.integers(1, 3),
     "train.learning_rate": st.floats(1e-5, 1.0),
     "train.width": st.integers(1, 32),

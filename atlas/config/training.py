@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from atlas.config.limits import ALL_ACTIVATIONS
 from atlas.config.section import Batch, Count, InputSize, Section, Seed
 
 
 class TrainConfig(Section):
-    """``atlas train``: one architecture, trained once per activation with everything else identical."""
+    """``atlas train``: one architecture, trained once per activation with everything else identical.
 
-    architecture: Literal["vgg", "resnet"] = "vgg"
+    ``vit`` is a tiny vision transformer whose MLPs take the activation (atlas.models.zoo.TinyViT).
+    """
+
+    architecture: Literal["vgg", "resnet", "vit"] = "vgg"
     dataset: str = Field(default="torchvision:FashionMNIST", description="torchvision:NAME, or a folder of class sub-folders")
     root: Path | None = Field(default=None, description="where torchvision datasets live (default: ~/.cache/atlas/datasets)")
     activations: tuple[str, ...] = Field(default=ALL_ACTIVATIONS, max_length=64, description="1 to 64 activation names")
@@ -40,6 +43,14 @@ class TrainConfig(Section):
         if len(set(names)) != len(names):
             raise ValueError("activation names repeat")
         return names
+
+    @field_validator("batch_norm")
+    @classmethod
+    def _only_for_convolutions(cls, value: bool, info: ValidationInfo) -> bool:
+        """The vit has LayerNorm and no batch norm: refused here, before any data is loaded."""
+        if value and info.data.get("architecture") == "vit":
+            raise ValueError("the vit normalises with LayerNorm and has no batch norm; set it false, or train.architecture: vgg or resnet")
+        return value
 
 
 class CompareConfig(Section):

@@ -28,7 +28,7 @@ from torch import nn
 from atlas.devices import CPU
 from atlas.io import write_bytes, write_json
 from atlas.models.card import MODEL_CARD, ModelCard, new_card, write_card  # noqa: F401  MODEL_CARD: the folder's file names live together
-from atlas.models.zoo import build_classifier, make_activation
+from atlas.models.zoo import ACTIVATION_CHANNEL_DIM, FIXED_INPUT_SIZE, build_classifier, check_input_size, make_activation
 from atlas.train.data import Split, TrainingData, to_model_input
 from atlas.train.units import activation_layers, unit_statistics, weight_layers
 
@@ -62,15 +62,17 @@ class Variant:
     in_channels: int
     width: int
     batch_norm: bool
+    input_size: int = 28  # px per side; only the ViT depends on it (its position embeddings)
 
     def build(self, seed: int) -> nn.Module:
         """The initial model for ``seed``; the lock keeps two tasks in one worker from interleaving on the global RNG."""
         with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_classifier(self.architecture, self.activation, self.num_classes, self.in_channels, self.width, self.batch_norm)
+            return build_classifier(**self.kwargs())
 
     def kwargs(self) -> dict[str, Any]:
-        return {
+        """:func:`build_classifier`'s arguments; ``input_size`` only where the architecture depends on it, so CNN cards stay as they were."""
+        kwargs: dict[str, Any] = {
             "architecture": self.architecture,
             "activation": self.activation,
             "num_classes": self.num_classes,
@@ -78,12 +80,18 @@ class Variant:
             "width": self.width,
             "batch_norm": self.batch_norm,
         }
+        if self.architecture in FIXED_INPUT_SIZE:
+            kwargs["input_size"] = self.input_size
+        return kwargs
 
 
 def variant_of(architecture: str, activation: str, data: TrainingData, width: int, batch_norm: bool) -> Variant:
-    """The variant with ``activation`` for ``data``'s classes and channels; an unknown activation fails here, listing the valid ones."""
+    """The variant with ``activation`` for ``data``'s classes, channels and size; an unknown activation, or a size the
+    architecture cannot take, fails here with its one line, before any training starts."""
     make_activation(activation)
-    return Variant(architecture, activation, len(data.classes), data.preprocessing.channels, width, batch_norm)
+    pre = data.preprocessing
+    check_input_size(architecture, pre.input_size)
+    return Variant(architecture, activation, len(data.classes), pre.channels, width, batch_norm, pre.input_size)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -167,7 +175,11 @@ def train_variant(
         log(f"[train] {variant.activation} epoch {epoch + 1}/{schedule.epochs}: test accuracy {test_accuracy:.3f} ({seconds:.1f} s)")
 
     units = unit_statistics(
-        model, activation_layers(model, type(make_activation(variant.activation))), _test_batches(data, device), schedule.dead_threshold
+        model,
+        activation_layers(model, type(make_activation(variant.activation))),
+        _test_batches(data, device),
+        schedule.dead_threshold,
+        channel_dim=ACTIVATION_CHANNEL_DIM[variant.architecture],
     )
     metrics = {
         "variant": variant.kwargs(),

@@ -36,9 +36,12 @@ def activation_layers(model: nn.Module, activation_type: type[nn.Module]) -> lis
 
 @torch.no_grad()
 def unit_statistics(
-    model: nn.Module, layers: list[tuple[str, nn.Module]], batches: Iterable[torch.Tensor], threshold: float
+    model: nn.Module, layers: list[tuple[str, nn.Module]], batches: Iterable[torch.Tensor], threshold: float, channel_dim: int = 1
 ) -> dict[str, Any]:
-    """Per layer: dead and never-positive unit fractions, mean and std of outputs; plus totals over all units."""
+    """Per layer: dead and never-positive unit fractions, mean and std of outputs; plus totals over all units.
+
+    ``channel_dim`` is the dimension holding the units: 1 for ``[B, C, H, W]`` maps, -1 for ``[B, N, C]`` tokens.
+    """
     running: dict[str, _Running] = {}
 
     def hook(name: str, module: nn.Module):  # type: ignore[no-untyped-def]
@@ -47,8 +50,9 @@ def unit_statistics(
             with torch.enable_grad():
                 xg = x.clone().requires_grad_(True)
                 (grad,) = torch.autograd.grad(module.forward(xg).sum(), xg)  # .forward: no hooks, no recursion
-            dims = [d for d in range(x.dim()) if d != 1]
-            channels = x.shape[1]
+            unit_dim = channel_dim % x.dim()
+            dims = [d for d in range(x.dim()) if d != unit_dim]
+            channels = x.shape[unit_dim]
             state = running.get(name)
             if state is None:
                 zeros = torch.zeros(channels, dtype=torch.float64, device=x.device)
