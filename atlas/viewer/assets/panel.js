@@ -3,7 +3,7 @@
 
 import { cellAtIndex, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
-import { countText, escapeHtml, fmt } from "./format.js";
+import { countText, escapeHtml, exampleWhere, fmt } from "./format.js";
 import { levelOf } from "./grids.js";
 import { pairColumnText } from "./subset.js";
 
@@ -84,7 +84,7 @@ function showExamples(cell) {
     const patch = figure(e.patch, "image " + e.image_id, (img) => {
       img.addEventListener("load", () => { if (img.naturalWidth < 64) img.classList.add("pixelated"); });
     });
-    patch.querySelector("img").alt = "image " + e.image_id + " at (" + e.y + ", " + e.x + ")";
+    patch.querySelector("img").alt = "image " + e.image_id + exampleWhere(e);
     box.appendChild(patch);
   });
   if (!examples.length) box.innerHTML = "<p class=\"muted\">No example patches for this cell.</p>";
