@@ -238,8 +238,8 @@ def test_atlas_layers_prints_each_layers_reading(capsys: pytest.CaptureFixture[s
 
 
 def test_the_collect_key_changes_with_a_layout_setting_and_auto_keeps_it(tmp_path: Path) -> None:
-    def settings(**model: object) -> str:
-        config = AtlasConfig.model_validate({"model": model})
+    def settings(collect: dict[str, object] | None = None, **model: object) -> str:
+        config = AtlasConfig.model_validate({"model": model, "collect": collect or {}})
         run = SimpleNamespace(
             config=config,
             bundle=SimpleNamespace(path=lambda name: tmp_path / name),
@@ -259,6 +259,8 @@ def test_the_collect_key_changes_with_a_layout_setting_and_auto_keeps_it(tmp_pat
         settings(output="x"),
     }
     assert len(changed) == 5 and default not in changed
+    assert "class_token" not in default and settings({"class_token": False}) == default, "off, the key is as before it existed"
+    assert settings({"class_token": True}) not in {default, *changed}
 
 
 TIMM_MODELS = ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "convnext_atto"]
