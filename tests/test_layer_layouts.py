@@ -42,6 +42,7 @@ from atlas.models.layout_reading import (
     view_with_layout,
 )
 from atlas.models.layouts import ChannelsLast, Element, Tokens
+from atlas.tiles.patches import patch_of
 from atlas_pipelines.commands.cli import main
 from atlas_pipelines.stages.collect import collect_settings
 
@@ -375,3 +376,14 @@ def test_a_store_from_before_row_kinds_reads_as_positions_only(tmp_path: Path) -
     tokens = Rows(*(getattr(rows[1], f) for f in ROW_FIELDS[:-1]), kind=np.array([CLASS_TOKEN_ROW, POSITION_ROW], np.int8))
     with pytest.raises(ValueError, match="create it again to store class-token rows"):
         store.write_shard(1, tokens, {})
+
+
+def test_a_class_token_example_is_the_whole_frame_at_a_patch_size() -> None:
+    frame = _photo_records(1)[0].image
+    assert frame is not None
+    frame = frame.resize((32, 32))
+    whole = patch_of(frame, -1, -1, (4, 4), 32)
+    patch = patch_of(frame, 2, 1, (4, 4), 32)
+    assert whole.size == patch.size == (24, 24), "3 strides of 8 px"
+    assert np.array_equal(np.asarray(whole), np.asarray(frame.resize((24, 24), Image.Resampling.LANCZOS)))
+    assert np.array_equal(np.asarray(patch), np.asarray(frame.crop((0, 8, 24, 32))))
