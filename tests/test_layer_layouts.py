@@ -3,6 +3,7 @@ decided from the model and the settings, or asked for in one line."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,16 +12,37 @@ import numpy as np
 import pytest
 import timm
 import torch
+import zarr
+from PIL import Image
 from test_model_view import small_cnn
 from torch import nn
 
-from atlas.collect import activations_at
+from atlas.collect import (
+    CLASS_TOKEN_ROW,
+    POSITION_ROW,
+    ROW_FIELDS,
+    ActivationStore,
+    Rows,
+    StoreLayout,
+    activations_at,
+    collect_records,
+)
 from atlas.config import AtlasConfig
 from atlas.errors import AtlasError
 from atlas.featurevis.framing import frame_icons
-from atlas.models import ModelView
-from atlas.models.layout_reading import LayoutRequest, read_layout, view_with_layout
+from atlas.images.preprocess import to_tensor
+from atlas.images.source import ImageRecord
+from atlas.models import ModelRequest, ModelView, list_layers, load_model
+from atlas.models.layout_reading import (
+    LayoutRequest,
+    UnclearLayout,
+    read_layout,
+    shapes_at_twice_the_size,
+    tensor_layout,
+    view_with_layout,
+)
 from atlas.models.layouts import ChannelsLast, Element, Tokens
+from atlas.tiles.patches import patch_of
 from atlas_pipelines.commands.cli import main
 from atlas_pipelines.stages.collect import collect_settings
 
@@ -217,8 +239,8 @@ def test_atlas_layers_prints_each_layers_reading(capsys: pytest.CaptureFixture[s
 
 
 def test_the_collect_key_changes_with_a_layout_setting_and_auto_keeps_it(tmp_path: Path) -> None:
-    def settings(**model: object) -> str:
-        config = AtlasConfig.model_validate({"model": model})
+    def settings(collect: dict[str, object] | None = None, **model: object) -> str:
+        config = AtlasConfig.model_validate({"model": model, "collect": collect or {}})
         run = SimpleNamespace(
             config=config,
             bundle=SimpleNamespace(path=lambda name: tmp_path / name),
@@ -238,3 +260,130 @@ def test_the_collect_key_changes_with_a_layout_setting_and_auto_keeps_it(tmp_pat
         settings(output="x"),
     }
     assert len(changed) == 5 and default not in changed
+    assert "class_token" not in default and settings({"class_token": False}) == default, "off, the key is as before it existed"
+    assert settings({"class_token": True}) not in {default, *changed}
+
+
+TIMM_MODELS = ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "convnext_atto"]
+MODEL_KEYS = {"model.layout", "model.prefix_tokens", "model.output", "model.layer"}
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_every_layer_atlas_layers_lists_is_read_or_refused_in_one_line_naming_a_key(name: str) -> None:
+    """The issue's target row, without an atlas per layer: each listed layer's reading is a layout that reads a tensor
+    of its shape into ``H x W`` positions of ``C`` channels, or a one-line refusal naming the key that would decide."""
+    model = load_model(ModelRequest(f"timm:{name}", pretrained=False))
+    infos = list_layers(model)
+    at_twice = shapes_at_twice_the_size(model)
+    modules = dict(model.module.named_modules())
+    read = refused = 0
+    for info in infos:
+        if info.shape is None:  # listed without a shape: it never runs, and using it says so
+            with pytest.raises(AtlasError) as raised:
+                view_with_layout(model, info.name)
+            assert "\n" not in str(raised.value) and "(model.layer)" in str(raised.value), info.name
+            refused += 1
+            continue
+        try:
+            layout = tensor_layout(
+                model.module, info.name, modules[info.name], info.shape, LayoutRequest(), functools.partial(at_twice.get, info.name)
+            )
+        except UnclearLayout as err:
+            assert err.key in MODEL_KEYS and err.key in str(err) and "\n" not in str(err), (info.name, str(err))
+            refused += 1
+            continue
+        height, width = layout.grid(info.shape)
+        positions = layout.positions(torch.zeros(1, *info.shape))
+        assert positions.shape == (1, height * width, layout.channels(info.shape)), (info.name, layout)
+        read += 1
+    assert read + refused == len(infos) and read > refused, (read, refused)
+
+
+def test_deit_tiny_has_one_class_token_and_the_distilled_deit_two() -> None:
+    for name, prefix in (("deit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)):
+        model = load_model(ModelRequest(f"timm:{name}", pretrained=False))
+        assert view_with_layout(model, "blocks.3").layout == Tokens(prefix, (14, 14)), name
+
+
+def _photo_records(count: int) -> list[ImageRecord]:
+    generator = np.random.default_rng(5)
+    return [
+        ImageRecord(n, f"photo-{n}.png", Image.fromarray(generator.integers(0, 256, (40, 48, 3), dtype=np.uint8)), label=n % 5)
+        for n in range(count)
+    ]
+
+
+def test_class_token_rows_are_the_layers_token_0_and_leave_the_patch_rows_as_they_were() -> None:
+    model = tiny_vit()
+    view = view_with_layout(ModelView.of_module(model, "blocks.1", input_size=32).model, "blocks.1")
+    records = _photo_records(5)
+    plain = collect_records(view, records, 3, 4, 0, True, 5)
+    with_class = collect_records(view, records, 3, 4, 0, True, 5, class_token=True)
+    patches, tokens = with_class.rows.kind == POSITION_ROW, with_class.rows.kind == CLASS_TOKEN_ROW
+    assert (plain.rows.kind == POSITION_ROW).all() and tokens.sum() == 5 and patches.sum() == 5 * 3
+    for name in ROW_FIELDS:  # the patch rows, in the same order, exactly as without the setting
+        np.testing.assert_array_equal(getattr(with_class.rows, name)[patches], getattr(plain.rows, name), err_msg=name)
+    assert (with_class.rows.y[tokens] == -1).all() and (with_class.rows.x[tokens] == -1).all()
+    assert with_class.rows.image_id[tokens].tolist() == list(range(5))
+    inputs = torch.stack([to_tensor(r.image, view.preprocessing) for r in records if r.image is not None])
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        kept["tokens"] = output
+        return output
+
+    handle = model.get_submodule("blocks.1").register_forward_hook(keep)
+    try:
+        logits = model(inputs)
+    finally:
+        handle.remove()
+    class_tokens = kept["tokens"][:, 0]
+    np.testing.assert_allclose(with_class.rows.activation[tokens], class_tokens.detach().numpy(), rtol=1e-5, atol=1e-5)
+    # attribution: the class token times the gradient of each logit with respect to it, as for any row
+    for c in range(5):
+        (grad,) = torch.autograd.grad(logits[:, c].sum(), kept["tokens"], retain_graph=True)
+        expected = (class_tokens * grad[:, 0]).sum(dim=1).detach().numpy()
+        np.testing.assert_allclose(with_class.rows.attribution[tokens][:, c].astype(np.float32), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_class_token_rows_on_a_layer_without_a_class_token_are_one_line_naming_the_key() -> None:
+    records = _photo_records(2)
+    model = ModelView.of_module(tiny_vit(), "patch_embed", input_size=32).model
+    cases = [
+        (view_with_layout(model, "patch_embed"), "has no prefix tokens"),
+        (ModelView.of_module(small_cnn(), "3", input_size=16), "reads as channels_first"),
+    ]
+    for view, why in cases:
+        with pytest.raises(AtlasError) as raised:
+            collect_records(view, records, 1, 4, 0, False, 5, class_token=True)
+        message = str(raised.value)
+        assert "\n" not in message and why in message and "set collect.class_token: false" in message
+
+
+def test_a_store_from_before_row_kinds_reads_as_positions_only(tmp_path: Path) -> None:
+    store = ActivationStore(tmp_path / "activations")
+    store.create(StoreLayout(n_shards=2, rows_per_shard=4, channels=3, n_classes=2), "key")
+    rows = [
+        Rows(np.full((n, 3), s, np.float32), np.zeros((n, 2), np.float32), np.arange(n), *[np.zeros(n, np.int32)] * 3)
+        for s, n in ((0, 3), (1, 2))
+    ]
+    store.write_shard(0, rows[0], {})
+    zarr.open_group(str(tmp_path / "activations" / "rows.zarr"), mode="r+").__delitem__("kind")  # as a store written before `kind`
+    store.write_shard(1, rows[1], {})  # a resumed collection of positions still writes
+    assert store.read().kind.tolist() == [POSITION_ROW] * 5
+    assert [chunk.arrays["kind"].tolist() for chunk in store.chunks(("kind",))] == [[0, 0, 0], [0, 0]]
+    assert store.take(np.array([4, 0]), ("kind", "activation"))["kind"].tolist() == [0, 0]
+    tokens = Rows(*(getattr(rows[1], f) for f in ROW_FIELDS[:-1]), kind=np.array([CLASS_TOKEN_ROW, POSITION_ROW], np.int8))
+    with pytest.raises(ValueError, match="create it again to store class-token rows"):
+        store.write_shard(1, tokens, {})
+
+
+def test_a_class_token_example_is_the_whole_frame_at_a_patch_size() -> None:
+    frame = _photo_records(1)[0].image
+    assert frame is not None
+    frame = frame.resize((32, 32))
+    whole = patch_of(frame, -1, -1, (4, 4), 32)
+    patch = patch_of(frame, 2, 1, (4, 4), 32)
+    assert whole.size == patch.size == (24, 24), "3 strides of 8 px"
+    assert np.array_equal(np.asarray(whole), np.asarray(frame.resize((24, 24), Image.Resampling.LANCZOS)))
+    assert np.array_equal(np.asarray(patch), np.asarray(frame.crop((0, 8, 24, 32))))

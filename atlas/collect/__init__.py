@@ -3,9 +3,11 @@
 from atlas.collect.attribution import PositionRows, activations_at
 from atlas.collect.collector import ShardResult, collect_records
 from atlas.collect.sampling import sample_positions
-from atlas.collect.store import ROW_FIELDS, ActivationStore, RowChunk, Rows, StoreLayout
+from atlas.collect.store import CLASS_TOKEN_ROW, POSITION_ROW, ROW_FIELDS, ActivationStore, RowChunk, Rows, StoreLayout
 
 __all__ = [
+    "CLASS_TOKEN_ROW",
+    "POSITION_ROW",
     "ROW_FIELDS",
     "ActivationStore",
     "PositionRows",

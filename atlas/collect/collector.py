@@ -18,11 +18,14 @@ import torch
 
 from atlas.collect.attribution import activations_at
 from atlas.collect.sampling import sample_positions
-from atlas.collect.store import ROW_FIELDS, Rows
+from atlas.collect.store import CLASS_TOKEN_ROW, KIND_DTYPE, POSITION_ROW, ROW_FIELDS, Rows
 from atlas.errors import AtlasError
 from atlas.images.preprocess import to_tensor
 from atlas.images.source import ImageRecord, display_name, one_line
+from atlas.models.layouts import CLASS_TOKEN_POSITION, require_class_token
 from atlas.models.view import ModelView
+
+CLASS_TOKEN_AT = np.array([[CLASS_TOKEN_POSITION, CLASS_TOKEN_POSITION]], dtype=np.int32)
 
 
 @dataclass
@@ -58,20 +61,26 @@ def collect_records(
     with_attribution: bool,
     n_classes: int,
     nonfinite: Literal["drop", "stop"] = "drop",
+    class_token: bool = False,
 ) -> ShardResult:
     """Preprocess, sample positions and run the model in batches of ``batch_size`` rows.
 
     Unreadable images are skipped and reported, never raised. Rows that are not
     finite are dropped and reported per image, or with ``nonfinite="stop"`` the
-    first image that gives one raises an AtlasError naming it.
+    first image that gives one raises an AtlasError naming it. With ``class_token``
+    each image also gives its class token's row (kind ``CLASS_TOKEN_ROW``, at
+    ``y = x = -1``), on top of its ``positions_per_image`` patch rows.
     """
+    if class_token:
+        require_class_token(view.layout, view.module, view.layer_name)
     parts: list[Rows] = []
     skipped: list[dict[str, str]] = []
     bad_rows: dict[int, dict[str, Any]] = {}  # image id -> its report, in the order first met
     kept_ids: set[int] = set()
     height, width = view.grid
     device = view.device  # decoding and preprocessing stay on the CPU; the batch goes where the model is
-    images_per_batch = max(1, batch_size // (height * width if positions_per_image == "all" else positions_per_image))
+    per_image = (height * width if positions_per_image == "all" else positions_per_image) + int(class_token)
+    images_per_batch = max(1, batch_size // per_image)
     for batch in _batches(records, images_per_batch):
         good: list[ImageRecord] = []
         tensors: list[torch.Tensor] = []
@@ -88,6 +97,8 @@ def collect_records(
         if not good:
             continue
         positions = [sample_positions(r.image_id, height, width, positions_per_image, seed) for r in good]
+        if class_token:
+            positions = [np.concatenate([p, CLASS_TOKEN_AT]) for p in positions]
         rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(positions)])
         where = np.concatenate(positions)
         images = torch.stack(tensors).contiguous(memory_format=torch.channels_last).to(device)
@@ -102,7 +113,8 @@ def collect_records(
             subset = images if len(used) == len(good) else images[torch.as_tensor(used, device=device)]
             out = activations_at(view, subset, local, at, with_attribution)
             attribution = out.attribution if out.attribution is not None else np.zeros((len(part), n_classes), np.float32)
-            rows_here = Rows(out.activation, attribution, ids_of[part], at[:, 0].copy(), at[:, 1].copy(), labels_of[part])
+            kind = np.where(at[:, 0] == CLASS_TOKEN_POSITION, CLASS_TOKEN_ROW, POSITION_ROW).astype(KIND_DTYPE)
+            rows_here = Rows(out.activation, attribution, ids_of[part], at[:, 0].copy(), at[:, 1].copy(), labels_of[part], kind)
             finite = np.isfinite(rows_here.activation).all(axis=1) & np.isfinite(rows_here.attribution).all(axis=1)
             if not finite.all():
                 _report_nonfinite(rows_here, ~finite, [good[i] for i in used], bad_rows, nonfinite, view.layer_name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,8 +28,11 @@ from atlas.io import write_json
 from atlas.markers import read_marker, write_marker
 from atlas.storage import Location, location
 
-ROW_FIELDS = ("activation", "attribution", "image_id", "y", "x", "label")  # what a reader gets per row
+ROW_FIELDS = ("activation", "attribution", "image_id", "y", "x", "label", "kind")  # what a reader gets per row
 _ARRAYS = (*ROW_FIELDS, "valid")
+POSITION_ROW = 0  # a row's kind: one position of the layer's map (a patch token, for a token layer)
+CLASS_TOKEN_ROW = 1  # the class token of a token layer (collect.class_token), stored at y = x = -1
+KIND_DTYPE = "int8"
 ATTRIBUTION_DTYPE = "float16"
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -44,6 +47,11 @@ class Rows:
     y: np.ndarray  # int32 [N]
     x: np.ndarray  # int32 [N]
     label: np.ndarray  # int32 [N], -1 where the source has no labels
+    kind: np.ndarray = field(default_factory=lambda: np.zeros(0, KIND_DTYPE))  # int8 [N]: POSITION_ROW or CLASS_TOKEN_ROW
+
+    def __post_init__(self) -> None:
+        if len(self.kind) == 0 and len(self.image_id):
+            self.kind = np.full(len(self.image_id), POSITION_ROW, KIND_DTYPE)  # rows made without kinds are positions
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -115,7 +123,7 @@ class ActivationStore:
             dtype=ATTRIBUTION_DTYPE,
             fill_value=0.0,
         )
-        for name, dtype in (("image_id", "int64"), ("y", "int32"), ("x", "int32"), ("label", "int32")):
+        for name, dtype in (("image_id", "int64"), ("y", "int32"), ("x", "int32"), ("label", "int32"), ("kind", KIND_DTYPE)):
             group.create_array(name, shape=(rows,), chunks=chunk, dtype=dtype, fill_value=0)
         group.create_array("valid", shape=(rows,), chunks=chunk, dtype="bool", fill_value=False)
         self._done_dir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +142,10 @@ class ActivationStore:
         start = shard_index * cap
         group = self._group("r+")
         for name in _ARRAYS:
+            if name == "kind" and name not in group:  # a resumed store from before row kinds: positions only
+                if (rows.kind != POSITION_ROW).any():
+                    raise ValueError("this activation store has no row kinds; create it again to store class-token rows")
+                continue
             array = _array(group, name)
             data = np.ones(n, dtype=bool) if name == "valid" else getattr(rows, name)
             if name == "attribution" and array.dtype == np.float16:
@@ -152,7 +164,7 @@ class ActivationStore:
         """Every valid row at once: for notebooks and small stores; stages stream with :meth:`chunks`."""
         group = self._group("r")
         valid = np.asarray(_array(group, "valid")[:])
-        arrays = {name: np.asarray(_array(group, name)[:])[valid] for name in ROW_FIELDS}
+        arrays = {name: _read(group, name, slice(None))[valid] for name in ROW_FIELDS}
         return Rows(**arrays)
 
     # --- streaming reads --------------------------------------------------------------------------
@@ -184,14 +196,13 @@ class ActivationStore:
         self, names: Sequence[str], shards: Sequence[int] | None, by_shard: tuple[np.ndarray, int, np.ndarray]
     ) -> Iterator[RowChunk]:
         group = self._group("r")
-        arrays = {name: _array(group, name) for name in names}
         valid, cap, starts = by_shard
         for shard in range(len(valid)) if shards is None else shards:
             mask = valid[shard]
             if not mask.any():
                 continue
-            lo, hi = shard * cap, (shard + 1) * cap
-            yield RowChunk(int(starts[shard]), {name: np.asarray(a[lo:hi])[mask] for name, a in arrays.items()})
+            rows = slice(shard * cap, (shard + 1) * cap)
+            yield RowChunk(int(starts[shard]), {name: _read(group, name, rows)[mask] for name in names})
 
     def take(self, rows: np.ndarray, names: Sequence[str] = ROW_FIELDS) -> dict[str, np.ndarray]:
         """The given rows (indices among the N, any order, repeats allowed), reading only the shards that hold them."""
@@ -204,13 +215,28 @@ class ActivationStore:
         group = self._group("r")
         out: dict[str, np.ndarray] = {}
         for name in names:
-            array = _array(group, name)
-            out[name] = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+            shape, dtype = _shape_and_dtype(group, name)
+            out[name] = np.empty((len(rows), *shape[1:]), dtype=dtype)
         for chunk in self._chunks(names, np.unique(shard_of).tolist(), by_shard):
             wanted = np.flatnonzero((rows >= chunk.start) & (rows < chunk.start + len(chunk)))
             for name in names:
                 out[name][wanted] = chunk.arrays[name][rows[wanted] - chunk.start]
         return out
+
+
+def _read(group: zarr.Group, name: str, rows: slice) -> np.ndarray:
+    """Stored rows of one array; a store from before row kinds holds positions only, so its missing ``kind`` reads as
+    ``POSITION_ROW`` for every row."""
+    if name == "kind" and name not in group:
+        return np.full(len(range(*rows.indices(_array(group, "valid").shape[0]))), POSITION_ROW, KIND_DTYPE)
+    return np.asarray(_array(group, name)[rows])
+
+
+def _shape_and_dtype(group: zarr.Group, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    if name == "kind" and name not in group:
+        return _array(group, "valid").shape, np.dtype(KIND_DTYPE)
+    array = _array(group, name)
+    return array.shape, np.dtype(array.dtype)
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array:

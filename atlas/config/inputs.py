@@ -59,3 +59,7 @@ class CollectConfig(Section):
     nonfinite: Literal["drop", "stop"] = Field(
         default="drop", description="rows whose activation or attribution holds NaN or inf: drop and count them, or stop at the first"
     )
+    class_token: bool = Field(
+        default=False,
+        description="also store each image's class-token row (a token layer of a model with a class token), beside its patch rows",
+    )

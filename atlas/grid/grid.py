@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from atlas.bundle import icon_file
+from atlas.collect.store import CLASS_TOKEN_ROW
 from atlas.grid.cells import cell_index
 from atlas.grid.means import segment_means
 
@@ -41,7 +42,9 @@ def build_grid(
     labels: Sequence[str] | None,
     top_classes: int = 5,
     n_examples: int = 8,
+    kind: np.ndarray | None = None,
 ) -> GridLevel:
+    """``kind``: each row's kind (the store's ``kind``; None: positions only), for the cells' class-token counts."""
     i, j = cell_index(coords, size)
     flat = j * size + i
     present, counts = np.unique(flat, return_counts=True)
@@ -56,6 +59,8 @@ def build_grid(
     members_sorted = np.flatnonzero(row_cell >= 0)
     members_sorted = members_sorted[np.argsort(row_cell[members_sorted], kind="stable")]
     starts = np.concatenate([[0], np.cumsum(kept_counts)[:-1]]).astype(np.int64) if len(kept) else np.zeros(0, np.int64)
+    is_class_token = np.zeros(len(row_cell), bool) if kind is None else kind == CLASS_TOKEN_ROW
+    class_tokens = np.bincount(row_cell[is_class_token & (row_cell >= 0)], minlength=len(kept))
     cells = [
         make_cell(
             size,
@@ -65,6 +70,7 @@ def build_grid(
             labels,
             top_classes,
             _examples(members_sorted[start : start + count], activation, directions[n], image_id, y, x, n_examples),
+            int(class_tokens[n]),
         )
         for n, (flat_cell, start, count) in enumerate(zip(kept, starts, kept_counts))
     ]
@@ -79,13 +85,17 @@ def make_cell(
     labels: Sequence[str] | None,
     top_classes: int,
     examples: list[dict[str, int]],
+    class_tokens: int = 0,
 ) -> dict[str, Any]:
-    """One cells.json entry (before render and examples add theirs): the same for the in-memory and streaming grids."""
+    """One cells.json entry (before render and examples add theirs): the same for the in-memory and streaming grids.
+
+    ``class_tokens``: how many of the ``count`` rows are class-token rows, recorded only where there are any."""
     i, j = flat_cell % size, flat_cell // size
     return {
         "i": i,
         "j": j,
         "count": count,
+        **({"class_tokens": class_tokens} if class_tokens else {}),
         "top_classes": _top_classes(mean_attribution, labels, top_classes),
         "icon": icon_file(size, i, j),
         "examples": examples,

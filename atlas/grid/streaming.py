@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from atlas.collect.store import RowChunk
+from atlas.collect.store import CLASS_TOKEN_ROW, RowChunk
 from atlas.grid.cells import cell_index
 from atlas.grid.grid import GridLevel, make_cell
 
@@ -64,11 +64,11 @@ def build_grids(
     """One :class:`GridLevel` per size, in ``sizes`` order, each yielded as soon as its pass is done."""
     plans = [plan_level(coords, size, min_count) for size in sizes]
     for group in _groups(plans, channels + n_classes, budget_bytes):
-        directions, attribution = _means(group, read_chunks, channels, n_classes)
+        directions, attribution, class_tokens = _means(group, read_chunks, channels, n_classes)
         examples = _examples(group, read_chunks, directions, n_examples) if n_examples else [{} for _ in group]
-        for plan, direction, mean_attr, best in zip(group, directions, attribution, examples):
+        for plan, direction, mean_attr, best, tokens in zip(group, directions, attribution, examples, class_tokens):
             cells = [
-                make_cell(plan.size, int(flat), int(count), mean_attr[n], labels, top_classes, best.get(n, []))
+                make_cell(plan.size, int(flat), int(count), mean_attr[n], labels, top_classes, best.get(n, []), int(tokens[n]))
                 for n, (flat, count) in enumerate(zip(plan.kept, plan.counts))
             ]
             yield GridLevel(plan.size, cells, direction, mean_attr)
@@ -89,26 +89,34 @@ def _groups(plans: list[_Plan], width: int, budget: int) -> Iterator[list[_Plan]
         yield group
 
 
-def _means(group: list[_Plan], read_chunks: ReadChunks, channels: int, n_classes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per level: float32 [cells, C] mean activation and [cells, K] mean attribution, from one pass."""
+def _means(
+    group: list[_Plan], read_chunks: ReadChunks, channels: int, n_classes: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per level: float32 [cells, C] mean activation, [cells, K] mean attribution and each cell's count of class-token
+    rows, from one pass."""
     act_sums = [np.zeros((len(p.kept), channels), np.float64) for p in group]
     attr_sums = [np.zeros((len(p.kept), n_classes), np.float64) for p in group]
-    fields = ("activation", "attribution") if n_classes else ("activation",)
+    class_tokens = [np.zeros(len(p.kept), np.int64) for p in group]
+    fields = ("activation", "kind", "attribution") if n_classes else ("activation", "kind")
     for chunk in read_chunks(fields):
         activation = chunk.arrays["activation"].astype(np.float64)
         attribution = chunk.arrays["attribution"].astype(np.float64) if n_classes else None
-        for plan, act_sum, attr_sum in zip(group, act_sums, attr_sums):
-            touched = _membership(plan.row_cell[chunk.rows])
+        is_class_token = chunk.arrays["kind"] == CLASS_TOKEN_ROW
+        for plan, act_sum, attr_sum, tokens in zip(group, act_sums, attr_sums, class_tokens):
+            cell = plan.row_cell[chunk.rows]
+            touched = _membership(cell)
             if touched is None:
                 continue
             cells, members = touched
             act_sum[cells] += members @ activation
             if attribution is not None:
                 attr_sum[cells] += members @ attribution
+            tokens += np.bincount(cell[is_class_token & (cell >= 0)], minlength=len(plan.kept))
     divide = [np.maximum(p.counts, 1)[:, None] for p in group]
     return (
         [(s / d).astype(np.float32) for s, d in zip(act_sums, divide)],
         [(s / d).astype(np.float32) for s, d in zip(attr_sums, divide)],
+        class_tokens,
     )
 
 

@@ -104,7 +104,7 @@ class LayerCapture:
                 raise
         output, self._last = self._last, None
         if output is None:
-            raise AtlasError(f"layer {self.name} did not run in the forward pass; choose a layer the model uses at inference")
+            raise AtlasError(f"layer {self.name} did not run in the forward pass; choose a layer the model uses at inference (model.layer)")
         return output
 
     def __call__(self, x: torch.Tensor) -> Any:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
+from atlas.errors import AtlasError
 from atlas.models.view import LayerLayout, centre
 
 
@@ -74,10 +76,16 @@ class ChannelsLast:
         return out.mean(dim=(1, 2)) if out.dim() == 4 else out
 
 
+CLASS_TOKEN_POSITION = -1  # the (y, x) of a class-token row: it has no place on the patch grid
+
+
 @dataclass(frozen=True)
 class Tokens:
     """``[B, N, C]``: ``prefix`` leading tokens (class, distillation, registers) left out, then ``N - prefix`` patch
-    tokens laid row-major on ``patch_grid``, so position ``y * W + x`` is the patch in row ``y``, column ``x``."""
+    tokens laid row-major on ``patch_grid``, so position ``y * W + x`` is the patch in row ``y``, column ``x``.
+
+    ``at`` and ``place`` also take the position ``(CLASS_TOKEN_POSITION, CLASS_TOKEN_POSITION)``: the first prefix
+    token, read only where :func:`require_class_token` has made sure that it is the class token."""
 
     prefix: int
     patch_grid: tuple[int, int]
@@ -103,7 +111,11 @@ class Tokens:
         return out
 
     def _index(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-        return self.prefix + ys * self.patch_grid[1] + xs
+        patches = self.prefix + ys * self.patch_grid[1] + xs
+        class_token = ys == CLASS_TOKEN_POSITION
+        if self.prefix == 0 and bool(class_token.any()):
+            raise ValueError("a class-token position on a token layer without prefix tokens")
+        return torch.where(class_token, torch.zeros_like(patches), patches)
 
     def positions(self, output: Any) -> torch.Tensor:
         return self._tokens(output)[:, self.prefix :]
@@ -179,6 +191,22 @@ class Element:
         return self.inner.spatial_mean(self.tensor(output))
 
 
+def require_class_token(layout: LayerLayout, module: nn.Module, layer_name: str) -> None:
+    """Make sure the layer's first token is the model's class token before class-token rows are read: a token layout
+    with prefix tokens, in a model that has one (timm's and the tiny ViT's ``cls_token``, always put first)."""
+    tokens = layout.inner if isinstance(layout, Element) else layout
+    has_class_token = getattr(module, "cls_token", None) is not None
+    if isinstance(tokens, Tokens) and tokens.prefix > 0 and has_class_token:
+        return
+    if not isinstance(tokens, Tokens):
+        why = f"reads as {tokens.name}, which has no class token"
+    elif tokens.prefix == 0:
+        why = "has no prefix tokens (patch tokens only)"
+    else:
+        why = f"has {tokens.prefix} prefix tokens but the model has no cls_token to say the first is a class token"
+    raise AtlasError(f"collect.class_token is true but layer {layer_name!r} {why}; set collect.class_token: false or choose a ViT block")
+
+
 def _zeros_like(value: Any) -> Any:
     return torch.zeros_like(value) if isinstance(value, torch.Tensor) else value
 
@@ -203,4 +231,4 @@ def batch_size(output: Any) -> int:
     return next(batch_size(part) for part in parts if isinstance(part, (torch.Tensor, dict, tuple, list)))
 
 
-__all__ = ["ChannelsLast", "Element", "Tokens", "batch_size", "map_outputs"]
+__all__ = ["CLASS_TOKEN_POSITION", "ChannelsLast", "Element", "Tokens", "batch_size", "map_outputs", "require_class_token"]

@@ -9,7 +9,9 @@ pixels dominate the activation (the effective receptive field is much smaller
 than the theoretical one). Near the border the square is shifted to stay
 inside the frame, never shrunk, unless it is larger than the frame itself.
 Patches keep the input's resolution and the model's colour mode (grayscale for
-one-channel models), saved as JPEG.
+one-channel models), saved as JPEG. A class-token row (``collect.class_token``,
+at y = x = -1) reads the whole image: its example is the whole input frame,
+resized to the side a position's patch has, so it shows beside them at their scale.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from PIL import Image
 
 from atlas.bundle import BundleWriter, patch_file
 from atlas.images.preprocess import fit_square
+from atlas.models.layouts import CLASS_TOKEN_POSITION
 
 PATCH_STRIDES = 3.0
 PATCH_QUALITY = 90
@@ -35,6 +38,14 @@ def patch_box(y: int, x: int, layer_hw: tuple[int, int], input_size: int, stride
     top = min(max(round(centre_y - side / 2), 0), input_size - side)
     left = min(max(round(centre_x - side / 2), 0), input_size - side)
     return left, top, left + side, top + side
+
+
+def patch_of(frame: Image.Image, y: int, x: int, layer_hw: tuple[int, int], input_size: int) -> Image.Image:
+    """The example of layer position (y, x) cut from the model's input ``frame``; a class token's is the whole frame."""
+    if y == CLASS_TOKEN_POSITION and x == CLASS_TOKEN_POSITION:
+        left, top, right, bottom = patch_box(0, 0, layer_hw, input_size)
+        return frame.resize((right - left, bottom - top), Image.Resampling.LANCZOS)
+    return frame.crop(patch_box(y, x, layer_hw, input_size))
 
 
 def model_view(image: Image.Image, input_size: int, channels: int) -> Image.Image:
@@ -57,7 +68,7 @@ def save_patches(
     written = []
     for y, x in positions:
         buffer = io.BytesIO()
-        frame.crop(patch_box(y, x, layer_hw, input_size)).save(buffer, format="JPEG", quality=PATCH_QUALITY)
+        patch_of(frame, y, x, layer_hw, input_size).save(buffer, format="JPEG", quality=PATCH_QUALITY)
         name = patch_file(image_id, y, x)
         bundle.write_patch(name, buffer.getvalue())
         written.append(name)

@@ -7,13 +7,14 @@ from typing import Any
 from tqdm import tqdm
 
 from atlas.bundle import IMAGE_INDEX, LISTING_SKIPS, ROWS
-from atlas.collect import ActivationStore, StoreLayout, collect_records
+from atlas.collect import CLASS_TOKEN_ROW, ActivationStore, StoreLayout, collect_records
 from atlas.config import CollectConfig, ModelConfig
 from atlas.devices import key_part
 from atlas.errors import AtlasError
 from atlas.images.folder import read_listing_line
 from atlas.images.source import ImageSource, Shard, display_name, one_line
 from atlas.models import model_files_identity
+from atlas.models.layouts import require_class_token
 from atlas.storage import Location
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall, file_fingerprint, file_identity
@@ -46,6 +47,7 @@ def collect_shard_task(
         collect.attribution,
         n_classes,
         collect.nonfinite,
+        collect.class_token,
     )
     report = {
         "shard": shard.index,
@@ -54,6 +56,7 @@ def collect_shard_task(
         "skipped": result.skipped,
         "nonfinite": result.nonfinite,
         "n_zero": result.n_zero,
+        **({"n_class_tokens": int((result.rows.kind == CLASS_TOKEN_ROW).sum())} if collect.class_token else {}),
     }
     ActivationStore(store_path).write_shard(shard.index, result.rows, report)
     return report
@@ -63,7 +66,7 @@ def store_layout(run: RunInputs) -> StoreLayout:
     """Every shard owns a fixed block of rows, sized for its fullest possible shard."""
     config = run.config.collect
     h, w = run.layer_hw
-    per_image = h * w if config.positions_per_image == "all" else config.positions_per_image
+    per_image = (h * w if config.positions_per_image == "all" else config.positions_per_image) + int(config.class_token)
     return StoreLayout(len(run.shards), config.shard_size * per_image, run.view.channels, run.n_classes)
 
 
@@ -77,7 +80,8 @@ def collect_settings(run: RunInputs) -> Any:
         model_files_identity(config.model.spec),
         run.source.identity(),
         file_fingerprint(index) if index.exists() else None,
-        config.collect.model_dump(mode="json", exclude={"batch_size"}),  # batching changes speed, not rows
+        # batching changes speed, not rows; class_token is in the key only when set, so older bundles keep theirs
+        config.collect.model_dump(mode="json", exclude={"batch_size", *(() if config.collect.class_token else ("class_token",))}),
         config.seed,
         *key_part(run.device),  # GPU rows differ from CPU rows in the last bits
         *([reading] if reading else []),  # how the layer is read, when set: auto keeps the keys it always had
@@ -89,6 +93,8 @@ def collect(call: StageCall) -> Report:
     run, key = call.run, call.key
     config = run.config
     _check_channels(run)
+    if config.collect.class_token:
+        require_class_token(run.view.layout, run.view.module, run.view.layer_name)
     store, layout = run.bundle.store(), store_layout(run)
     if not store.exists_for(layout, key):
         store.create(layout, key)
@@ -136,6 +142,7 @@ def collect(call: StageCall) -> Report:
             "images": len(nonfinite),
             "files": nonfinite[:MANIFEST_LIST],
         },
+        **({"class_tokens": sum(r["n_class_tokens"] for r in reports)} if config.collect.class_token else {}),
     }
 
 

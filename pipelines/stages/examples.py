@@ -77,6 +77,7 @@ def examples(call: StageCall) -> Report:
             "crop": (
                 f"square of {PATCH_STRIDES:g} strides (input_size / layer size) centred on ((y + 0.5) * S / H,"
                 " (x + 0.5) * S / W) in the model's resized, centre-cropped input frame; shifted to stay inside it"
+                + ("; a class-token row (y = x = -1): the whole frame, resized to that square" if run.config.collect.class_token else "")
             ),
         }
     }

@@ -25,3 +25,14 @@ export function rowsText(rows) {
 export function plural(n, word) {
   return n + " " + word + (n === 1 ? "" : "s");
 }
+
+// How many rows a cell averages, and how many of them are class-token rows (collect.class_token) where any are.
+export function countText(cell) {
+  const tokens = cell.class_tokens || 0;
+  return "average of " + plural(cell.count, "activation") + (tokens ? " (" + plural(tokens, "class token") + ")" : "");
+}
+
+// Where an example row was read: a position of the layer, or (y = x = -1) the class token, whose example is the whole image.
+export function exampleWhere(example) {
+  return example.y === -1 && example.x === -1 ? ", its class token (the whole image)" : " at (" + example.y + ", " + example.x + ")";
+}

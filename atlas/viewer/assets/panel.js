@@ -3,7 +3,7 @@
 
 import { cellAtIndex, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
-import { escapeHtml, fmt, plural } from "./format.js";
+import { countText, escapeHtml, exampleWhere, fmt } from "./format.js";
 import { levelOf } from "./grids.js";
 import { pairColumnText } from "./subset.js";
 
@@ -36,7 +36,7 @@ export function showTip(app, hit, event) {
   tip.innerHTML =
     "<div class=\"tip-title\">" + escapeHtml(topLabel(cell, "cell " + cell.i + ", " + cell.j)) + "</div>" +
     (classes ? "<ol>" + classes + "</ol>" : "") +
-    "<div>average of " + plural(cell.count, "activation") + "</div>" +
+    "<div>" + escapeHtml(countText(cell)) + "</div>" +
     "<div class=\"muted\">" + escapeHtml(fidelityText(cell, level)) + "</div>" +
     (cell.path_check ? "<div class=\"muted\">" + escapeHtml(pathText(cell, level)) + "</div>" : "") +
     (across ? "<div class=\"muted tip-axis\">" + escapeHtml(across) + "</div>" : "") +
@@ -84,7 +84,7 @@ function showExamples(cell) {
     const patch = figure(e.patch, "image " + e.image_id, (img) => {
       img.addEventListener("load", () => { if (img.naturalWidth < 64) img.classList.add("pixelated"); });
     });
-    patch.querySelector("img").alt = "image " + e.image_id + " at (" + e.y + ", " + e.x + ")";
+    patch.querySelector("img").alt = "image " + e.image_id + exampleWhere(e);
     box.appendChild(patch);
   });
   if (!examples.length) box.innerHTML = "<p class=\"muted\">No example patches for this cell.</p>";
@@ -102,7 +102,7 @@ export function selectCell(app, grid, i, j) {
     icon.src = cell.icon;
     icon.classList.toggle("pixelated", !!(app.manifest.tiles && app.manifest.tiles.scale > 1));
     byId("panel-title").textContent = topLabel(cell, "cell") + " \u2014 cell " + i + ", " + j + " of grid " + grid;
-    byId("panel-stats").textContent = "average of " + plural(cell.count, "activation") +
+    byId("panel-stats").textContent = countText(cell) +
       (cell.fidelity ? "; " + fidelityText(cell, level) : "") + (cell.path_check ? "; " + pathText(cell, level) : "");
     showViews(cell);
     const top = cell.top_classes || [];
