@@ -13,6 +13,8 @@ from torch import nn
 
 from atlas.errors import AtlasError
 from atlas.featurevis import render_vis
+from atlas.featurevis.vis import module_view
+from atlas.models import Preprocessing
 from atlas.models.zoo import TinyViT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -131,3 +133,17 @@ def test_targets_that_cannot_be_read_one_way_are_one_line() -> None:
         render_vis(model, "2:1", direction=[1.0] * 12, steps=1)
     with pytest.raises(AtlasError, match="together"):
         render_vis(model, "2:1", mean=MEAN, steps=1)
+
+
+def test_preprocessing_comes_from_a_timm_models_config_or_the_arguments() -> None:
+    """A timm model carries ``pretrained_cfg`` (input size, mean, std): render_vis feeds the model as it was trained;
+    arguments win over it."""
+    model = small_cnn()
+    model.pretrained_cfg = {"input_size": (1, 40, 40), "mean": (0.3,), "std": (0.2,)}
+    assert module_view(model, "2", None, None, None, None, "auto").preprocessing == Preprocessing(40, 1, (0.3,), (0.2,))
+    given = module_view(model, "2", MEAN, STD, None, 32, "auto").preprocessing
+    assert given == Preprocessing(32, 1, MEAN, STD)
+    # the normalisation reaches the render: the same seed under another mean gives other pixels
+    plain = render_vis(model, "2:1", size=24, steps=8)[0]
+    shifted = render_vis(model, "2:1", size=24, steps=8, mean=(0.9,), std=(0.2,))[0]
+    assert np.asarray(plain).tobytes() != np.asarray(shifted).tobytes()
