@@ -4,6 +4,10 @@ remote server), the cells as a DataFrame and the poster as an image, on a small 
 from __future__ import annotations
 
 import json
+import re
+import sys
+import types
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +59,18 @@ def test_the_inline_page_holds_the_viewer_files_not_the_store(bundle: Path) -> N
     assert open_bundle(bundle)._repr_html_() == page
 
 
-def test_a_bundle_past_the_size_limit_is_served_instead(bundle: Path) -> None:  # noqa: F811
+def test_a_bundle_past_the_size_limit_is_served_instead(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     page = inline_html(bundle, max_bytes=1000)
-    assert "srcdoc" not in page and 'src="http://127.0.0.1:' in page
+    served = re.fullmatch(r'<iframe src="(http://127\.0\.0\.1:(\d+)/)".*', page)
+    assert served is not None and "srcdoc" not in page
+    with urllib.request.urlopen(served.group(1) + "manifest.json", timeout=10) as response:
+        assert json.loads(response.read())["name"] == "browse"
+    assert inline_html(bundle, max_bytes=1000) == page, "one server per bundle"
+
+    # With jupyter-server-proxy the notebook server forwards to that port, under the hub's prefix for this user.
+    monkeypatch.setitem(sys.modules, "jupyter_server_proxy", types.ModuleType("jupyter_server_proxy"))
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/someone/")
+    assert f'src="/user/someone/proxy/{served.group(2)}/"' in inline_html(bundle, max_bytes=1000)
 
 
 def test_the_inline_viewer_shows_the_atlas_on_a_page_from_another_origin(browser: Any, bundle: Path) -> None:  # noqa: F811
@@ -122,6 +135,13 @@ def test_the_inline_viewer_shows_the_atlas_on_a_page_from_another_origin(browser
         "[...document.querySelectorAll('#panel-examples img')].length > 0 &&"
         " [...document.querySelectorAll('#panel-examples img')].every(i => i.complete && i.naturalWidth > 0)"
     )
+
+    # The class heatmap reads attribution.npy by byte ranges when served; embedded, the whole file answers.
+    label = cell["top_classes"][0]["label"]
+    frame.locator("#class-search").fill(label)
+    frame.locator("#class-search").press("Enter")
+    frame.locator("#legend").wait_for(state="visible")
+    assert label in frame.locator("#legend").inner_text()
     assert viewer.evaluate("window.atlas.errors") == []
     assert errors == [], errors
     assert outside == [], "the viewer reached outside the notebook page"

@@ -133,6 +133,8 @@ def test_targets_that_cannot_be_read_one_way_are_one_line() -> None:
         render_vis(model, "2:1", direction=[1.0] * 12, steps=1)
     with pytest.raises(AtlasError, match="together"):
         render_vis(model, "2:1", mean=MEAN, steps=1)
+    with pytest.raises(AtlasError, match="has 12 channels"):
+        render_vis(model, "2:12", mean=MEAN, std=STD, steps=1)
 
 
 def test_preprocessing_comes_from_a_timm_models_config_or_the_arguments() -> None:

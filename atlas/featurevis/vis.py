@@ -63,9 +63,18 @@ def render_vis(
     if images < 1:
         raise AtlasError(f"render_vis: images={images}; ask for at least 1")
     layer_name, objective = objective_at(target, layer, direction)
-    view = model if isinstance(model, ModelView) else module_view(model, layer_name, mean, std, channels, options.get("input_size"), layout)
-    if view.layer_name != layer_name:
-        raise AtlasError(f"render_vis: the ModelView is at {view.layer_name!r}, the target at {layer_name!r}; name the view's layer")
+    if isinstance(model, ModelView):
+        if mean is not None or std is not None or channels is not None or layout != AUTO:
+            raise AtlasError(
+                "render_vis: a ModelView carries its preprocessing and layout; pass mean, std, channels and layout only with a module"
+            )
+        if model.layer_name != layer_name:
+            raise AtlasError(f"render_vis: the ModelView is at {model.layer_name!r}, the target at {layer_name!r}; name the view's layer")
+        view = model
+    else:
+        view = module_view(model, layer_name, mean, std, channels, options.get("input_size"), layout)
+    if isinstance(objective, Channel) and int(objective.indices.max()) >= view.channels:
+        raise AtlasError(f"render_vis: {layer_name} has {view.channels} channels (0 to {view.channels - 1}); {target!r} asks for another")
     seeds = list(range(seed, seed + images))
     prep = view.preprocessing
     if "input_size" not in options:
