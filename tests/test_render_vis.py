@@ -14,7 +14,7 @@ from torch import nn
 from atlas.errors import AtlasError
 from atlas.featurevis import render_vis
 from atlas.featurevis.vis import module_view
-from atlas.models import Preprocessing
+from atlas.models import ModelView, Preprocessing
 from atlas.models.zoo import TinyViT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,3 +149,15 @@ def test_preprocessing_comes_from_a_timm_models_config_or_the_arguments() -> Non
     plain = render_vis(model, "2:1", size=24, steps=8)[0]
     shifted = render_vis(model, "2:1", size=24, steps=8, mean=(0.9,), std=(0.2,))[0]
     assert np.asarray(plain).tobytes() != np.asarray(shifted).tobytes()
+
+
+def test_a_model_view_renders_as_its_module_does() -> None:
+    model = small_cnn()
+    view = ModelView.of_module(model, "2", mean=MEAN, std=STD, input_size=32)
+    from_view = render_vis(view, "2:5", seed=3, size=32, steps=16)[0]
+    from_module = render_vis(model, "2:5", seed=3, size=32, steps=16, mean=MEAN, std=STD, input_size=32)[0]
+    assert np.asarray(from_view).tobytes() == np.asarray(from_module).tobytes()
+    with pytest.raises(AtlasError, match="carries its preprocessing"):
+        render_vis(view, "2:5", mean=MEAN, std=STD, steps=1)
+    with pytest.raises(AtlasError, match="the ModelView is at '2'"):
+        render_vis(view, "0:1", steps=1)

@@ -1,12 +1,12 @@
 """The viewer inside a notebook output: ``Bundle.show()`` and ``Bundle._repr_html_()``.
 
 Why the page carries the bundle's files itself: a notebook's browser is often not on the kernel's machine (JupyterHub,
-a remote server, VS Code remote, Colab), so an iframe pointing at a server on the kernel's 127.0.0.1 cannot load there.
+a remote server, VS Code remote), so an iframe pointing at a server on the kernel's 127.0.0.1 cannot load there.
 The ways around that each need something installed on the side the user may not control: a widget (anywidget) needs
 the ipywidgets front end in the *server's* environment, jupyter-server-proxy needs a server extension. An ``<iframe
 srcdoc>`` holding the viewer and the files it reads (manifest, cells, icons, example patches, tiles; never the
-activation store) needs nothing: it shows in JupyterLab, classic Notebook, VS Code, JupyterHub and in a saved or
-exported notebook alike, and reaches no server. ``embed.js`` points the viewer's fetches, its tile requests and its
+activation store) needs nothing: any front end that shows HTML output shows it, a saved notebook too (once
+trusted: Jupyter strips iframes from untrusted outputs), and it reaches no server. ``embed.js`` points the viewer's fetches, its tile requests and its
 image sources at those embedded files. Its cost is size: an atlas whose files exceed ``max_bytes`` is served instead
 (``served_html``): through jupyter-server-proxy when it is installed (the notebook server forwards to the kernel's
 machine, so a remote browser reaches it), else by a local server, which only a browser on the kernel's machine sees.
