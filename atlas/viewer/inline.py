@@ -6,9 +6,9 @@ The ways around that each need something installed on the side the user may not 
 the ipywidgets front end in the *server's* environment, jupyter-server-proxy needs a server extension. An ``<iframe
 srcdoc>`` holding the viewer and the files it reads (manifest, cells, icons, example patches, tiles; never the
 activation store) needs nothing: any front end that shows HTML output shows it, a saved notebook too (once
-trusted: Jupyter strips iframes from untrusted outputs), and it reaches no server. ``embed.js`` points the viewer's fetches, its tile requests and its
-image sources at those embedded files. Its cost is size: an atlas whose files exceed ``max_bytes`` is served instead
-(``served_html``): through jupyter-server-proxy when it is installed (the notebook server forwards to the kernel's
+trusted: Jupyter strips iframes from untrusted outputs), and it reaches no server. ``notebook/embed.js`` points the
+viewer's fetches, its tile requests and its image sources at those embedded files. Its cost is size: an atlas whose
+files exceed ``max_bytes`` is served instead (``served_html``): through jupyter-server-proxy when it is installed (the notebook server forwards to the kernel's
 machine, so a remote browser reaches it), else by a local server, which only a browser on the kernel's machine sees.
 """
 
@@ -21,11 +21,15 @@ import mimetypes
 import os
 import re
 import threading
+from importlib import resources
 from pathlib import Path
 
 from atlas.bundle.paths import ACTIVATIONS, CLASS_INDEX, EXAMPLES, LEVELS, MANIFEST, TILES
 from atlas.errors import AtlasError
 from atlas.viewer import MODULES, asset_bytes
+
+# Not a viewer asset (bundles never get it): only the embedded page loads it, before the viewer's modules.
+EMBED_SHIM = resources.files(__package__).joinpath("notebook", "embed.js")
 
 DEFAULT_MAX_BYTES = 48 << 20  # a notebook holds its outputs: past this an embedded atlas makes the .ipynb unwieldy
 IMPORT = re.compile(r'from "\./([a-z_]+\.js)"')
@@ -70,7 +74,7 @@ def embedded_page(root: Path) -> str:
     page = page.replace('<link rel="stylesheet" href="viewer/viewer.css">', f"<style>{asset_bytes('viewer.css').decode()}</style>")
     scripts = (
         f'<script type="application/json" id="atlas-files">{_script_text(json.dumps(files))}</script>\n'
-        f"<script>{_script_text(asset_bytes('embed.js').decode())}</script>\n"
+        f"<script>{_script_text(EMBED_SHIM.read_text())}</script>\n"
         f"<script>{_script_text(asset_bytes('openseadragon.min.js').decode())}</script>\n"
         f'<script type="importmap">{_script_text(json.dumps({"imports": imports}))}</script>\n'
         f'<script type="module">import "{MODULE_PREFIX}viewer.js";</script>'
