@@ -8,6 +8,8 @@ stages write through; ``mirror`` copies a bundle on a store for the viewer.
     rows = bundle.rows()                      # activations, attribution, image ids, positions, labels
     level = bundle.level(bundle.grids[-1])    # cells (atlas.bundle.Cell), directions, icons
     patches = bundle.examples(level.cells[0]) # the dataset patches of one cell
+    table = level.to_dataframe()              # in a notebook: the cells as pandas, bundle.poster(g) as PIL,
+    bundle.show()                             # and the viewer inline (atlas.viewer.inline)
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "IMAGES",
     "IMAGE_INDEX",
     "IMAGE_INDEX_NAME",
+    "LEVELS",
     "LISTING_SKIPS",
     "LISTING_SKIPS_NAME",
     "MANIFEST",
@@ -72,6 +73,7 @@ MANIFEST = "manifest.json"  # assemble
 VIEWER = "index.html"  # assemble (with VIEWER_ASSETS/)
 VIEWER_ASSETS = "viewer"
 ACTIVATIONS = "activations"  # collect: the store (its own files inside, see atlas.collect.store)
+LEVELS = "levels"  # grid, render, examples, path, assemble: levels/<g>/, one folder per grid
 ROWS = f"{ACTIVATIONS}/rows.zarr"  # the store's arrays (atlas.collect.store.ActivationStore.ROWS)
 IMAGES = "images"  # the image source's listing, written when the run plans its shards
 IMAGE_INDEX_NAME = "images.txt"  # the folder source writes both into the folder it plans in: IMAGES
@@ -120,7 +122,7 @@ def pair_results(folder: str) -> str:
 
 
 def level_dir(grid: int) -> str:
-    return f"levels/{grid}"
+    return f"{LEVELS}/{grid}"
 
 
 def cells_file(grid: int) -> str:

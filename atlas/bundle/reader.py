@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from atlas.bundle.paths import (
     grid_cells_file,
     pair_folder_named,
     path_check_file,
+    poster_file,
     sub_manifest,
 )
 from atlas.bundle.records import Cell, Manifest, Score
@@ -41,6 +43,8 @@ from atlas.io import read_json, read_npy
 from atlas.storage import Location, location
 
 if TYPE_CHECKING:
+    import pandas
+
     from atlas.collect.store import ActivationStore, Rows
 
 
@@ -72,6 +76,12 @@ class Level:
     def icons(self) -> list[Image.Image | None]:
         """Every cell's icon in ``cells`` order (None where render has not run)."""
         return [self.icon(cell) for cell in self.cells]
+
+    def to_dataframe(self) -> pandas.DataFrame:
+        """The kept cells as a pandas table, one row per cell in ``cells`` order (atlas.bundle.table)."""
+        from atlas.bundle.table import cells_table
+
+        return cells_table(self.cells)
 
 
 class Bundle:
@@ -178,11 +188,51 @@ class Bundle:
             raise AtlasError(f"{self.root}: no grid {grid}; this bundle has grids {', '.join(map(str, self.grids)) or 'none'}")
         return Level(self, grid, self.cells(grid), read_npy(self.path(entry.directions or directions_file(grid))))
 
+    def poster(self, grid: int, max_side: int | None = 4096) -> Image.Image:
+        """The grid's poster (every icon laid out, as the tiles stage cut it), scaled down to ``max_side`` pixels on its
+        longer side: a 320 grid's poster is far past what PIL opens by default. ``max_side=None`` keeps full size."""
+        entry = self.manifest.level(grid)
+        if entry is None:
+            raise AtlasError(f"{self.root}: no grid {grid}; this bundle has grids {', '.join(map(str, self.grids)) or 'none'}")
+        path = self.path(entry.document.get("poster") or poster_file(grid))
+        if not path.is_file():
+            raise AtlasError(
+                f"{path}: grid {grid} has no poster yet; the tiles stage has not run (run `atlas run` again to finish the bundle)"
+            )
+        from atlas.tiles.pyramid import read_poster  # libvips loads only for a poster
+
+        return read_poster(path.read_bytes(), max_side)
+
     def pair_bundles(self) -> list[str]:
         """The folders of the two-class comparisons (sub-bundles) assembled inside this bundle."""
         root = self.path(PAIRS)
         manifests: list[Location] = sorted(root.glob(sub_manifest("*")), key=str) if root.is_dir() else []
         return [pair_folder_named(manifest.parent.name) for manifest in manifests]
+
+    # --- in a notebook --------------------------------------------------------------------------
+
+    def show(self, height: int = 640, max_embedded_bytes: int | None = None) -> None:
+        """Display the viewer in the notebook output (IPython.display.HTML). The page carries the bundle's viewer files
+        itself, so it shows where the browser is not on the kernel's machine; an atlas past ``max_embedded_bytes`` is
+        served from the kernel instead (atlas.viewer.inline says why and how)."""
+        try:
+            from IPython.display import HTML, display
+        except ImportError:
+            raise AtlasError(
+                "Bundle.show displays in Jupyter: pip install 'activation-atlas[notebook]' (or open it with `atlas serve`)"
+            ) from None
+        display(HTML(self.inline_html(height, max_embedded_bytes)))
+
+    def _repr_html_(self) -> str:
+        return self.inline_html()
+
+    def inline_html(self, height: int = 640, max_embedded_bytes: int | None = None) -> str:
+        """The notebook output's HTML: the viewer in an iframe (atlas.viewer.inline)."""
+        from atlas.viewer.inline import DEFAULT_MAX_BYTES, inline_html
+        from atlas.viewer.serve import local_copy
+
+        root = local_copy(str(self.root)) if not isinstance(self.root, Path) else self.root
+        return inline_html(root, height, DEFAULT_MAX_BYTES if max_embedded_bytes is None else max_embedded_bytes)
 
     # --- examples -------------------------------------------------------------------------------
 

@@ -94,10 +94,8 @@ class BundleWriter(Bundle):
 
     def write_icon(self, relative: str, image: np.ndarray) -> None:
         """[C, H, W] in [0, 1] -> 8-bit PNG (RGB, or L for one-channel models)."""
-        pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-        picture = Image.fromarray(pixels[0], "L") if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
         buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
+        icon_picture(image).save(buffer, format="PNG")
         write_bytes(self.path(relative), buffer.getvalue())
 
     def write_cells(self, grid: int, cells: Sequence[Cell]) -> None:
@@ -148,3 +146,9 @@ class BundleWriter(Bundle):
 
     def write_class_index(self, index: dict[str, Any]) -> None:
         write_json(self.path(CLASS_INDEX), index)
+
+
+def icon_picture(image: np.ndarray) -> Image.Image:
+    """[C, H, W] in [0, 1] -> an 8-bit image, RGB or L (one-channel models): how every rendered image is kept."""
+    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels[0], "L") if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0), "RGB")

@@ -1,5 +1,7 @@
 """Batched feature visualisation for any PyTorch CNN: parameterisations, random views, objectives, render.
 
+In one call, as lucent's ``render_vis``: ``render_vis(model, "layer3:17")`` returns PIL images (:mod:`vis`).
+
 Three small pieces (after lucid/lucent's ``optvis``) and one loop::
 
     from atlas.featurevis import Direction, fourier, render, render_channel
@@ -54,6 +56,7 @@ from atlas.featurevis.render import RenderOptions, RenderResult, render, render_
 from atlas.featurevis.seeding import derive_seed, try_seeds
 from atlas.featurevis.spectrum import estimate_spectrum
 from atlas.featurevis.transforms import RandomViews, Transforms, resize
+from atlas.featurevis.vis import render_vis
 from atlas.models.capture import LayerCapture
 from atlas.models.capture import run_to_layer as layer_output
 from atlas.models.view import ModelView
@@ -93,6 +96,7 @@ __all__ = [
     "pixels",
     "render",
     "render_channel",
+    "render_vis",
     "resize",
     "score_images",
     "try_seeds",

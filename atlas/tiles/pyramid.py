@@ -23,6 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+from PIL import Image
+
 from atlas.io import out_of_space, temp_sibling
 
 TILE_SIZE = 256
@@ -84,6 +87,14 @@ def save_poster(canvas_path: Path, poster_path: Path, compression: int = 6) -> P
     finally:
         Path(name).unlink(missing_ok=True)
     return poster_path
+
+
+def read_poster(png: bytes, max_side: int | None) -> Image.Image:
+    """A poster's PNG as a PIL image, shrunk by libvips while it decodes so a full-size poster never sits in memory."""
+    pyvips = _vips()
+    image = pyvips.Image.new_from_buffer(png, "") if max_side is None else pyvips.Image.thumbnail_buffer(png, max_side, size="down")
+    pixels = np.ndarray(buffer=image.write_to_memory(), dtype=np.uint8, shape=(image.height, image.width, image.bands))
+    return Image.fromarray(pixels[..., 0] if image.bands == 1 else pixels)
 
 
 @contextmanager

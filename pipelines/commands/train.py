@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from atlas.config import ExperimentConfig, TrainConfig
 from atlas.devices import CPU, key_part, resolve_device

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from atlas.bundle import IMAGE_INDEX, LISTING_SKIPS, ROWS
 from atlas.collect import CLASS_TOKEN_ROW, ActivationStore, StoreLayout, collect_records

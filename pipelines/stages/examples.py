@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from atlas.bundle import EXAMPLES, Bundle, BundleWriter, patch_named
 from atlas.images.source import ImageSource

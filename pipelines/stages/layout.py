@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from atlas.bundle import COORDS, WHITENING
 from atlas.collect import ActivationStore

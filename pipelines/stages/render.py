@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from atlas.bundle import Bundle, BundleWriter, icon_batch_marker
 from atlas.config import ModelConfig, RenderConfig

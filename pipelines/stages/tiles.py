@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from atlas.bundle import TILES, Bundle, Cell, canvas_file, dzi_file, poster_file, tiles_folder, tiles_marker
 from atlas.config import TilesConfig
