@@ -3,6 +3,7 @@ Dask client, the cache across calls, and the same one-line errors as the command
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -99,20 +100,23 @@ def test_objects_from_the_callers_process_run_on_the_callers_client_shipped_once
         workers = set(client.run(os.getpid).values())
         args = {"model": net, "layer": "features.2", "images": dataset, "preprocessing": PREPROCESSING, "out": tmp_path, "name": "nb"}
 
-        first = atlas.run(settings=SETTINGS, client=client, **args)
+        classes = {"classes.classes": "all", "classes.min_rows": 3, "classes.n_neighbors": 3, "classes.grid": 2, "classes.min_count": 1}
+        first = atlas.run(settings={**SETTINGS, **classes}, client=client, **args)
         log = capsys.readouterr().out
         assert f"scheduler {client.scheduler.address}" in log and "local cluster" not in log, log  # no second cluster
         assert client.status == "running", "the caller's client is left open"
         assert first.manifest["n_images"] == 12 and first.manifest["labels"] == ["dark", "mid", "light"]
         assert first.manifest["model"].startswith("memory:Net@") and not any(stages(first).values())
         assert first.manifest["levels"][0]["n_cells"] > 0 and (first.root / "tiles" / "2.png").is_file()
+        built = [entry["folder"] for entry in json.loads((first.root / "classes" / "index.json").read_text())["classes"]]
+        assert any(built) and all((first.root / folder / "manifest.json").is_file() for folder in built if folder)
         counts = unpickled(tmp_path / "marks")
         # Each worker unpickled the model and the dataset exactly once, though it ran many tasks (3 collect shards,
         # the examples, the render batches and the tiles); this process used the objects themselves.
         assert {pid for _, pid in counts} == workers, counts
         assert all(count == 1 for count in counts.values()), counts
 
-        second = atlas.run(settings=SETTINGS, client=client, **args)
+        second = atlas.run(settings={**SETTINGS, **classes}, client=client, **args)
         assert all(stages(second).values()), stages(second)  # the same objects: every stage cached
         assert unpickled(tmp_path / "marks") == counts, "a fully cached call ships nothing"
         capsys.readouterr()
