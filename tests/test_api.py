@@ -158,6 +158,14 @@ def test_a_list_of_paths_and_images_skips_an_unreadable_file(tmp_path: Path) -> 
     assert "broken.png" in (records[6].error or "")
     assert records[7].image is not None and records[7].image.getpixel((0, 0)) == 255
 
+    net, _ = notebook_objects(tmp_path / "marks")
+    bundle = atlas.run(
+        settings={**SETTINGS, "scheduler.address": "sync"}, model=net, layer="features.2", images=images,
+        preprocessing=PREPROCESSING, out=tmp_path, name="list", until="collect", log=lambda line: None,
+    )  # fmt: skip
+    assert bundle.manifest["n_images"] == 7 and bundle.manifest["skipped"]["count"] == 1
+    assert bundle.manifest["skipped"]["files"][0]["name"] == "6"
+
 
 def test_item_forms_are_read_one_way_or_refused() -> None:
     grey = torch.full((1, 4, 4), 0.5)
@@ -199,6 +207,13 @@ def test_errors_are_the_command_lines_line_and_no_exit(tmp_path: Path, capsys: p
     net, _ = notebook_objects(tmp_path / "marks")
     with pytest.raises(AtlasError, match=r"^preprocessing: atlas cannot read input_size, mean, std from a Net; pass preprocessing="):
         atlas.run(model=net, layer="features.2", out=tmp_path)
+    timm = pytest.importorskip("timm")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(AtlasError, match="^output.dir"):  # past the preprocessing check: timm says how it takes images
+        atlas.run(model=timm.create_model("resnet18", pretrained=False, num_classes=3), layer="layer2", out=a_file)
+    with pytest.raises(AtlasError, match="^preprocessing: atlas cannot read"):  # the same call with a module timm did not build
+        atlas.run(model=net, layer="features.2", out=a_file)
     with pytest.raises(AtlasError, match="^preprocessing: unknown key 'size'"):
         atlas.run(model=net, preprocessing={"size": 16}, out=tmp_path)
     current = open_executor(SchedulerConfig(address="current"))

@@ -102,8 +102,11 @@ def dataset_spec(dataset: Any, dataset_key: str | None = None) -> str:
     for index in picks:
         try:
             image, label = read_item(dataset[index])
-        except Exception as err:
+        except ItemFormError as err:  # every item is likely made the same way: say so now, not once per item
             raise AtlasError(f"images: item {index} of the dataset cannot be read as an image ({err}); {_ITEM_FORMS}") from None
+        except Exception as err:  # an unreadable file: skipped when the run reads it, as in a folder
+            parts.append(f"{index}:unreadable:{type(err).__name__}: {err}".encode())
+            continue
         parts += [f"{index}:{image.mode}:{image.size}:{label}".encode(), image.tobytes()]
     return memory_spec(type(dataset).__name__, parts)
 
@@ -111,12 +114,16 @@ def dataset_spec(dataset: Any, dataset_key: str | None = None) -> str:
 _ITEM_FORMS = "items are an image or (image, label): a PIL image, or a channels-first tensor, uint8 0-255 or float 0-1"
 
 
+class ItemFormError(ValueError):
+    """An item that is no image in any form atlas reads (as opposed to an image file that cannot be decoded)."""
+
+
 def read_item(item: Any) -> tuple[Image.Image, int | None]:
     """An item as an 8-bit image and its label (None without one)."""
     label = None
     if isinstance(item, (tuple, list)):
         if len(item) != 2:
-            raise ValueError(f"an item of {len(item)} parts; {_ITEM_FORMS}")
+            raise ItemFormError(f"an item of {len(item)} parts; {_ITEM_FORMS}")
         item, label = item[0], _as_label(item[1])
     return to_8bit(_as_image(item)), label
 
@@ -125,20 +132,20 @@ def _as_image(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
     if not isinstance(image, torch.Tensor):
-        raise ValueError(f"a {type(image).__name__}; {_ITEM_FORMS}")
+        raise ItemFormError(f"a {type(image).__name__}; {_ITEM_FORMS}")
     tensor = image.detach().to("cpu")
     if tensor.ndim == 2:
         tensor = tensor[None]
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
-        raise ValueError(f"a tensor of shape {tuple(image.shape)}; expected channels first, [1 or 3, H, W]")
+        raise ItemFormError(f"a tensor of shape {tuple(image.shape)}; expected channels first, [1 or 3, H, W]")
     if tensor.dtype == torch.uint8:
         array = tensor.numpy()
     elif tensor.is_floating_point():
         low, high = float(tensor.min()), float(tensor.max())
         if low < 0 or high > 1:
-            raise ValueError(f"a float tensor with values in [{low:.3g}, {high:.3g}]; expected 0-1 before normalisation")
+            raise ItemFormError(f"a float tensor with values in [{low:.3g}, {high:.3g}]; expected 0-1 before normalisation")
         array = (tensor.float().numpy() * 255).round().astype(np.uint8)
     else:
-        raise ValueError(f"a {tensor.dtype} tensor; expected uint8 in 0-255 or a float in 0-1")
+        raise ItemFormError(f"a {tensor.dtype} tensor; expected uint8 in 0-255 or a float in 0-1")
     pixels = array.transpose(1, 2, 0)
     return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
