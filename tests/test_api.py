@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,10 @@ def test_objects_from_the_callers_process_run_on_the_callers_client_shipped_once
         assert not stages(third)["collect"], stages(third)
         assert set(unpickled(tmp_path / "marks").values()) == {2}, "shipped once per worker again, for the new model"
         assert len(client.scheduler_info()["workers"]) == 2
+
+        net.lock = threading.Lock()  # an attribute pickle cannot send: one line naming the object and the fix
+        with pytest.raises(AtlasError, match=r"^memory:Net@\w+.*: cannot be sent to the Dask workers \(TypeError: .*lock"):
+            atlas.run(settings=SETTINGS, client=client, **{**args, "name": "unpicklable"})
 
 
 def test_in_process_uses_the_objects_themselves_and_names_classes(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 A worker plugin carries them: Dask pickles it once (cloudpickle, so a class defined in a notebook travels by value)
 and every worker, including one that joins later, unpickles it once and registers its objects under their specs
 (:mod:`atlas.in_memory`). Tasks then carry only the spec strings and find the objects there, as the model cache
-finds a spec-loaded model. The plugin is removed when the run ends, so a user's long-lived cluster lets them go.
+finds a spec-loaded model. The plugin is removed when the run ends: a user's long-lived cluster keeps no copy beyond
+the model cache's usual two.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import hashlib
 import importlib
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from atlas.errors import AtlasError
 from atlas.in_memory import forget, register
 
 
@@ -57,9 +59,17 @@ def shipped(client: Any, objects: Mapping[str, Any]) -> Iterator[None]:
         return
     pickle_torch_namespaces_by_name()
     name = "atlas-objects-" + hashlib.sha256("|".join(sorted(objects)).encode()).hexdigest()[:16]
-    client.register_plugin(ShippedObjects(objects), name=name)
+    try:
+        client.register_plugin(ShippedObjects(objects), name=name)
+    except Exception as err:  # pickling here or unpickling on a worker: the object, not atlas, is what to change
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise AtlasError(
+            f"{', '.join(sorted(objects))}: cannot be sent to the Dask workers ({reason}); make the object picklable "
+            "(no open files, locks or generators in its attributes), or run in this process with scheduler='sync'"
+        ) from None
     try:
         yield
     finally:
         if client.status == "running":
-            client.unregister_worker_plugin(name)
+            with suppress(ValueError, OSError):  # a worker gone or a closed comm: the run's own error is the one to see
+                client.unregister_worker_plugin(name)
