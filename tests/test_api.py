@@ -138,15 +138,26 @@ def test_objects_from_the_callers_process_run_on_the_callers_client_shipped_once
 
 def test_in_process_uses_the_objects_themselves_and_names_classes(tmp_path: Path) -> None:
     net, dataset = notebook_objects(tmp_path / "marks")
-    bundle = atlas.run(
-        settings={**SETTINGS, "scheduler.address": "sync"}, model=net, layer="features.2", images=dataset,
-        preprocessing=PREPROCESSING, classes=["x", "y", "z"], out=tmp_path, name="sync", until="collect", log=lambda line: None,
-    )  # fmt: skip
+    args: dict[str, Any] = {
+        "settings": {**SETTINGS, "scheduler.address": "sync"}, "model": net, "layer": "features.2", "images": dataset,
+        "preprocessing": PREPROCESSING, "classes": ["x", "y", "z"], "out": tmp_path, "name": "sync", "until": "collect",
+        "log": lambda line: None,
+    }  # fmt: skip
+    bundle = atlas.run(**args)
     assert bundle.manifest["labels"] == ["x", "y", "z"] and bundle.manifest["n_activations"] == 48
     assert not unpickled(tmp_path / "marks"), "nothing pickled under --scheduler sync"
     rows = bundle.rows()
     assert sorted(set(rows.label.tolist())) == [0, 1, 2], "the dataset's labels reach the store"
     assert not net.training, "the model object itself ran (left in eval mode)"
+
+    with torch.no_grad():
+        net.features[0].weight.mul_(-1.0)  # the first object changes after its run ...
+    changed = atlas.run(**{**args, "name": "changed"})
+    again, _ = notebook_objects(tmp_path / "marks")  # ... and an object equal to its first state comes: that one runs
+    rerun = atlas.run(**{**args, "model": again, "name": "again"})
+    assert rerun.manifest["model"] == bundle.manifest["model"] != changed.manifest["model"]
+    assert not again.training, "the equal object passed now is the one used, not the earlier one that changed"
+    assert torch.equal(torch.as_tensor(rerun.rows().activation), torch.as_tensor(rows.activation))
 
 
 def test_a_list_of_paths_and_images_skips_an_unreadable_file(tmp_path: Path) -> None:
