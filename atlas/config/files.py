@@ -59,9 +59,9 @@ def _readable_file(path: Path | None, key: str, fix: str, text: bool = False) ->
 
 
 def _readable_folder(source: str) -> None:
-    """``images.source`` when it is a local folder (not builtin:, torchvision: or a URL): it exists and can be listed."""
+    """``images.source`` when it is a local folder (not builtin:, torchvision:, memory: or a URL): it exists and can be listed."""
     text = source.strip()
-    folder = None if text.startswith(("builtin:", "torchvision:")) else _local(text)
+    folder = None if text.startswith(("builtin:", "torchvision:", "memory:")) else _local(text)
     if folder is None:
         return
     fix = "give a folder of images, 'builtin:photos' or 'torchvision:FashionMNIST'"

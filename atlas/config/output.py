@@ -47,7 +47,9 @@ SCHEDULER_ADDRESS = re.compile(r"(tcp|tls|ucx)://[^\s/]+")
 
 
 class SchedulerConfig(Section):
-    address: str = Field(default="local", description="'local' (a LocalCluster), 'tcp://HOST:PORT', or 'sync'")
+    address: str = Field(
+        default="local", description="'local' (a LocalCluster), 'tcp://HOST:PORT', 'sync', or 'current' (this process's Dask client)"
+    )
     workers: int | None = Field(
         default=None, ge=1, le=1024, description="local cluster worker processes, 1 to 1,024 (default cores / threads)"
     )
@@ -61,6 +63,6 @@ class SchedulerConfig(Section):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        if value not in ("local", "sync") and not SCHEDULER_ADDRESS.fullmatch(value):
-            raise ValueError("expected 'local', 'sync' or an address like tcp://HOST:8786")
+        if value not in ("local", "sync", "current") and not SCHEDULER_ADDRESS.fullmatch(value):
+            raise ValueError("expected 'local', 'sync', 'current' (this process's Dask client) or an address like tcp://HOST:8786")
         return value

@@ -2,7 +2,8 @@
 
 ``open_source`` is the one place that reads the ``images.source`` string:
 a folder path, ``builtin:photos``, or ``torchvision:NAME`` (``?split=test``
-for another split; default ``train``).
+for another split; default ``train``); ``memory:...`` names a dataset handed to
+``atlas.run`` (:mod:`atlas.images.memory`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from atlas.errors import AtlasError
 from atlas.images.builtin_photos import BuiltinPhotos
 from atlas.images.decode import DEFAULT_MAX_PIXELS, load_image
 from atlas.images.folder import FolderSource
+from atlas.images.memory import MemorySource
 from atlas.images.modes import to_8bit
 from atlas.images.preprocess import batch_to_tensor, to_tensor
 from atlas.images.source import ImageRecord, ImageSource, Shard, index_shards
 from atlas.images.torchvision_source import TorchvisionSource
+from atlas.in_memory import is_memory_spec, registered
 from atlas.storage import location
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "FolderSource",
     "ImageRecord",
     "ImageSource",
+    "MemorySource",
     "Shard",
     "TorchvisionSource",
     "batch_to_tensor",
@@ -49,6 +53,8 @@ def open_source(source: str, root: Path | None = None, max_pixels: int = DEFAULT
     decompression-bomb limit per image.
     """
     text = source.strip()
+    if is_memory_spec(text):
+        return MemorySource(text, registered(text, "images.source"))
     if text.startswith("builtin:"):
         if text != _BUILTIN:
             raise AtlasError(f"images.source '{text}': the built-in set is called '{_BUILTIN}'")

@@ -13,7 +13,6 @@ import inspect
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,14 @@ import numpy as np
 from PIL import Image
 
 from atlas.errors import AtlasError
+from atlas.images.indexed import IndexedSource
 from atlas.images.modes import to_8bit
-from atlas.images.source import ImageRecord, Shard, index_shards
-from atlas.storage import Location
 
 # torchvision class name -> folder holding its .gz files, as Debian's dataset packages install them.
 DEBIAN_DATASETS: dict[str, Path] = {"FashionMNIST": Path("/usr/share/datasets/fashion-mnist")}
 
 
-class TorchvisionSource:
+class TorchvisionSource(IndexedSource):
     """``torchvision.datasets.<name>`` for one split; shards are ranges of dataset indices."""
 
     def __init__(self, name: str, split: str, root: Path) -> None:
@@ -58,26 +56,12 @@ class TorchvisionSource:
             self._dataset = open_dataset(self.name, self.split, self.root)
         return self._dataset
 
-    def plan(self, workdir: Location, limit: int | None, shard_size: int) -> list[Shard]:
-        n_images = len(self.dataset())
-        return index_shards(n_images if limit is None else min(limit, n_images), shard_size)
+    def item_name(self, index: int) -> str:
+        return f"{self.split}/{index}"
 
-    def read_ids(self, ids: Iterable[int]) -> Iterator[ImageRecord]:
-        """The images with these ids, in increasing order (ids are positions in the source, as in ``plan``)."""
-        for image_id in sorted(set(ids)):
-            yield from self.read(Shard(0, image_id, 1, image_id))
-
-    def read(self, shard: Shard) -> Iterator[ImageRecord]:
-        dataset = self.dataset()
-        for position in range(shard.count):
-            index = shard.offset + position
-            image_id, name = shard.start + position, f"{self.split}/{index}"
-            try:
-                image, target = dataset[index]
-                record = ImageRecord(image_id, name, to_8bit(_as_pil(image)), label=_as_label(target))
-            except Exception as err:
-                record = ImageRecord(image_id, name, None, error=f"{type(err).__name__}: {err}".splitlines()[0])
-            yield record
+    def read_item(self, item: Any) -> tuple[Image.Image, int | None]:
+        image, target = item
+        return to_8bit(_as_pil(image)), _as_label(target)
 
 
 def open_dataset(name: str, split: str, root: Path) -> Any:

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from atlas.errors import AtlasError
+from atlas.in_memory import is_memory_spec
 from atlas.models.capture import zeros_input
+from atlas.models.in_memory import memory_source
 from atlas.models.preprocessing import final_preprocessing
 from atlas.models.record import LoadedModel, ModelFields, Preprocessing
 from atlas.models.specs import form_for
@@ -25,7 +27,7 @@ from atlas.models.weights import load_weights
 def load_model(config: ModelFields) -> LoadedModel:
     """Build the model a config names, load its weights, and attach preprocessing and class names; eval mode."""
     spec = config.spec.strip()
-    source = form_for(spec).load(spec, config)
+    source = memory_source(spec) if is_memory_spec(spec) else form_for(spec).load(spec, config)
     module = source.module
     extra = dict(source.extra)
     if config.weights is not None:

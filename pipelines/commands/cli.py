@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from atlas.bundle.paths import VIEWER
 from atlas.config import (
     AtlasConfig,
     ExperimentConfig,
@@ -26,14 +25,6 @@ from atlas.models.specs import SPEC_HELP
 from atlas.runtime import MALLOC_ENVIRON, tune_allocator
 
 DEFAULT_CONFIG = Path("configs") / "default.yaml"
-RUN_FLAGS = {
-    "model": "model.spec",
-    "layer": "model.layer",
-    "images": "images.source",
-    "name": "output.name",
-    "out": "output.dir",
-    "scheduler": "scheduler.address",
-}
 
 
 def _default_config() -> Path:
@@ -42,20 +33,15 @@ def _default_config() -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from atlas_pipelines.commands.run import run_atlas
+    """``atlas run`` is :func:`atlas.run` with the flags as arguments: flag values are strings, and go into the config
+    as given, never through YAML (``--layer 3``); ``--set`` values are read as YAML."""
+    from atlas_pipelines.api import run
 
-    path = args.config if args.config is not None else _default_config()
-    # Flag values are strings already: they go into the config as given, never through YAML (`--layer 3`).
-    flags = [(key, getattr(args, flag)) for flag, key in RUN_FLAGS.items() if getattr(args, flag) is not None]
-    config: AtlasConfig = load_config(path, list(args.set or []), values=flags)
-    check_files(config)  # paths that do not exist or cannot be read or written: one line before any work
-    run_dir = run_atlas(config, until=args.until)
-    if args.until is None and (config.classes.classes or config.classes.pairs):
-        from atlas_pipelines.commands.classes import build_classes
-
-        build_classes(run_dir)
-    if (run_dir / VIEWER).exists():
-        print(f"atlas: bundle in {run_dir}; view it with: atlas serve {shlex.quote(str(run_dir))}")
+    run(
+        args.config if args.config is not None else _default_config(),
+        settings=list(args.set or []), model=args.model, layer=args.layer, images=args.images, name=args.name,
+        out=args.out, scheduler=args.scheduler, until=args.until,
+    )  # fmt: skip
     return 0
 
 

@@ -8,7 +8,7 @@ and hands them to the one stage loop.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
 import torch
@@ -39,11 +39,16 @@ check_order(STAGES)
 
 
 def run_atlas(
-    config: AtlasConfig, until: str | None = None, log: Callable[[str], None] = print, executor: Callable[[], Executor] | None = None
+    config: AtlasConfig,
+    until: str | None = None,
+    log: Callable[[str], None] = print,
+    executor: Callable[[], Executor] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Location:
     """Run every stage (or up to ``until``), then assemble cells and manifest; returns the bundle folder.
 
     ``executor``: a cluster already open (``atlas compare`` runs many bundles on one); default, one started on demand.
+    ``labels``: the model's class names, given in Python (``atlas.run(classes=...)``), over the model's and the images'.
     """
     if until is not None and until not in STAGE_NAMES:
         raise AtlasError(f"--until {until!r}: expected one of {', '.join(STAGE_NAMES)}")
@@ -55,7 +60,7 @@ def run_atlas(
     prepared = _prepare(config, device)  # a wrong model, layer or image source fails here, before the lock writes to the bundle
     # A full disk outside a stage (the lock's record, the image listing, assembly) is one line too, like one inside.
     with out_of_space_as_error("run", bundle.root), bundle_lock(bundle.root, log):  # one writer per bundle: a second run refuses here
-        return _run_locked(config, bundle, device, until, log, executor, prepared)
+        return _run_locked(config, bundle, device, until, log, executor, prepared, labels)
 
 
 def _run_locked(
@@ -66,6 +71,7 @@ def _run_locked(
     log: Callable[[str], None],
     executor: Callable[[], Executor] | None,
     prepared: tuple[ModelView, int, ImageSource],
+    labels: Sequence[str] | None,
 ) -> Location:
     view, n_classes, source = prepared
     with ExitStack() as stack:
@@ -81,7 +87,7 @@ def _run_locked(
             raise AtlasError(f"images.source {config.images.source!r}: no images found; point it at a folder of images")
         log(f"[images] {sum(s.count for s in shards)} images in {len(shards)} shards ({time.perf_counter() - started:.1f} s to list)")
         run = RunInputs(
-            config, bundle, view, n_classes, _class_names(view, source, n_classes), source, shards, executor, log, device,
+            config, bundle, view, n_classes, _class_names(view, source, n_classes, labels), source, shards, executor, log, device,
         )  # fmt: skip
         records = run_stages(STAGES, run, until)
     with out_of_space_as_error("assemble", bundle.root):
@@ -107,8 +113,12 @@ def _prepare(config: AtlasConfig, device: torch.device) -> tuple[ModelView, int,
     return view, n_classes, source
 
 
-def _class_names(view: ModelView, source: ImageSource, n_classes: int) -> list[str] | None:
-    """The model's own class names, else the dataset's when they match the model's outputs."""
+def _class_names(view: ModelView, source: ImageSource, n_classes: int, given: Sequence[str] | None) -> list[str] | None:
+    """The class names given, else the model's own, else the dataset's when they match the model's outputs."""
+    if given is not None:
+        if n_classes and len(given) != n_classes:
+            raise AtlasError(f"classes: {len(given)} names but the model outputs {n_classes} classes; give one name per output")
+        return [str(name) for name in given]
     if view.model.labels is not None:
         return view.model.labels
     dataset_labels = source.labels

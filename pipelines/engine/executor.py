@@ -1,8 +1,10 @@
-"""Where tasks run: a local Dask cluster (default), an existing one, or in-process.
+"""Where tasks run: a local Dask cluster (default), an existing one, the caller's own client, or in-process.
 
 Stage code sees only ``submit``, ``scatter`` and ``as_completed``; choosing the
 scheduler is this module's job alone. With the model on a GPU, the local cluster
-is one worker per GPU instead of one per core (``gpu_worker_envs``).
+is one worker per GPU instead of one per core (``gpu_worker_envs``). A client the
+caller made (``atlas.run(client=...)``, or ``scheduler.address: current``) is used
+as it is: no cluster is started, and it is never closed here.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -154,14 +156,33 @@ def start_gpu_cluster(envs: list[dict[str, str]], threads: int) -> Any:
 
 
 @contextmanager
-def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print, device: torch.device | None = None) -> Iterator[Executor]:
-    """``device``: the run's resolved device; a CUDA one makes the local cluster one worker per GPU."""
+def open_executor(
+    config: SchedulerConfig,
+    log: Callable[[str], None] = print,
+    device: torch.device | None = None,
+    client: Any = None,
+    objects: Mapping[str, Any] | None = None,
+) -> Iterator[Executor]:
+    """``device``: the run's resolved device; a CUDA one makes the local cluster one worker per GPU. ``client``: the
+    caller's ``distributed.Client``, used instead of ``config.address``. ``objects``: the run's in-memory objects by
+    spec, shipped to every Dask worker once (in-process, the caller's process has them already)."""
     address = config.address
-    if address == "sync":
+    if client is None and address == "sync":
         yield InProcessExecutor(cores())
         return
     import dask
     from distributed import Client, LocalCluster
+
+    from atlas_pipelines.engine.shipping import shipped
+
+    if client is None and address == "current":
+        client = _current_client()
+    if client is not None:
+        upload(client, config.upload)
+        log(f"dask: the caller's client, scheduler {client.scheduler.address}; {_dashboard(client)}")
+        with shipped(client, objects or {}):
+            yield DaskExecutor(client, _threads(client))  # the caller's: never closed here
+        return
 
     if address == "local":
         if device is not None and device.type == "cuda":
@@ -188,28 +209,46 @@ def open_executor(config: SchedulerConfig, log: Callable[[str], None] = print, d
                     n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
                 )
         client = Client(cluster)
-        upload(client, config.upload)
-        log(f"dask: local cluster, {workers} worker(s) x {threads} thread(s); {_dashboard(client)}")
         try:
-            yield DaskExecutor(client, threads)
+            upload(client, config.upload)
+            log(f"dask: local cluster, {workers} worker(s) x {threads} thread(s); {_dashboard(client)}")
+            with shipped(client, objects or {}):
+                yield DaskExecutor(client, threads)
         finally:
             client.close()
             cluster.close()
         return
     if not address.startswith(("tcp://", "tls://", "ucx://")):
-        raise AtlasError(f"scheduler {address!r}: expected 'local', 'sync' or an address like tcp://HOST:8786")
+        raise AtlasError(f"scheduler {address!r}: expected 'local', 'sync', 'current' or an address like tcp://HOST:8786")
     try:
         client = Client(address, timeout="10s")
     except OSError as err:
         raise AtlasError(f"scheduler {address!r}: cannot connect ({err}); is `dask scheduler` running there?") from None
-    upload(client, config.upload)
-    info = client.scheduler_info()
-    threads = max((w.get("nthreads", 1) for w in info.get("workers", {}).values()), default=1)
-    log(f"dask: connected to {address}; {_dashboard(client)}")
     try:
-        yield DaskExecutor(client, threads)
+        upload(client, config.upload)
+        log(f"dask: connected to {address}; {_dashboard(client)}")
+        with shipped(client, objects or {}):
+            yield DaskExecutor(client, _threads(client))
     finally:
         client.close()
+
+
+def _threads(client: Any) -> int:
+    """PyTorch threads per task on a cluster atlas did not start: its workers' thread count."""
+    info = client.scheduler_info()
+    return max((w.get("nthreads", 1) for w in info.get("workers", {}).values()), default=1)
+
+
+def _current_client() -> Any:
+    """``scheduler.address: current``: the client this process made last (a notebook's), or one line."""
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:
+        raise AtlasError(
+            "scheduler.address 'current': this process has no Dask client; make one (distributed.Client()) first, or use 'local'"
+        ) from None
 
 
 def upload(client: Any, files: Sequence[Path]) -> None:
@@ -228,13 +267,24 @@ def _dashboard(client: Any) -> str:
 
 
 class LazyExecutor:
-    """Starts the cluster the first time a stage needs it, so a fully cached re-run starts none."""
+    """Starts the cluster (or ships the run's objects to the caller's) the first time a stage needs it, so a fully
+    cached re-run starts none and sends nothing."""
 
-    def __init__(self, config: SchedulerConfig, stack: ExitStack, log: Callable[[str], None], device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        stack: ExitStack,
+        log: Callable[[str], None],
+        device: torch.device | None = None,
+        client: Any = None,
+        objects: Mapping[str, Any] | None = None,
+    ) -> None:
         self._config, self._stack, self._log, self._device = config, stack, log, device
+        self._client, self._objects = client, objects
         self._executor: Executor | None = None
 
     def __call__(self) -> Executor:
         if self._executor is None:
-            self._executor = self._stack.enter_context(open_executor(self._config, self._log, self._device))
+            opened = open_executor(self._config, self._log, self._device, self._client, self._objects)
+            self._executor = self._stack.enter_context(opened)
         return self._executor

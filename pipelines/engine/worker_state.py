@@ -17,6 +17,7 @@ import torch
 from atlas.config import ModelConfig
 from atlas.dependency_warnings import silence_dependency_warnings
 from atlas.errors import AtlasError
+from atlas.in_memory import is_memory_spec, registered
 from atlas.io import DISK_FULL
 from atlas.models import LoadedModel, ModelView, load_model, model_files_identity
 from atlas.models.layout_reading import LayoutRequest, view_with_layout
@@ -44,9 +45,9 @@ READING_KEYS = ("layout", "prefix_tokens", "output")  # how the layer is read: o
 
 
 @lru_cache(maxsize=2)
-def _model(model_json: str, files: str | None, device: str) -> _Loaded:
-    """``model_json``: the model section without its layer, so two layers of one model share one copy; ``files``: the
-    identity of the files behind it, so a retrained model is loaded again, not served stale.
+def _model(model_json: str, source: str | None, device: str) -> _Loaded:
+    """``model_json``: the model section without its layer, so two layers of one model share one copy; ``source``:
+    the identity of the files or the object behind it, so a retrained model is loaded again, not served stale.
 
     The model moves to ``device`` once, here; collection, rendering and fidelity follow its weights. channels_last:
     1.3-1.6x faster convolutions on CPU, and cuDNN's NHWC kernels (tensor cores) on a GPU.
@@ -67,16 +68,20 @@ def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
 
     ``device``: the run's resolved device (``atlas.devices.resolve_device``), as a string: ``cpu``, ``cuda``, ``cuda:N``.
     """
-    loaded = _model(config.model_dump_json(exclude={"layer", *READING_KEYS}), _files_identity(config), device)
+    loaded = _model(config.model_dump_json(exclude={"layer", *READING_KEYS}), _source_identity(config), device)
     key = (config.layer, LayoutRequest(config.layout, config.prefix_tokens, config.output))
     if key not in loaded.views:
         loaded.views[key] = view_with_layout(loaded.model, *key)
     return loaded.views[key]
 
 
-def _files_identity(config: ModelConfig) -> str | None:
-    """The spec's files, and the weights and classes files a config adds: rewriting any of them (``atlas train``
-    retrains in place) loads the model again in a long-lived process."""
+def _source_identity(config: ModelConfig) -> str | None:
+    """What is behind the spec, beyond its text: for an in-memory model, the object registered now (an equal model
+    passed again is that object, never an earlier one that may have changed since); else the spec's files, and the
+    weights and classes files a config adds: rewriting any of them (``atlas train`` retrains in place) loads the
+    model again in a long-lived process."""
+    if is_memory_spec(config.spec):
+        return f"object {id(registered(config.spec, 'model.spec'))}"  # the cache holds it, so the id stays its own
     extra = [model_files_identity(str(path)) for path in (config.weights, config.classes) if path is not None]
     parts = [part for part in (model_files_identity(config.spec), *extra) if part is not None]
     return "|".join(parts) or None
