@@ -227,7 +227,7 @@ def test_a_probed_parameterisation_is_recorded_and_the_recorded_settings_render_
     misses_the_bar = best_fourier["top1"] < 0.9 or best_fourier["mean_cosine"] < 0.8
     assert {t["param"] for t in trials} == ({"fourier", "maco", "accentuate"} if misses_the_bar else {"fourier"})
     assert (root / "render" / "spectrum.npy").exists() == misses_the_bar, "maco's spectrum only where maco was tried"
-    assert json.loads((root / "render" / "probe.json").read_text())["chosen"]["param"] == report["param"]
+    assert json.loads((root / "render" / "probe.json").read_text())["param"] == report["param"]
     icons = _icons(root, 4)
     # The recorded settings, given in the config, render the very same icons without a probe.
     recorded = [f"render.{k}={str(report[k]).lower()}" for k in ("whiten", "cossim_power", "learning_rate", "contrast", "tries", "param")]

@@ -200,7 +200,8 @@ def chosen_settings(run: RunInputs, key: str, frame: IconFrame) -> tuple[RenderS
         return settings, []
     saved = bundle.render_probe()
     if saved is not None and saved.get("key") == key:
-        return RenderSettings(**saved["chosen"]), [Trial.from_json(t) for t in saved["trials"]]
+        chosen = RenderSettings(**saved["chosen"], param=str(saved.get("param", "fourier")))
+        return chosen, [Trial.from_json(t) for t in saved["trials"]]
     directions = {size: bundle.directions(size) for size in grids}
     sample = sample_cells(grids, config.probe_cells, run.config.seed)
     ex = run.executor()
@@ -247,7 +248,9 @@ def chosen_settings(run: RunInputs, key: str, frame: IconFrame) -> tuple[RenderS
         config.whiten, config.cossim_power, config.learning_rate, evaluate, config.contrast, config.tries, config.param
     )
     run.log(f"[render] chose {settings}")
-    bundle.write_render_probe({"key": key, "chosen": asdict(settings), "trials": [t.to_json() for t in trials], "cells": count})
+    chosen = asdict(settings)
+    param = chosen.pop("param")  # beside "chosen", which keeps the keys it has always had
+    bundle.write_render_probe({"key": key, "chosen": chosen, "param": param, "trials": [t.to_json() for t in trials], "cells": count})
     return settings, trials
 
 
