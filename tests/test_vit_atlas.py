@@ -18,12 +18,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def vit_atlas(trained_tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The atlas of 5,000 Fashion-MNIST test images (one patch token each) on grids 5 and 10; render as configured by default."""
+    """The atlas of 5,000 Fashion-MNIST test images (4 patch tokens each, the default) on grids 5 and 10; render as
+    configured by default."""
     out = tmp_path_factory.mktemp("vit-atlas")
     code = main([
         "run", "--model", str(trained_tiny_vit), "--layer", "blocks.2", "--images", "torchvision:FashionMNIST?split=test",
         "--out", str(out), "--name", "vit", "--scheduler", "sync", "--until", "render",
-        "--set", "collect.n_images=5000", "--set", "collect.shard_size=1000", "--set", "grid.sizes=[5,10]",
+        "--set", "collect.n_images=5000", "--set", "grid.sizes=[5,10]",
     ])  # fmt: skip
     assert code == 0
     return out / "vit"
@@ -31,7 +32,7 @@ def vit_atlas(trained_tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def test_the_tiny_vits_icons_reach_their_cells_with_default_settings(vit_atlas: Path) -> None:
     manifest = json.loads((vit_atlas / "manifest.json").read_text())
-    assert manifest["layer_layout"]["name"] == "tokens" and manifest["n_activations"] == 5000
+    assert manifest["layer_layout"]["name"] == "tokens" and manifest["n_images"] == 5000
     coarse, fine = ({**level["fidelity"], "grid": level["grid"]} for level in manifest["levels"])
     assert (coarse["grid"], fine["grid"]) == (5, 10)
     assert coarse["top1"] >= 0.9, coarse
