@@ -287,3 +287,18 @@ def test_an_atlas_too_small_to_probe_takes_the_usual_defaults(photo_folder: Path
     assert report["chosen_by"] == "default" and report["probe"] == []
     usual = {"whiten": "dot", "cossim_power": 4.0, "learning_rate": 0.05, "contrast": False, "tries": 1}
     assert {k: report[k] for k in usual} == usual
+
+
+def test_with_param_auto_the_render_key_holds_proximity_which_changes_icons_wherever_accentuate_is_chosen() -> None:
+    from types import SimpleNamespace
+
+    from atlas.config import AtlasConfig, RenderConfig
+    from atlas_pipelines.stages.render import render_settings
+
+    def key(**render: object) -> dict:
+        run = SimpleNamespace(config=AtlasConfig(render=RenderConfig(**render)), device=torch.device("cpu"))
+        return render_settings(run)[0]  # type: ignore[arg-type]
+
+    assert "proximity" not in key() and key(param="auto")["proximity"] == 10.0
+    assert key(param="auto", proximity=3.0) != key(param="auto") and key(param="auto") != key()
+    assert RenderConfig(param="auto").probed()[-2:] == ["param", "tries"] and "param" not in RenderConfig().probed()
