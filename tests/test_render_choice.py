@@ -12,7 +12,7 @@ from PIL import Image
 
 from atlas.bundle import patch_file
 from atlas.featurevis import Direction, Log, Objective, Retrieval
-from atlas.featurevis.choice import RenderSettings, choose_settings, probe_cells
+from atlas.featurevis.choice import RenderSettings, Trial, candidate_steps, choose_settings, first_candidates, probe_cells
 from atlas_pipelines.commands.cli import main
 
 
@@ -59,6 +59,33 @@ def test_four_tries_are_probed_only_where_the_best_icons_miss_their_cell() -> No
 
     assert search(0.95) == (RenderSettings("off", 4.0, 0.05, False, 1), [1, 1])  # good enough: never four times the cost
     assert search(0.6) == (RenderSettings("off", 4.0, 0.05, False, 4), [1, 1, 4])
+
+
+def test_other_parameterisations_are_probed_only_where_the_best_icons_miss_the_fidelity_bar() -> None:
+    def search(top1: float, cosine: float, better: str = "maco") -> tuple[RenderSettings, list[str]]:
+        seen: list[str] = []
+
+        def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+            seen.extend(s.param for s in candidates)
+            return [(top1, cosine + (0.1 if s.param == better else 0.0)) for s in candidates]
+
+        settings, _ = choose_settings("off", "auto", 0.05, evaluate, contrast=False, param="auto")
+        return settings, seen
+
+    assert search(1.0, 0.85) == (RenderSettings("off", 4.0, 0.05), ["fourier", "fourier"])  # at the bar: fourier, no more renders
+    assert search(1.0, 0.7) == (RenderSettings("off", 4.0, 0.05, param="maco"), ["fourier", "fourier", "maco", "accentuate"])
+    assert search(0.8, 0.9, better="accentuate")[0].param == "accentuate"  # top-1 below 0.9 misses the bar too
+    assert search(0.8, 0.9, better="none")[0].param == "fourier"  # a tie keeps fourier
+
+
+def test_a_trial_record_carries_its_parameterisation_and_older_records_read_as_fourier() -> None:
+    trial = Trial(RenderSettings("dot", 2.0, 0.1, True, 4, "accentuate"), 0.75, 0.8125)
+    record = trial.to_json()
+    assert record["param"] == "accentuate" and Trial.from_json(record) == trial
+    del record["param"]
+    assert Trial.from_json(record).settings.param == "fourier"
+    every_step_auto = candidate_steps("auto", "auto", "auto", "auto", "auto", "auto")
+    assert first_candidates(every_step_auto) == RenderSettings("dot", 4.0, 0.05, False, 1, "fourier")
 
 
 def test_only_the_auto_settings_are_searched() -> None:
@@ -189,6 +216,27 @@ def test_auto_settings_are_chosen_by_a_probe_recorded_and_kept_on_resume(
     assert json.loads((root / "manifest.json").read_text())["render"]["probe"] == trials
 
 
+def test_a_probed_parameterisation_is_recorded_and_the_recorded_settings_render_the_same_icons(photo_folder: Path, runs: Path) -> None:
+    until = ["--until", "render", "--set", "render.param=auto"]
+    root = _run(photo_folder, runs, "param", *PROBE, *until)
+    report = json.loads((root / "manifest.json").read_text())["render"]
+    trials = report["probe"]
+    assert report["param"] in ("fourier", "maco", "accentuate") and all(t["param"] in ("fourier", "maco", "accentuate") for t in trials)
+    fourier = [t for t in trials if t["param"] == "fourier"]
+    best_fourier = max(fourier, key=lambda t: t["top1"] + t["mean_cosine"])
+    misses_the_bar = best_fourier["top1"] < 0.9 or best_fourier["mean_cosine"] < 0.8
+    assert {t["param"] for t in trials} == ({"fourier", "maco", "accentuate"} if misses_the_bar else {"fourier"})
+    assert (root / "render" / "spectrum.npy").exists() == misses_the_bar, "maco's spectrum only where maco was tried"
+    assert json.loads((root / "render" / "probe.json").read_text())["param"] == report["param"]
+    icons = _icons(root, 4)
+    # The recorded settings, given in the config, render the very same icons without a probe.
+    recorded = [f"render.{k}={str(report[k]).lower()}" for k in ("whiten", "cossim_power", "learning_rate", "contrast", "tries", "param")]
+    again = _run(photo_folder, runs, "param", *until, *(x for setting in recorded for x in ("--set", setting)))
+    assert json.loads((again / "manifest.json").read_text())["render"]["chosen_by"] == "config"
+    rendered = _icons(again, 4)
+    assert rendered.keys() == icons.keys() and icons and all(np.array_equal(rendered[k], v) for k, v in icons.items())
+
+
 def test_given_settings_skip_the_probe(photo_folder: Path, runs: Path) -> None:
     root = _run(photo_folder, runs, "fixed", *FIXED)
     report = json.loads((root / "manifest.json").read_text())["render"]
@@ -239,3 +287,18 @@ def test_an_atlas_too_small_to_probe_takes_the_usual_defaults(photo_folder: Path
     assert report["chosen_by"] == "default" and report["probe"] == []
     usual = {"whiten": "dot", "cossim_power": 4.0, "learning_rate": 0.05, "contrast": False, "tries": 1}
     assert {k: report[k] for k in usual} == usual
+
+
+def test_with_param_auto_the_render_key_holds_proximity_which_changes_icons_wherever_accentuate_is_chosen() -> None:
+    from types import SimpleNamespace
+
+    from atlas.config import AtlasConfig, RenderConfig
+    from atlas_pipelines.stages.render import render_settings
+
+    def key(**render: object) -> dict:
+        run = SimpleNamespace(config=AtlasConfig(render=RenderConfig(**render)), device=torch.device("cpu"))
+        return render_settings(run)[0]  # type: ignore[arg-type]
+
+    assert "proximity" not in key() and key(param="auto")["proximity"] == 10.0
+    assert key(param="auto", proximity=3.0) != key(param="auto") and key(param="auto") != key()
+    assert RenderConfig(param="auto").probed()[-2:] == ["param", "tries"] and "param" not in RenderConfig().probed()

@@ -41,9 +41,11 @@ class RenderConfig(Section):
         description="cells a probe renders per candidate setting (0 to 4,096; half of the coarsest grid, half of the finest);"
         " 0, or an atlas with fewer than 4 times as many cells: no probe, 'auto' takes the usual defaults",
     )
-    param: Literal["fourier", "maco", "accentuate"] = Field(
+    param: Literal["auto", "fourier", "maco", "accentuate"] = Field(
         default="fourier",
-        description="fourier: 1/f spectrum; maco: phase only, magnitude from the run's images; accentuate: from the cell's best example",
+        description="fourier: 1/f spectrum; maco: phase only, magnitude from the run's images; accentuate: from the cell's"
+        " best example; auto: fourier, or whichever a probe render finds most faithful where fourier's icons miss the"
+        " fidelity bar (probe top-1 below 0.9 or mean cosine below 0.8)",
     )
     proximity: float = Field(
         default=10.0, ge=0.0, le=1e6, description="accentuate: how near the example the icon stays, relative to its objective (0 to 1e6)"
@@ -62,8 +64,12 @@ class RenderConfig(Section):
 
     def probed(self) -> list[str]:
         """The settings a probe render chooses: those left to 'auto'."""
-        names = ("whiten", "contrast", "cossim_power", "learning_rate", "tries")
+        names = ("whiten", "contrast", "cossim_power", "learning_rate", "param", "tries")
         return [name for name in names if getattr(self, name) == "auto"]
+
+    def may_accentuate(self) -> bool:
+        """Whether icons may be accentuated (given, or a probe's choice), so ``proximity`` may change them."""
+        return self.param in ("accentuate", "auto")
 
     def probes(self) -> bool:
         """Whether a probe render chooses any setting."""

@@ -5,9 +5,14 @@ same objective costs a 64-channel Fashion-MNIST CNN a fifth of its fidelity. No 
 so a probe decides. It renders a small, fixed sample of cells under a few candidate settings, feeds the results
 back and scores them as icon fidelity scores the real icons (top-1 rate plus mean cosine). The search goes one
 setting at a time: the whitening mode first, then whether to add the retrieval term (each icon pushed away from
-its neighbouring cells), then the cosine power, then the learning rate, and last, only where the best icons still
-miss their cell, four tries per icon instead of one. Each step keeps the best so far, and a tie keeps the earlier
-candidate, so the defaults win unless something beats them.
+its neighbouring cells), then the cosine power, then the learning rate, then the parameterisation, and last four tries per icon instead of
+one. Each step keeps the best so far, and a tie keeps the earlier candidate, so the defaults win unless something
+beats them.
+
+The last two steps cost the most and help only where icons fall short, so they run only there: other
+parameterisations (MaCo's phase-only spectrum, accentuation from each cell's best example) only where the best so
+far misses the fidelity bar (probe top-1 below 0.9 or mean cosine below 0.8), and four tries only where its top-1
+is below 0.9. A CNN whose fourier icons already reach their cells pays nothing for either.
 """
 
 from __future__ import annotations
@@ -21,17 +26,21 @@ DEFAULT_POWER, OTHER_POWERS = 4.0, (2.0,)
 DEFAULT_RATE, OTHER_RATES = 0.05, (0.1,)
 MORE_TRIES = 4
 TRIES_ONLY_BELOW = 0.9  # probe top-1: four tries cost four times the render, worth it only where icons miss their cell
+PARAMS = ("fourier", "maco", "accentuate")  # probe order: the default first, so a tie keeps it
+PARAMS_ONLY_BELOW = (0.9, 0.8)  # probe top-1, mean cosine: the fidelity bar; another parameterisation only below it
 
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """The settings a probe may choose; ``whiten`` is ``full``, ``dot`` or ``off``; ``contrast``: add the retrieval term."""
+    """The settings a probe may choose; ``whiten`` is ``full``, ``dot`` or ``off``; ``contrast``: add the retrieval term;
+    ``param``: the image parameterisation (one of :data:`PARAMS`)."""
 
     whiten: str
     cossim_power: float
     learning_rate: float
     contrast: bool = False
     tries: int = 1
+    param: str = "fourier"
 
 
 @dataclass(frozen=True)
@@ -55,29 +64,49 @@ class Trial:
             float(record["learning_rate"]),
             bool(record.get("contrast", False)),
             int(record.get("tries", 1)),
+            str(record.get("param", "fourier")),  # records from before the probe chose it: fourier was the only one probed
         )
         return cls(settings, float(record["top1"]), float(record["mean_cosine"]))
 
+    def meets(self, bar: tuple[float, float]) -> bool:
+        """Whether this trial's top-1 and mean cosine both reach ``bar``."""
+        return self.top1 >= bar[0] and self.mean_cosine >= bar[1]
+
 
 def candidate_steps(
-    whiten: str, cossim_power: float | str, learning_rate: float | str, contrast: bool | str = False, tries: int | str = 1
+    whiten: str,
+    cossim_power: float | str,
+    learning_rate: float | str,
+    contrast: bool | str = False,
+    tries: int | str = 1,
+    param: str = "fourier",
 ) -> list[tuple[str, list[Any]]]:
-    """Per setting, the values to try (one value: fixed by the config, nothing to probe)."""
+    """Per setting, the values to try (one value: fixed by the config, nothing to probe), in the order tried."""
     return [
         ("whiten", list(WHITEN_MODES) if whiten == "auto" else [whiten]),
         ("contrast", [False, True] if contrast == "auto" else [bool(contrast)]),
         ("cossim_power", [DEFAULT_POWER, *OTHER_POWERS] if cossim_power == "auto" else [float(cossim_power)]),
         ("learning_rate", [DEFAULT_RATE, *OTHER_RATES] if learning_rate == "auto" else [float(learning_rate)]),
+        ("param", list(PARAMS) if param == "auto" else [param]),
         ("tries", [1, MORE_TRIES] if tries == "auto" else [int(tries)]),
     ]
 
 
-def first_candidates(
-    whiten: str, cossim_power: float | str, learning_rate: float | str, contrast: bool | str = False, tries: int | str = 1
-) -> RenderSettings:
-    """The settings a probe starts from (the config's where given): what a caller without a probe uses."""
-    steps = candidate_steps(whiten, cossim_power, learning_rate, contrast, tries)
+def first_candidates(steps: Sequence[tuple[str, Sequence[Any]]]) -> RenderSettings:
+    """The settings a probe starts from, each step's first value (the config's where given): what a caller without
+    a probe uses. ``steps`` as :func:`candidate_steps` gives them."""
     return RenderSettings(**{name: values[0] for name, values in steps})
+
+
+def _pays(step: str, best: Trial | None) -> bool:
+    """Whether a costly step is worth its renders: only where the best so far falls short (unknown: try it)."""
+    if best is None:
+        return True
+    if step == "tries":
+        return best.top1 < TRIES_ONLY_BELOW
+    if step == "param":
+        return not best.meets(PARAMS_ONLY_BELOW)
+    return True
 
 
 def choose_settings(
@@ -87,20 +116,21 @@ def choose_settings(
     evaluate: Callable[[list[RenderSettings]], list[tuple[float, float]]],
     contrast: bool | str = False,
     tries: int | str = 1,
+    param: str = "fourier",
 ) -> tuple[RenderSettings, list[Trial]]:
     """One setting at a time, keep the candidate whose probe scores highest; ``evaluate`` scores a list of candidates
     at once (-> top-1, mean cosine each), so the candidates of one step can render side by side.
 
     Nothing ``auto``: the config's settings, with no probe at all.
     """
-    steps = candidate_steps(whiten, cossim_power, learning_rate, contrast, tries)
-    best = first_candidates(whiten, cossim_power, learning_rate, contrast, tries)
+    steps = candidate_steps(whiten, cossim_power, learning_rate, contrast, tries, param)
+    best = first_candidates(steps)
     if all(len(values) == 1 for _, values in steps):
         return best, []
     trials: list[Trial] = []
     tried: dict[RenderSettings, Trial] = {}
     for name, values in steps:
-        if len(values) == 1 or (name == "tries" and best in tried and tried[best].top1 >= TRIES_ONLY_BELOW):
+        if len(values) == 1 or not _pays(name, tried.get(best)):
             continue
         candidates = [replace(best, **{name: value}) for value in values]
         new = [c for c in candidates if c not in tried]
@@ -129,4 +159,13 @@ def probe_cells(cell_counts: Sequence[int], per_grid: int, seed: int) -> list[tu
     return chosen
 
 
-__all__ = ["RenderSettings", "Trial", "candidate_steps", "choose_settings", "first_candidates", "probe_cells"]
+__all__ = [
+    "PARAMS",
+    "PARAMS_ONLY_BELOW",
+    "RenderSettings",
+    "Trial",
+    "candidate_steps",
+    "choose_settings",
+    "first_candidates",
+    "probe_cells",
+]

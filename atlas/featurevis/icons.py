@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from atlas.bundle import Cell
-from atlas.featurevis.choice import RenderSettings
+from atlas.featurevis.choice import PARAMS, RenderSettings
 from atlas.featurevis.icon_files import first_patch
 from atlas.featurevis.objectives import Direction, Log, Objective, Proximity, Retrieval
 from atlas.featurevis.param import ParamFactory, accentuate, fourier, maco
@@ -24,15 +23,13 @@ from atlas.featurevis.render import Precision, RenderResult, render, score_image
 from atlas.featurevis.seeding import derive_seed
 from atlas.models.view import ModelView
 
-ParamKind = Literal["fourier", "maco", "accentuate"]
-
 
 @dataclass(frozen=True)
 class IconRecipe:
-    """The render settings no probe chooses, the same for every icon of a run."""
+    """The render settings no probe chooses, the same for every icon of a run (the parameterisation is a probe's
+    choice: :class:`atlas.featurevis.choice.RenderSettings`)."""
 
     steps: int = 128
-    param: ParamKind = "fourier"
     proximity: float = 10.0  # accentuate: how near its start an icon stays, relative to its objective there
     precision: Precision = "fp32"
     alpha: bool = False
@@ -109,11 +106,11 @@ def render_cells(
     prep = view.preprocessing
     objective = objective_for(cells.directions, cells.rows, cells.whitening, settings)
     param: ParamFactory
-    if recipe.param == "maco":
+    if settings.param == "maco":
         if inputs.spectrum is None:
             raise ValueError("render.param maco needs the run's spectrum")
         param = maco(prep.channels, canvas, torch.from_numpy(inputs.spectrum))
-    elif recipe.param == "accentuate":
+    elif settings.param == "accentuate":
         if inputs.starts is None:
             raise ValueError("render.param accentuate needs each cell's start image")
         starts = torch.from_numpy(inputs.starts)
@@ -121,8 +118,10 @@ def render_cells(
         # The penalty follows each icon's own objective at its start, so one setting suits any layer's scale.
         at_start = score_images(view, objective, starts)
         objective = objective + Proximity(starts, weight=recipe.proximity * at_start.abs().clamp_min(1e-6).cpu())
-    else:
+    elif settings.param == "fourier":
         param = fourier(prep.channels, canvas)
+    else:
+        raise ValueError(f"render.param {settings.param!r}: expected one of {', '.join(PARAMS)}")
     return render(
         view, objective, param,
         seeds=list(cells.seeds),

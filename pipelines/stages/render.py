@@ -19,7 +19,7 @@ from atlas.config import ModelConfig, RenderConfig
 from atlas.devices import key_part
 from atlas.errors import AtlasError
 from atlas.featurevis import RenderResult
-from atlas.featurevis.choice import RenderSettings, Trial, choose_settings, first_candidates
+from atlas.featurevis.choice import RenderSettings, Trial, candidate_steps, choose_settings, first_candidates
 from atlas.featurevis.fidelity import measure_fidelity
 from atlas.featurevis.framing import IconFrame, frame_icons
 from atlas.featurevis.icon_files import save_icons, start_images
@@ -66,7 +66,7 @@ def _render(
     use_threads(setup.threads)
     view = model_view(setup.model, setup.device)
     starts = None
-    if setup.recipe.param == "accentuate":  # the patches named when the batch was planned: no grid.json read per task
+    if setup.settings.param == "accentuate":  # the patches named when the batch was planned: no grid.json read per task
         starts = start_images(bundle, cells.starts, view.preprocessing.channels, setup.frame.canvas)
     targets = GridCells(directions, cells.rows, cells.seeds, whitening)
     return render_cells(view, targets, setup.recipe, setup.settings, setup.frame.canvas, ParamInputs(spectrum, starts))
@@ -110,8 +110,8 @@ def render_icons(call: StageCall) -> Report:
     batches = plan_batches(bundle, sizes, config.batch_size_on(run.device.type), run.config.seed)
     frame = icon_frame(run)
     bundle.write_render_frame(frame.to_json())  # the one record of whether icons have full views: every reader asks the bundle
-    spectrum = run_spectrum(run, frame.canvas) if config.param == "maco" else None
-    settings, trials = chosen_settings(run, key, frame, spectrum)
+    settings, trials = chosen_settings(run, key, frame)
+    spectrum = run_spectrum(run, frame.canvas) if settings.param == "maco" else None
     todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
     swept = sum(sweep_temporaries(folder) for folder in {bundle.path(b.marker).parent for b in todo})
     run.log(
@@ -133,7 +133,7 @@ def render_icons(call: StageCall) -> Report:
                 bar.update(future.result())
     levels = [{"grid": size, "icon_size": config.icon_size, "fidelity": grid_fidelity(run, size, frame)} for size in sizes]
     report: dict[str, Any] = {
-        "steps": config.steps, "icon_size": config.icon_size, "param": config.param, **asdict(settings),
+        "steps": config.steps, "icon_size": config.icon_size, **asdict(settings),
         "chosen_by": "probe" if trials else ("default" if config.probes() else "config"), "probe": [t.to_json() for t in trials],
         "receptive_field": None if frame.field is None else frame.field.to_json(), "frame": frame.to_json(), "alpha": config.alpha,
     }  # fmt: skip
@@ -156,13 +156,15 @@ def grid_fidelity(run: RunInputs, size: int, frame: IconFrame) -> dict[str, Any]
 
 def task_setup(run: RunInputs, threads: int, settings: RenderSettings, frame: IconFrame) -> TaskSetup:
     config = run.config.render
-    recipe = IconRecipe(config.steps, config.param, config.proximity, config.precision, config.alpha)
+    recipe = IconRecipe(config.steps, config.proximity, config.precision, config.alpha)
     return TaskSetup(run.config.model, str(run.device), threads, recipe, settings, frame)
 
 
 def default_settings(config: RenderConfig) -> RenderSettings:
     """The config's settings, with the probe's first candidate wherever it says ``auto``."""
-    return first_candidates(config.whiten, config.cossim_power, config.learning_rate, config.contrast, config.tries)
+    return first_candidates(
+        candidate_steps(config.whiten, config.cossim_power, config.learning_rate, config.contrast, config.tries, config.param)
+    )
 
 
 def run_spectrum(run: RunInputs, canvas: int) -> np.ndarray:
@@ -179,11 +181,13 @@ def run_spectrum(run: RunInputs, canvas: int) -> np.ndarray:
     return spectrum
 
 
-def chosen_settings(run: RunInputs, key: str, frame: IconFrame, spectrum: np.ndarray | None = None) -> tuple[RenderSettings, list[Trial]]:
+def chosen_settings(run: RunInputs, key: str, frame: IconFrame) -> tuple[RenderSettings, list[Trial]]:
     """The settings every icon of this run is rendered with: the config's, or for ``auto`` the probe's choice.
 
     The probe renders a fixed sample of cells with the real seeds on the workers and scores them like fidelity does;
-    its choice is kept under the stage key, so a resumed run renders its remaining batches the same way.
+    its choice is kept under the stage key, so a resumed run renders its remaining batches the same way. maco's
+    spectrum is estimated only once a maco candidate is tried (accentuate's starts are the cells' own patches,
+    named in each task's cells and read on the worker).
     """
     config, bundle = run.config.render, run.bundle
     settings = default_settings(config)
@@ -196,20 +200,36 @@ def chosen_settings(run: RunInputs, key: str, frame: IconFrame, spectrum: np.nda
         return settings, []
     saved = bundle.render_probe()
     if saved is not None and saved.get("key") == key:
-        return RenderSettings(**saved["chosen"]), [Trial.from_json(t) for t in saved["trials"]]
+        chosen = RenderSettings(**saved["chosen"], param=str(saved.get("param", "fourier")))
+        return chosen, [Trial.from_json(t) for t in saved["trials"]]
     directions = {size: bundle.directions(size) for size in grids}
     sample = sample_cells(grids, config.probe_cells, run.config.seed)
     ex = run.executor()
     setup = task_setup(run, ex.threads_per_task, settings, frame)
-    whitening_ref, spectrum_ref = ex.scatter(bundle.whitening()), ex.scatter(spectrum)
+    whitening_ref = ex.scatter(bundle.whitening())
     direction_refs = {cells.grid: ex.scatter(directions[cells.grid]) for cells in sample}  # the retrieval term needs all
+    spectrum_refs: dict[str, Any] = {}
+
+    def spectrum_for(candidate: RenderSettings) -> Any:
+        """maco's spectrum, estimated (and shipped to the workers) when the first maco candidate needs it."""
+        if candidate.param != "maco":
+            return None
+        if "maco" not in spectrum_refs:
+            spectrum_refs["maco"] = ex.scatter(run_spectrum(run, frame.canvas))
+        return spectrum_refs["maco"]
 
     def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
         """Every candidate's probe cells render side by side as worker tasks; the driver ranks the results."""
         futures = [
             [
                 ex.submit(
-                    probe_task, bundle, cells, direction_refs[cells.grid], whitening_ref, spectrum_ref, replace(setup, settings=candidate)
+                    probe_task,
+                    bundle,
+                    cells,
+                    direction_refs[cells.grid],
+                    whitening_ref,
+                    spectrum_for(candidate),
+                    replace(setup, settings=candidate),
                 )
                 for cells in sample
             ]
@@ -224,9 +244,13 @@ def chosen_settings(run: RunInputs, key: str, frame: IconFrame, spectrum: np.nda
 
     count = sum(len(cells.rows) for cells in sample)
     run.log(f"[render] choosing render settings ({', '.join(config.probed())}) with a probe of {count} cells")
-    settings, trials = choose_settings(config.whiten, config.cossim_power, config.learning_rate, evaluate, config.contrast, config.tries)
+    settings, trials = choose_settings(
+        config.whiten, config.cossim_power, config.learning_rate, evaluate, config.contrast, config.tries, config.param
+    )
     run.log(f"[render] chose {settings}")
-    bundle.write_render_probe({"key": key, "chosen": asdict(settings), "trials": [t.to_json() for t in trials], "cells": count})
+    chosen = asdict(settings)
+    param = chosen.pop("param")  # beside "chosen", which keeps the keys it has always had
+    bundle.write_render_probe({"key": key, "chosen": chosen, "param": param, "trials": [t.to_json() for t in trials], "cells": count})
     return settings, trials
 
 
@@ -250,7 +274,7 @@ def render_settings(run: RunInputs) -> list[Any]:
     otherwise, and a key must not change without the icons."""
     config = run.config.render
     section = {**config.model_dump(mode="json"), "batch_size": config.batch_size_on(run.device.type)}
-    if config.param != "accentuate":
+    if not config.may_accentuate():
         del section["proximity"]
     if not config.probes():
         del section["probe_cells"]

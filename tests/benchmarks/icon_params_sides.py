@@ -142,11 +142,11 @@ def side_ours(args: dict[str, Any]) -> dict[str, Any]:
     inputs = ParamInputs(spectrum, starts)
 
     def run(param: str, steps: int, tries: int, rows: slice = slice(None)) -> Any:
-        recipe = IconRecipe(steps=steps, param=param)
+        recipe = IconRecipe(steps=steps)
         part = ParamInputs(inputs.spectrum, inputs.starts[rows])
         picked = tuple(np.asarray(atlas.rows)[rows].tolist())
         cells = GridCells(atlas.directions, picked, tuple(atlas.seeds[rows]), atlas.whitening)
-        these = replace(settings, tries=tries)
+        these = replace(settings, tries=tries, param=param)
         return render_cells(atlas.view, cells, recipe, these, atlas.size, part)
 
     guard = Guard(args["quiet_budget_s"])
