@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import scipy.sparse
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -50,7 +51,7 @@ def fitted() -> tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray]:
 
 def test_clone_round_trips_params_and_drops_fitted_state(fitted: tuple[AtlasLayout, Any, Any, Any]) -> None:
     params: dict[str, Any] = {"n_neighbors": 7, "min_dist": 0.2, "metric": "euclidean", "pca_components": None,
-              "clip_percentile": 2.5, "margin": 0.1, "n_components": 2, "random_state": 3}  # fmt: skip
+              "clip_percentile": 2.5, "margin": 0.1, "n_components": 2, "random_state": 3, "placement": "neighbours"}  # fmt: skip
     layout = AtlasLayout(**params)
     assert layout.get_params() == params
     assert clone(layout).get_params() == params
@@ -87,6 +88,7 @@ def test_use_before_fit_raises_not_fitted() -> None:
         ("clip_percentile", -1.0),
         ("margin", 0.5),
         ("random_state", "zero"),
+        ("placement", "nearest"),
     ],
 )
 def test_bad_layout_params_fail_in_fit_not_init(param: str, value: Any) -> None:
@@ -140,6 +142,45 @@ def test_fit_places_rows_in_the_unit_square_and_transform_agrees(fitted: tuple[A
     assert np.array_equal(pickle.loads(pickle.dumps(layout)).transform(x[:20]), layout.transform(x[:20]))
     with pytest.raises(ValueError, match="features"):
         layout.transform(x[:, :5])
+
+
+def test_vectorised_graph_init_is_umaps_own_start() -> None:
+    from umap.umap_ import init_graph_transform
+
+    from atlas.layout.graph_init import vectorised_graph_init
+
+    rng = np.random.default_rng(3)
+    graph = scipy.sparse.random(300, 80, density=0.1, random_state=4, format="csr", dtype=np.float32)
+    graph.data[::17] = 1.0  # a new row equal to a fitted row: umap-learn puts it on that row
+    graph.data[graph.indptr[5] : graph.indptr[6]] = 0.0  # a row with no fitted neighbour: NaN, as umap-learn leaves it
+    graph.eliminate_zeros()
+    embedding = rng.normal(size=(80, 2)).astype(np.float32)
+    ours, theirs = vectorised_graph_init(graph, embedding), init_graph_transform(graph, embedding)
+    assert np.isnan(theirs[5]).all() and np.isnan(ours[5]).all()
+    assert (graph.data == 1).any() and np.allclose(ours, theirs, atol=1e-5, equal_nan=True)
+
+
+def test_umap_placement_gives_umaps_transform_and_neighbours_its_start(
+    fitted: tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    layout, x, labels, coords = fitted
+    assert layout.placement == "umap"
+    new = x + np.random.default_rng(5).normal(scale=0.05, size=x.shape).astype(np.float32)  # near, not equal, to fitted rows
+    placed = layout.transform(new)
+    # umap-learn's own transform: its start differs from ours by float rounding (1e-6), which its 30 epochs amplify for
+    # a few rows, so the two agree closely rather than bit for bit.
+    theirs = layout.to_unit_box(layout.umap_.transform(layout._reduce(new)))
+    shift = np.linalg.norm(placed - theirs, axis=1)
+    assert np.median(shift) < 0.005 and np.percentile(shift, 90) < 0.03, np.percentile(shift, [50, 90, 100])
+    start = clone(layout).set_params(placement="neighbours").fit(x).transform(new)
+    # The start lies inside the hull of its own blob's fitted coordinates (a mean of its neighbours there), near the
+    # place its twin was fitted and near where the epochs then take it.
+    for blob in np.unique(labels):
+        own = coords[labels == blob]
+        assert (start[labels == blob] >= own.min(axis=0) - 1e-6).all() and (start[labels == blob] <= own.max(axis=0) + 1e-6).all()
+    assert np.median(np.linalg.norm(start - coords, axis=1)) < 0.05
+    assert np.median(np.linalg.norm(start - placed, axis=1)) < 0.05
+    assert np.array_equal(pickle.loads(pickle.dumps(layout)).transform(new[:20]), layout.transform(new[:20]))  # seeded: repeatable
 
 
 def test_independent_layouts_take_the_config(fitted: tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray]) -> None:

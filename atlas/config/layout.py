@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -17,6 +18,11 @@ class LayoutConfig(Section):
         description="rows UMAP is fitted on, at most 10,000,000 (UMAP's memory and time grow faster than the rows)",
     )
     chunk_size: int = Field(default=10_000, ge=1, le=10_000_000, description="rows per placing task, at most 10,000,000")
+    placement: Literal["umap", "neighbours"] = Field(
+        default="umap",
+        description="how rows outside the fit sample are placed: umap, umap-learn's transform (their fitted neighbours' mean,"
+        " then 30 epochs); neighbours, that mean alone (5 times faster, but placed rows bunch: lower trustworthiness)",
+    )
     pca_components: int | None = Field(default=50, ge=1, le=4096, description="at most 4,096")
     n_neighbors: int = Field(default=30, ge=2, le=1000, description="2 to 1,000")
     min_dist: float = Field(default=0.05, ge=0.0, le=1.0, description="0 to 1 (UMAP's spread)")

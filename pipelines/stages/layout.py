@@ -34,6 +34,7 @@ def layout_estimator(config: LayoutConfig, seed: int | None) -> AtlasLayout:
         clip_percentile=config.clip_percentile,
         margin=config.margin,
         random_state=seed,
+        placement=config.placement,
     )
 
 

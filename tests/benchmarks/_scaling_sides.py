@@ -8,6 +8,9 @@
   non-negative activations like a post-ReLU layer; float16 attribution), then
   the layout and grid stages at 20..320 on a local cluster, as ``atlas run``
   runs them, then the viewer's data (cell blocks and index). Timed per step.
+- ``tokens``: the token-model shape, the same steps on ``n_rows`` x 192 channels x
+  100 classes (a ViT-Tiny's width: 50,000 images x 196 patch tokens is 9.8 M rows);
+  signed activations, as a transformer's residual stream is.
 
 Each prints one JSON object as the last line of stdout.
 """
@@ -41,7 +44,8 @@ def plain(args: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "rows": len(x), "channels": x.shape[1]}
 
 
-def fill_imagenet_store(path: Path, n_rows: int, channels: int, classes: int, rows_per_shard: int, seed: int) -> None:
+def fill_store(path: Path, n_rows: int, channels: int, classes: int, rows_per_shard: int, seed: int, signed: bool = False) -> None:
+    """Clustered rows (64 centres in a 12-dimensional latent, mixed to ``channels``), each centre's class clearly attributed."""
     import numpy as np
 
     from atlas.collect import ActivationStore, Rows, StoreLayout
@@ -57,7 +61,9 @@ def fill_imagenet_store(path: Path, n_rows: int, channels: int, classes: int, ro
         n = min(rows_per_shard, n_rows - shard * rows_per_shard)
         centre = rng.integers(0, 64, n)
         latent = centres[centre] + 0.7 * rng.normal(size=(n, 12))
-        activation = np.maximum(latent.astype(np.float32) @ mixing + 0.3 * rng.normal(size=(n, channels)).astype(np.float32), 0)
+        activation = latent.astype(np.float32) @ mixing + 0.3 * rng.normal(size=(n, channels)).astype(np.float32)
+        if not signed:
+            activation = np.maximum(activation, 0)  # post-ReLU
         attribution = rng.normal(scale=0.1, size=(n, classes)).astype(np.float16)
         attribution[np.arange(n), class_of_centre[centre]] += 2.0
         ids = np.arange(shard * rows_per_shard, shard * rows_per_shard + n)
@@ -68,6 +74,15 @@ def fill_imagenet_store(path: Path, n_rows: int, channels: int, classes: int, ro
 
 
 def imagenet(args: dict[str, Any]) -> dict[str, Any]:
+    return filled_run(args, channels=112, classes=1000, signed=False)
+
+
+def tokens(args: dict[str, Any]) -> dict[str, Any]:
+    return filled_run(args, channels=192, classes=100, signed=True)
+
+
+def filled_run(args: dict[str, Any], channels: int, classes: int, signed: bool) -> dict[str, Any]:
+    """Fill a store, then run layout, grids 20..320 and the viewer's data on it as ``atlas run`` would; seconds per step."""
     from atlas.bundle import BundleWriter, Cell
     from atlas.config import AtlasConfig, GridConfig, LayoutConfig, SchedulerConfig
     from atlas.grid import build_grids
@@ -78,7 +93,7 @@ def imagenet(args: dict[str, Any]) -> dict[str, Any]:
     store = bundle.store()
     marks: dict[str, Any] = {}
     t0 = time.perf_counter()
-    fill_imagenet_store(store.path, args["n_rows"], 112, 1000, args.get("rows_per_shard", 4096), seed=0)
+    fill_store(store.path, args["n_rows"], channels, classes, args.get("rows_per_shard", 4096), seed=0, signed=signed)
     marks["fill_s"] = time.perf_counter() - t0
     config = AtlasConfig(layout=LayoutConfig(), grid=GridConfig(sizes=(20, 40, 80, 160, 320), min_count=5))
     t0 = time.perf_counter()
@@ -90,7 +105,7 @@ def imagenet(args: dict[str, Any]) -> dict[str, Any]:
     marks["layout_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     levels = []
-    for level in build_grids(coords, store.chunks, config.grid.sizes, config.grid.min_count, None, 112, 1000):
+    for level in build_grids(coords, store.chunks, config.grid.sizes, config.grid.min_count, None, channels, classes):
         bundle.write_grid_cells(level.size, [Cell.from_json(cell) for cell in level.cells])
         bundle.write_directions(level.size, level.directions)
         bundle.write_attribution(level.size, level.mean_attribution)
@@ -105,5 +120,5 @@ def imagenet(args: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     mode, raw = sys.argv[1], sys.argv[2]
-    result = {"plain": plain, "imagenet": imagenet}[mode](json.loads(raw))
+    result = {"plain": plain, "imagenet": imagenet, "tokens": tokens}[mode](json.loads(raw))
     print(json.dumps(result, default=str))

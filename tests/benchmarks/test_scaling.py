@@ -9,6 +9,10 @@
   plain umap-learn on 100k of the same rows, in a fresh process.
 - The ImageNet shape (``ATLAS_BENCH_IMAGENET=1``): a store of 1M x 112 channels x
   1,000 classes filled by a helper, then layout and grids 20..320.
+- The token-model shape (``ATLAS_BENCH_TOKENS=1``): a store of 10M x 192 channels x
+  100 classes filled by a helper (every patch token of 50,000 images of a 14 x 14
+  ViT-Tiny is 9.8 M rows), then layout, grids 20..320 and the viewer's data,
+  against plain umap-learn on 100k of the same rows in the same test.
 - The built-in photos at every interior position (``ATLAS_BENCH_PHOTOS=1``):
   EfficientNet-Lite0 ``blocks.4``, about 140k rows x 1,000 classes, whole run.
 
@@ -45,7 +49,8 @@ POSITIONS = 16
 FASHION_TRAIN_IMAGES = 60_000
 RESULT = RESULTS / "scaling.json"
 WHOLE_RUN_RATIO = 6.0  # the whole 1M run against plain UMAP on 100k rows
-PEAK_MB = {"fashion": 1500, "imagenet": 3000, "photos": 2000}
+PEAK_MB = {"fashion": 1500, "imagenet": 3000, "photos": 2000, "tokens": 2500}
+TOKENS_RATIO = 8.0  # the whole 10M-row run from the filled store against plain UMAP on 100k of its rows
 
 
 class PeakMemory:
@@ -195,6 +200,27 @@ def test_imagenet_shape_memory() -> None:
     record("imagenet", str(rows), result)
     print(f"\nImageNet shape, {rows} rows: {result}")
     assert max(result["driver_mb"], result["workers_mb"]) < PEAK_MB["imagenet"], result
+
+
+@pytest.mark.skipif(not os.environ.get("ATLAS_BENCH_TOKENS"), reason="set ATLAS_BENCH_TOKENS=1 (10M x 192 channels, ~10 GB of disk)")
+def test_token_shape_ten_million_rows() -> None:
+    out = WORK / "tokens"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    rows = int(float(os.environ.get("ATLAS_BENCH_TOKENS_ROWS", "1e7")))
+    command = [sys.executable, str(SIDES), "tokens", json.dumps({"out": str(out), "n_rows": rows, "rows_per_shard": 65536})]
+    measured = run_measured(command, timeout=7200)
+    result = {**json.loads(measured.pop("output_tail").strip().splitlines()[-1]), **measured}
+    plain = run_child(SIDES, "plain", {"bundle": str(out), "n_rows": 100_000, "coords": str(WORK / "tokens_plain_100k.npy")}, timeout=3600)
+    result["plain_umap_100k_s"] = plain["seconds"]
+    result["whole_run_s"] = result["layout_s"] + result["grid_s"] + result["viewer_data_s"]
+    result["ratio"] = result["whole_run_s"] / plain["seconds"]
+    result["trustworthiness"] = layout_quality(out, WORK / "tokens_plain_100k.npy")
+    record("tokens", str(rows), result)
+    print(f"\ntoken shape, {rows} rows: {result}")
+    assert result["trustworthiness"]["ours"] >= result["trustworthiness"]["plain_umap_100k"] - 0.02, result
+    assert max(result["driver_mb"], result["workers_mb"]) < PEAK_MB["tokens"], result
+    if rows >= 10_000_000:
+        assert result["ratio"] <= TOKENS_RATIO, result
 
 
 @pytest.mark.skipif(
