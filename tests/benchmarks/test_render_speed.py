@@ -236,11 +236,11 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     site = ensure_lucent()
     default_config = load_config(REPO / "configs" / "default.yaml")
-    from atlas.featurevis.choice import first_candidates
+    from atlas.featurevis.choice import candidate_steps, first_candidates
 
     render_cfg = default_config.render.model_dump(mode="json")
     # The sides render the default objective as it was measured (whitened); settings left to a probe take its first candidates.
-    first = first_candidates(render_cfg["whiten"], render_cfg["cossim_power"], render_cfg["learning_rate"])
+    first = first_candidates(candidate_steps(render_cfg["whiten"], render_cfg["cossim_power"], render_cfg["learning_rate"]))
     render_cfg.update(cossim_power=first.cossim_power, learning_rate=first.learning_rate, tries=first.tries, contrast=first.contrast)
     work = tmp_path_factory.mktemp("render_speed")
     cells = prepare_cells(find_bundle(), default_config.render.batch_size_on("cpu"), work)  # 'auto' is 64 on CPU
