@@ -714,11 +714,6 @@ def test_full_disk_in_collect_render_and_tiles_then_freed_gives_a_clean_bundle(
 
 
 @pytest.mark.faults
-@pytest.mark.xfail(
-    reason="open regression (issue 22/23 merges, 2026-12-05): resumed on Dask workers after a full disk, the run renders"
-    " some kept icons again; the in-process variants pass. Not yet understood: see the closing note.",
-    strict=False,
-)
 def test_full_disk_on_dask_workers_then_freed_gives_a_clean_bundle(photo_folder: Path, clean_run: Path, best_disk: Disk) -> None:
     """The local Dask cluster, on the tmpfs where it can be mounted (else the layer): collect, render and tiles
     (canvas). The errors are raised inside tasks on a worker process and must surface as the same one line. The
