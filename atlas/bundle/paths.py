@@ -14,6 +14,11 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "CLASSES",
     "CLASS_INDEX",
     "COORDS",
+    "DICTIONARY",
+    "DICTIONARY_ARRAYS",
+    "DICTIONARY_ATTRIBUTION",
+    "DICTIONARY_CURVE",
+    "DICTIONARY_FEATURES",
     "EXAMPLES",
     "FORMAT",
     "IMAGES",
@@ -45,6 +50,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "cell_index_file",
     "cells_file",
     "class_folder",
+    "dictionary_array",
     "directions_file",
     "dzi_file",
     "fidelity_file",
@@ -93,7 +99,17 @@ CLASSES = "classes"  # atlas classes: classes/<class>/, one sub-bundle of this c
 PAIRS = "pairs"  # atlas classes: pairs/<A>__<B>/, one sub-bundle per two-class comparison
 CLASS_INDEX = f"{CLASSES}/index.json"  # atlas classes: every class with its row count, and what has been built
 PATCH_RESULTS = "patch.json"  # atlas classes, in a pair's sub-bundle: the patch experiment
+DICTIONARY = "dictionary"  # dictionary: the sparse dictionary of the layer (optional: a config's dictionary section)
+DICTIONARY_ARRAYS = ("encoder", "encoder_bias", "decoder", "decoder_bias")  # dictionary: one float32 .npy each
+DICTIONARY_CURVE = f"{DICTIONARY}/curve.json"  # dictionary: the training curve
+DICTIONARY_FEATURES = f"{DICTIONARY}/features.json"  # dictionary: one record per feature
+DICTIONARY_ATTRIBUTION = f"{DICTIONARY}/attribution.npy"  # dictionary: float16 [F, K], activation-weighted mean attribution
 PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
+
+
+def dictionary_array(name: str) -> str:
+    """dictionary: one of the saved arrays (DICTIONARY_ARRAYS), e.g. ``dictionary/encoder.npy``."""
+    return f"{DICTIONARY}/{name}.npy"
 
 
 def class_folder(name: str) -> str:

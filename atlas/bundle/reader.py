@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from atlas.bundle.dictionary import SavedDictionary, read_dictionary
 from atlas.bundle.paths import (
     ACTIVATIONS,
     COORDS,
@@ -132,6 +133,10 @@ class Bundle:
         return read_json(path) if path.is_file() else None
 
     # --- levels ---------------------------------------------------------------------------------
+
+    def dictionary(self) -> SavedDictionary:
+        """The layer's sparse dictionary (``atlas dictionary``): weights, quality figures and one record per feature."""
+        return read_dictionary(self.root, self.manifest.get("dictionary"))
 
     def grid_cells(self, grid: int) -> list[Cell]:
         """The grid stage's cells (before render, examples and path add theirs)."""

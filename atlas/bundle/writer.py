@@ -17,6 +17,9 @@ from atlas.bundle.paths import (
     CELL_BLOCK,
     CLASS_INDEX,
     COORDS,
+    DICTIONARY_ATTRIBUTION,
+    DICTIONARY_CURVE,
+    DICTIONARY_FEATURES,
     MANIFEST,
     PARENT_ROWS,
     PATCH_LIST,
@@ -31,6 +34,7 @@ from atlas.bundle.paths import (
     cell_blocks_folder,
     cell_index_file,
     cells_file,
+    dictionary_array,
     directions_file,
     fidelity_file,
     grid_cells_file,
@@ -137,6 +141,24 @@ class BundleWriter(Bundle):
 
     def write_patch_list(self, names: Sequence[str]) -> None:
         write_json(self.path(PATCH_LIST), sorted(names))
+
+    # --- dictionary -----------------------------------------------------------------------------
+
+    def write_dictionary_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """The saved dictionary (names of paths.DICTIONARY_ARRAYS), float32."""
+        for name, array in arrays.items():
+            write_npy(self.path(dictionary_array(name)), np.asarray(array, np.float32))
+
+    def write_dictionary_curve(self, curve: dict[str, Any]) -> None:
+        write_json(self.path(DICTIONARY_CURVE), curve)
+
+    def write_dictionary_features(self, features: Sequence[dict[str, Any]]) -> None:
+        write_json(self.path(DICTIONARY_FEATURES), list(features))
+
+    def write_dictionary_attribution(self, means: np.ndarray) -> None:
+        """float16 [F, K], clipped to float16's range like the grids' attribution."""
+        limit = float(np.finfo(np.float16).max)
+        write_npy(self.path(DICTIONARY_ATTRIBUTION), np.clip(np.nan_to_num(means, nan=0.0), -limit, limit).astype("<f2"))
 
     # --- atlas classes --------------------------------------------------------------------------
 

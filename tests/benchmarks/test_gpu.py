@@ -119,7 +119,9 @@ def _compare(
 ) -> dict[str, Any]:
     """One batch size and precision: the render loop against the bare loop, each timed on its own."""
     prep, render_config = model.preprocessing, RenderConfig()
-    config = first_candidates(candidate_steps(render_config.whiten, render_config.cossim_power, render_config.learning_rate))  # no probe here
+    config = first_candidates(
+        candidate_steps(render_config.whiten, render_config.cossim_power, render_config.learning_rate)
+    )  # no probe here
     x = torch.rand(batch, 3, icon_px, icon_px, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     with torch.no_grad():
         channels = int(truncated(x[:1]).shape[1])

@@ -1,0 +1,181 @@
+"""Dictionary stage (opt-in: the config's ``dictionary:`` section): a TopK sparse autoencoder of the layer.
+
+One worker task streams the store twice: it trains the dictionary (atlas.dictionary.training), then measures it
+and every feature with the saved arrays and the documented forward (atlas.dictionary.features). The driver writes
+the arrays, the training curve, the attribution and one record per feature, whose top example rows get their
+patches cut exactly as the examples stage cuts a cell's (it reads examples, so a re-run of examples, which removes
+the patches no cell shows, re-runs this stage too).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from atlas.bundle import (
+    DICTIONARY,
+    DICTIONARY_ARRAYS,
+    DICTIONARY_ATTRIBUTION,
+    DICTIONARY_CURVE,
+    DICTIONARY_FEATURES,
+    Bundle,
+    dictionary_array,
+    patch_file,
+)
+from atlas.config import DictionaryConfig
+from atlas.devices import key_part
+from atlas.dictionary import (
+    FORWARD,
+    DictionaryWeights,
+    FeatureStats,
+    TrainingCurve,
+    default_features,
+    default_k,
+    measure_features,
+    train_dictionary,
+)
+from atlas.dictionary.features import FEATURE_FIELDS
+from atlas.errors import AtlasError
+from atlas.grid.grid import ranked_classes
+from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.stage import Report, Stage, StageCall
+from atlas_pipelines.engine.worker_state import use_threads
+from atlas_pipelines.stages.examples import cut_patches
+
+SCALE_RULE = "sqrt(mean over all rows of |x|^2): the scaled rows x / scale have unit mean squared norm"
+
+
+@dataclass(frozen=True)
+class DictionaryPlan:
+    """What the training task needs, in plain values: the section with ``features`` and ``k`` resolved."""
+
+    features: int
+    k: int
+    steps: int
+    learning_rate: float
+    batch_size: int
+    buffer_shards: int
+    examples: int
+    seed: int
+    n_classes: int
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class Trained:
+    weights: DictionaryWeights
+    curve: TrainingCurve
+    stats: FeatureStats
+    measure_seconds: float
+
+
+def plan_dictionary(config: DictionaryConfig, channels: int, rows: int, n_classes: int, device: str, threads: int) -> DictionaryPlan:
+    """``auto`` resolved: k = channels / 8, features = 8 x channels capped at rows x k / 32 (atlas.dictionary.training)."""
+    k = default_k(channels) if config.k == "auto" else config.k
+    features = default_features(channels, rows, k) if config.features == "auto" else config.features
+    if k > features:
+        raise AtlasError(f"dictionary.k = {k} is more than dictionary.features = {features}; lower k or widen the dictionary")
+    return DictionaryPlan(
+        features, k, config.steps, config.learning_rate, config.batch_size, config.buffer_shards, config.examples, config.seed,
+        n_classes, device, threads,
+    )  # fmt: skip
+
+
+def train_task(bundle: Bundle, plan: DictionaryPlan) -> Trained:
+    """On a worker: train on the store's rows, streamed a few shards at a time, then measure in a second pass."""
+    use_threads(plan.threads)
+    store = bundle.store()
+    layout = store.layout()
+
+    def read(order: Any) -> Any:
+        return (chunk.arrays["activation"] for chunk in store.chunks(["activation"], list(order)))
+
+    weights, curve = train_dictionary(
+        read, layout.n_shards, layout.channels, plan.features, plan.k, plan.steps, plan.learning_rate, plan.batch_size, plan.seed,
+        plan.device, plan.buffer_shards,
+    )  # fmt: skip
+    started = time.perf_counter()
+    names = FEATURE_FIELDS if plan.n_classes else tuple(name for name in FEATURE_FIELDS if name != "attribution")
+    stats = measure_features(weights, store.chunks(names), plan.n_classes, plan.examples)
+    return Trained(weights, curve, stats, round(time.perf_counter() - started, 3))
+
+
+def dictionary(call: StageCall) -> Report:
+    run = call.run
+    config = run.config.dictionary
+    if config is None:
+        raise ValueError("the dictionary stage runs only with a dictionary section")  # run.py leaves it out otherwise
+    bundle, store = run.bundle, run.bundle.store()
+    ex = run.executor()
+    plan = plan_dictionary(config, store.layout().channels, store.count(), run.n_classes, str(run.device), ex.threads_per_task)
+    run.log(f"[dictionary] {plan.features} features, k = {plan.k}, {plan.steps} steps of {plan.batch_size} rows")
+    trained: Trained = ex.submit(train_task, bundle, plan).result()
+    weights, stats = trained.weights, trained.stats
+    bundle.write_dictionary_arrays({name: getattr(weights, name) for name in DICTIONARY_ARRAYS})
+    bundle.write_dictionary_curve(trained.curve.to_json())
+    if plan.n_classes:
+        bundle.write_dictionary_attribution(stats.attribution)
+    records = feature_records(run, stats)
+    bundle.write_dictionary_features(records)
+    quality = {
+        "rows": stats.rows, "variance_explained": round(stats.variance_explained, 5), "mean_l0": round(stats.mean_l0, 4),
+        "dead_features": stats.dead, "dead_fraction": round(stats.dead / weights.features, 5),
+    }  # fmt: skip
+    run.log(
+        f"[dictionary] variance explained {stats.variance_explained:.3f}, mean L0 {stats.mean_l0:.1f}, "
+        f"{stats.dead} of {weights.features} features dead ({trained.curve.seconds:.1f} s training)"
+    )
+    entry: dict[str, Any] = {
+        "folder": f"{DICTIONARY}/", "arrays": {name: dictionary_array(name) for name in DICTIONARY_ARRAYS},
+        "features_file": DICTIONARY_FEATURES, "curve": DICTIONARY_CURVE,
+        "attribution": DICTIONARY_ATTRIBUTION if plan.n_classes else None,
+        "features": weights.features, "k": weights.k, "scale": weights.scale, "scale_rule": SCALE_RULE, "forward": FORWARD,
+        "steps": plan.steps, "learning_rate": plan.learning_rate, "batch_size": plan.batch_size, "seed": plan.seed,
+        "quality": quality, "seconds": {"train": trained.curve.seconds, "measure": trained.measure_seconds},
+        "implementation": "plain torch TopK SAE with Gao et al.'s auxiliary loss for dead features (atlas.dictionary)",
+    }  # fmt: skip
+    return {"dictionary": entry}
+
+
+def feature_records(run: RunInputs, stats: FeatureStats) -> list[dict[str, Any]]:
+    """One JSON record per feature: density, activations, top examples with their patches, top classes."""
+    bundle = run.bundle
+    used = np.unique(stats.top_rows[stats.top_rows >= 0])
+    where = bundle.store().take(used, ["image_id", "y", "x"]) if len(used) else {"image_id": [], "y": [], "x": []}
+    position = {int(row): (int(i), int(y), int(x)) for row, i, y, x in zip(used, where["image_id"], where["y"], where["x"], strict=True)}
+    wanted: dict[int, set[tuple[int, int]]] = {}
+    for image_id, y, x in position.values():
+        wanted.setdefault(image_id, set()).add((y, x))
+    cut = cut_patches(run, wanted, "dictionary examples")
+    top = run.config.grid.top_classes
+    records = []
+    for feature in range(len(stats.density)):
+        examples = []
+        for row, value in zip(stats.top_rows[feature], stats.top_values[feature], strict=True):
+            if row < 0:
+                continue
+            image_id, y, x = position[int(row)]
+            patch = patch_file(image_id, y, x)
+            examples.append({"row": int(row), "image_id": image_id, "y": y, "x": x, "activation": round(float(value), 5),
+                             "patch": patch if patch in cut else None})  # fmt: skip
+        record: dict[str, Any] = {
+            "index": feature, "density": round(float(stats.density[feature]), 6),
+            "mean_activation": round(float(stats.mean_activation[feature]), 5), "max_activation": round(float(stats.max_activation[feature]), 5),
+            "examples": examples,
+        }  # fmt: skip
+        if run.n_classes:
+            record["top_classes"] = ranked_classes(stats.attribution[feature], run.labels, top)
+        records.append(record)
+    return records
+
+
+def dictionary_settings(run: RunInputs) -> Any:
+    config = run.config.dictionary
+    return [None if config is None else config.model_dump(mode="json"), run.config.grid.top_classes, run.labels, *key_part(run.device)]
+
+
+STAGE = Stage("dictionary", reads=("collect", "grid", "examples"), settings=dictionary_settings, work=dictionary)
