@@ -98,6 +98,14 @@ def test_feature_records_have_patches_and_classes(photo_dictionary: Path) -> Non
             row = example["row"]
             assert (rows.image_id[row], rows.y[row], rows.x[row]) == (example["image_id"], example["y"], example["x"])
             assert example["patch"] and (photo_dictionary / example["patch"]).is_file()
+    icons = manifest(photo_dictionary)["dictionary"]["icons"]
+    print("feature icons:", icons)
+    assert 0.0 <= icons["top1"] <= 1.0 and -1.0 <= icons["mean_cosine"] <= 1.0
+    for record in saved.features:
+        assert (photo_dictionary / record["icon"]).is_file()
+        assert 0 <= record["fidelity"]["rank"] < len(saved.features)
+    ranks = np.array([record["fidelity"]["rank"] for record in saved.features])
+    assert icons["top1"] == pytest.approx((ranks == 0).mean(), abs=1e-4)
     assert saved.curve["step"][-1] == 1000 and len(saved.curve["unexplained_variance"]) == len(saved.curve["step"])
 
 

@@ -51,6 +51,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "cells_file",
     "class_folder",
     "dictionary_array",
+    "dictionary_icon",
     "directions_file",
     "dzi_file",
     "fidelity_file",
@@ -110,6 +111,11 @@ PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row p
 def dictionary_array(name: str) -> str:
     """dictionary: one of the saved arrays (DICTIONARY_ARRAYS), e.g. ``dictionary/encoder.npy``."""
     return f"{DICTIONARY}/{name}.npy"
+
+
+def dictionary_icon(feature: int) -> str:
+    """dictionary: a feature's icon, rendered towards its decoder direction (its full view under dictionary/views/)."""
+    return f"{DICTIONARY}/icons/{feature}.png"
 
 
 def class_folder(name: str) -> str:

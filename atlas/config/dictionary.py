@@ -24,4 +24,5 @@ class DictionaryConfig(Section):
     batch_size: Batch = 1024
     buffer_shards: int = Field(default=4, ge=1, le=1024, description="shards held and shuffled together, 1 to 1,024")
     examples: int = Field(default=8, ge=0, le=256, description="top example rows kept per feature, 0 to 256")
+    icons: bool = Field(default=True, description="render each feature's icon (the render stage's settings) and its fidelity")
     seed: Seed = 0

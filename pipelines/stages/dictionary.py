@@ -4,7 +4,8 @@ One worker task streams the store twice: it trains the dictionary (atlas.diction
 and every feature with the saved arrays and the documented forward (atlas.dictionary.features). The driver writes
 the arrays, the training curve, the attribution and one record per feature, whose top example rows get their
 patches cut exactly as the examples stage cuts a cell's (it reads examples, so a re-run of examples, which removes
-the patches no cell shows, re-runs this stage too).
+the patches no cell shows, re-runs this stage too), and whose icon is rendered towards its decoder direction by the
+render stage's own batch task, settings and frame, then fed back through the model (fidelity).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from atlas.bundle import (
     DICTIONARY_FEATURES,
     Bundle,
     dictionary_array,
+    dictionary_icon,
     patch_file,
 )
 from atlas.config import DictionaryConfig
@@ -39,11 +41,24 @@ from atlas.dictionary import (
 )
 from atlas.dictionary.features import FEATURE_FIELDS
 from atlas.errors import AtlasError
+from atlas.featurevis.choice import RenderSettings
+from atlas.featurevis.fidelity import FIDELITY_BATCH, centre_activations, direction_fidelity
+from atlas.featurevis.icon_files import load_icons
+from atlas.featurevis.icons import CellBatch
+from atlas.featurevis.seeding import derive_seed
 from atlas.grid.grid import ranked_classes
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 from atlas_pipelines.engine.worker_state import use_threads
 from atlas_pipelines.stages.examples import cut_patches
+from atlas_pipelines.stages.render import (
+    IconBatch,
+    default_settings,
+    icon_frame,
+    run_spectrum,
+    save_batch,
+    task_setup,
+)
 
 SCALE_RULE = "sqrt(mean over all rows of |x|^2): the scaled rows x / scale have unit mean squared norm"
 
@@ -120,6 +135,7 @@ def dictionary(call: StageCall) -> Report:
     if plan.n_classes:
         bundle.write_dictionary_attribution(stats.attribution)
     records = feature_records(run, stats)
+    icons = feature_icons(run, weights.decoder, records) if config.icons else None
     bundle.write_dictionary_features(records)
     quality = {
         "rows": stats.rows, "variance_explained": round(stats.variance_explained, 5), "mean_l0": round(stats.mean_l0, 4),
@@ -135,7 +151,7 @@ def dictionary(call: StageCall) -> Report:
         "attribution": DICTIONARY_ATTRIBUTION if plan.n_classes else None,
         "features": weights.features, "k": weights.k, "scale": weights.scale, "scale_rule": SCALE_RULE, "forward": FORWARD,
         "steps": plan.steps, "learning_rate": plan.learning_rate, "batch_size": plan.batch_size, "seed": plan.seed,
-        "quality": quality, "seconds": {"train": trained.curve.seconds, "measure": trained.measure_seconds},
+        "quality": quality, "icons": icons, "seconds": {"train": trained.curve.seconds, "measure": trained.measure_seconds},
         "implementation": "plain torch TopK SAE with Gao et al.'s auxiliary loss for dead features (atlas.dictionary)",
     }  # fmt: skip
     return {"dictionary": entry}
@@ -173,9 +189,52 @@ def feature_records(run: RunInputs, stats: FeatureStats) -> list[dict[str, Any]]
     return records
 
 
+def feature_icons(run: RunInputs, decoder: np.ndarray, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each feature's icon towards its decoder direction, by the render stage's own tasks, settings and frame (the
+    probe's choice where it ran), then fed back through the model: cosine and rank among all features' directions."""
+    bundle, config = run.bundle, run.config.render
+    saved = bundle.render_probe()
+    settings = default_settings(config)
+    if saved is not None and "chosen" in saved:
+        settings = RenderSettings(**saved["chosen"], param=str(saved.get("param", "fourier")))
+    frame = icon_frame(run)
+    spectrum = run_spectrum(run, frame.canvas) if settings.param == "maco" else None
+    ex = run.executor()
+    setup = task_setup(run, ex.threads_per_task, settings, frame)
+    whitening = ex.scatter(bundle.whitening() if settings.whiten != "off" else None)
+    directions, spectrum_ref = ex.scatter(decoder), ex.scatter(spectrum)
+    size = config.batch_size_on(run.device.type)
+    batches = []
+    for start in range(0, len(records), size):
+        features = range(start, min(start + size, len(records)))
+        firsts = tuple(next((e["patch"] for e in records[f]["examples"] if e["patch"]), None) for f in features)
+        cells = CellBatch(0, tuple(features), tuple(derive_seed(run.config.seed, DICTIONARY, f) for f in features), firsts)
+        icons = tuple(dictionary_icon(f) for f in features)
+        batches.append(IconBatch(cells, start // size, icons))
+    futures = [ex.submit(save_batch, bundle, b, directions, whitening, spectrum_ref, setup) for b in batches]
+    for future in ex.as_completed(futures):
+        future.result()
+    icons = [dictionary_icon(f) for f in range(len(records))]
+    fed = [bundle.fed_image(icon) for icon in icons]
+    channels = run.view.preprocessing.channels
+    activations = np.concatenate(
+        [
+            centre_activations(run.view, load_icons(bundle, fed[i : i + FIDELITY_BATCH], channels, frame.canvas))
+            for i in range(0, len(fed), FIDELITY_BATCH)
+        ]
+    )
+    fidelity = direction_fidelity(activations, decoder)
+    for record, icon, cosine, rank in zip(records, icons, fidelity.cosine, fidelity.rank, strict=True):
+        record["icon"] = icon
+        record["fidelity"] = {"cosine": round(float(cosine), 4), "rank": int(rank)}
+    run.log(f"[dictionary] feature icons: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
+    return {"top1": round(fidelity.top1, 4), "mean_cosine": round(fidelity.mean_cosine, 4), "param": settings.param}
+
+
 def dictionary_settings(run: RunInputs) -> Any:
     config = run.config.dictionary
-    return [None if config is None else config.model_dump(mode="json"), run.config.grid.top_classes, run.labels, *key_part(run.device)]
+    section = None if config is None else config.model_dump(mode="json")
+    return [section, run.config.grid.top_classes, run.labels, run.config.seed, *key_part(run.device)]
 
 
-STAGE = Stage("dictionary", reads=("collect", "grid", "examples"), settings=dictionary_settings, work=dictionary)
+STAGE = Stage("dictionary", reads=("collect", "grid", "examples", "render"), settings=dictionary_settings, work=dictionary)
