@@ -124,3 +124,13 @@ def test_dictionary_is_cached_and_reruns_when_a_key_changes(photo_dictionary: Pa
     after = manifest(photo_dictionary)
     assert after["stages"]["dictionary"]["cached"] is False and after["dictionary"]["seed"] == 1
     assert (photo_dictionary / "dictionary" / "encoder.npy").read_bytes() != before
+
+
+def test_a_wrong_dictionary_key_is_one_line_listing_the_section_keys() -> None:
+    from atlas.config import AtlasConfig, validate_tree
+    from atlas.errors import AtlasError
+
+    with pytest.raises(AtlasError, match=r"'dictionary.bogus' is unknown; valid keys here: features, k, steps"):
+        validate_tree({"dictionary": {"bogus": 1}}, AtlasConfig)
+    assert validate_tree({}, AtlasConfig).dictionary is None  # opt-in: absent unless given
+    assert validate_tree({"dictionary": {}}, AtlasConfig).dictionary.k == "auto"
