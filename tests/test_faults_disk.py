@@ -670,8 +670,8 @@ def chain(disk: Disk, clean: Path, cases: list[tuple[str, int]], run: Callable[[
         for icon in kept_icons:  # icons of batches marked done are never rendered again
             assert (bundle / icon).stat().st_mtime_ns == kept_icons[icon], f"{icon} was rendered again"
         kept_icons = {p.relative_to(bundle).as_posix(): p.stat().st_mtime_ns for p in bundle.glob("levels/*/icons/*.png")}
-        if stage != "render":
-            kept_icons = {icon: mtime for icon, mtime in kept_icons.items() if _in_done_batch(bundle, icon)}
+        # A batch cut short may have written some icons before its marker: resuming renders that batch again.
+        kept_icons = {icon: mtime for icon, mtime in kept_icons.items() if _in_done_batch(bundle, icon)}
         outcomes.append({"stage": stage, "budget": budget, "seconds": round(time.perf_counter() - started, 1), "line": line})
     disk.free()
     started = time.perf_counter()

@@ -139,3 +139,18 @@ def test_grid_memory_does_not_grow_with_the_classes_beyond_a_chunk(tmp_path: Pat
     extra = peaks[1000] - peaks[10]
     assert extra < 2 * one_chunk + 2 * accumulators, (peaks, one_chunk, accumulators)
     assert extra < whole / 4, (peaks, whole)
+
+
+def test_a_level_planned_in_blocks_equals_one_planned_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from atlas.grid import streaming
+    from atlas.grid.cells import cell_index
+
+    coords = np.random.default_rng(2).random((5000, 2)).astype(np.float32)
+    coords[:3] = [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]  # the edges land in the edge cells
+    monkeypatch.setattr(streaming, "PLAN_BLOCK", 777)  # 7 blocks, the last one short
+    plan = streaming.plan_level(coords, 20, 12)
+    i, j = cell_index(coords, 20)
+    counts = np.bincount(j * 20 + i, minlength=400)
+    assert np.array_equal(plan.kept, np.flatnonzero(counts >= 12)) and np.array_equal(plan.counts, counts[plan.kept])
+    kept_of = {int(flat): n for n, flat in enumerate(plan.kept)}
+    assert [kept_of.get(int(f), -1) for f in j * 20 + i] == plan.row_cell.tolist()

@@ -9,6 +9,7 @@ copied or inspected without knowing the constructor.
 from __future__ import annotations
 
 import pickle
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,43 @@ def test_vectorised_graph_init_is_umaps_own_start() -> None:
     ours, theirs = vectorised_graph_init(graph, embedding), init_graph_transform(graph, embedding)
     assert np.isnan(theirs[5]).all() and np.isnan(ours[5]).all()
     assert (graph.data == 1).any() and np.allclose(ours, theirs, atol=1e-5, equal_nan=True)
+
+
+def test_the_vectorised_start_is_lent_until_the_last_thread_is_done() -> None:
+    from umap import umap_
+
+    from atlas.layout.graph_init import vectorised_graph_init, vectorised_start
+
+    own = umap_.init_graph_transform
+    assert own is not vectorised_graph_init
+    inner_done = threading.Event()
+
+    def borrow_briefly() -> None:
+        with vectorised_start():
+            assert umap_.init_graph_transform is vectorised_graph_init
+        inner_done.set()
+
+    with vectorised_start():
+        thread = threading.Thread(target=borrow_briefly)
+        thread.start()
+        thread.join()
+        assert inner_done.is_set() and umap_.init_graph_transform is vectorised_graph_init  # still lent to this block
+    assert umap_.init_graph_transform is own
+
+
+def test_rows_placed_by_threads_at_once_equal_rows_placed_one_chunk_at_a_time(
+    fitted: tuple[AtlasLayout, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """A worker's threads place chunks side by side: each chunk's coordinates must not depend on the others' timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layout, x, _, _ = fitted
+    new = x + np.random.default_rng(6).normal(scale=0.05, size=x.shape).astype(np.float32)
+    chunks = np.array_split(new, 6)
+    alone = [layout.transform(chunk) for chunk in chunks]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(layout.transform, chunks))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
 
 
 def test_umap_placement_gives_umaps_transform_and_neighbours_its_start(

@@ -4,12 +4,13 @@
 then runs its layout epochs. In umap-learn 0.5.12 that start is a Python loop that slices the sparse graph once per
 row: two thirds of ``transform``'s time on 30,000 rows of 192 channels (4.4 of 6.5 s; the neighbour search took
 0.6 s and the 30 epochs 1.3 s), and what stopped a 10-million-row layout. :func:`vectorised_graph_init` computes
-the same result in array operations, and :func:`fast_graph_init` lends it to umap-learn for the duration of a call.
-The epochs, the neighbour search and every other part of the transform stay umap-learn's own.
+the same result in array operations, and :func:`vectorised_start` lends it to umap-learn while a block runs; the
+neighbour search, the epochs and every other part of ``transform`` stay umap-learn's own.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,18 +37,30 @@ def vectorised_graph_init(graph: scipy.sparse.csr_matrix, embedding: np.ndarray)
     return result.astype(np.float32)
 
 
-@contextmanager
-def fast_graph_init() -> Iterator[None]:
-    """umap-learn's ``transform`` with :func:`vectorised_graph_init` as its starting point, within the block.
+_lending = threading.Lock()
+_borrowers = 0
+_umaps_own: Any = None
 
-    The swap is of a module attribute, so threads of the same process that transform meanwhile get it too; both
-    functions give the same numbers, so which one a thread meets does not change its result.
+
+@contextmanager
+def vectorised_start() -> Iterator[None]:
+    """umap-learn's ``transform`` starts rows at :func:`vectorised_graph_init` while the block runs.
+
+    The swap is of a module attribute, shared by the process's threads, so it is counted: umap-learn's own start
+    comes back only when the last block ends. The two starts agree only to float rounding, which the epochs amplify;
+    a plain swap undone by one thread while another transforms placed that thread's rows differently from run to run.
     """
+    global _borrowers, _umaps_own
     from umap import umap_
 
-    original: Any = umap_.init_graph_transform
-    umap_.init_graph_transform = vectorised_graph_init
+    with _lending:
+        if _borrowers == 0:
+            _umaps_own, umap_.init_graph_transform = umap_.init_graph_transform, vectorised_graph_init
+        _borrowers += 1
     try:
         yield
     finally:
-        umap_.init_graph_transform = original
+        with _lending:
+            _borrowers -= 1
+            if _borrowers == 0:
+                umap_.init_graph_transform = _umaps_own

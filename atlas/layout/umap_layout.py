@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from atlas.layout.graph_init import fast_graph_init, vectorised_graph_init
+from atlas.layout.graph_init import vectorised_graph_init, vectorised_start
 
 MIN_ROWS = 4  # UMAP's spectral init and neighbour graph need a handful of points
 PLACEMENTS = ("umap", "neighbours")
@@ -169,7 +169,7 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         the README's "At the article's scale" has the figures).
         """
         if self.placement == "umap":
-            with fast_graph_init():
+            with vectorised_start():
                 return np.asarray(self.umap_.transform(reduced))
         searcher = copy.copy(self.umap_)  # a shallow copy: the fitted model is shared by the tasks of a worker
         searcher.transform_mode = "graph"  # umap-learn's own neighbour search and membership strengths, no epochs

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
@@ -87,6 +89,8 @@ class DaskExecutor:
         self.client = client
         self.threads_per_task = threads_per_task
         self._warming: list[Any] = []  # held so Dask does not drop the tasks before they run
+        self._submitted: weakref.WeakSet[Any] = weakref.WeakSet()  # to cancel: weak, so results are freed as usual
+        self._keys: set[Any] = set()  # to wait for: a task still runs after its future is dropped or cancelled
 
     def warm(self, fn: Callable[..., Any], *args: Any) -> None:
         """One task pinned to each worker, queued ahead of the stage's tasks (a worker runs one task at a time)."""
@@ -94,7 +98,10 @@ class DaskExecutor:
             self._warming.append(self.client.submit(fn, *args, workers=[address], allow_other_workers=False, pure=False))
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.client.submit(fn, *args, pure=False)
+        future = self.client.submit(fn, *args, pure=False)
+        self._submitted.add(future)
+        self._keys.add(future.key)
+        return future
 
     def scatter(self, value: Any) -> Any:
         """hash=False: equal values scattered twice (render's probe and its batches both send the whitening) get keys
@@ -103,9 +110,49 @@ class DaskExecutor:
         return self.client.scatter(value, broadcast=True, hash=False)
 
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
+        """Futures as they finish. Before a failed one is handed over (its ``result()`` raises and ends the stage),
+        and whenever the caller stops early (an error in its loop, Ctrl-C), every task of this executor is stopped (:meth:`settle`)."""
         from distributed import as_completed
 
-        yield from as_completed(list(futures))
+        finished = False
+        try:
+            for future in as_completed(list(futures)):
+                if future.status == "error":
+                    self.settle()
+                yield future
+            finished = True
+        finally:
+            if not finished:  # not on a normal end: tasks submitted meanwhile (tiles' pyramids) are still wanted
+                self.settle()
+
+    def settle(self) -> None:
+        """Cancel this executor's unfinished tasks and wait (at most SETTLE_S) until no worker runs one any more.
+
+        Dask's cancel only forgets a task that has started; its thread runs on to the end and may still write into
+        the bundle. A stage that raises must leave none running before the bundle's lock is released: closing a
+        client stops nothing on a cluster atlas did not start, and on atlas's own a task could use the space the
+        lock's record frees."""
+        self.client.cancel([future for future in list(self._submitted) if not future.done()])
+        deadline = time.monotonic() + SETTLE_S
+        while self._keys and time.monotonic() < deadline:
+            try:
+                running = self.client.run(_running_keys)
+            except OSError:  # the cluster closing or a worker gone: nothing runs there any more
+                return
+            still = self._keys.intersection(key for keys in running.values() for key in keys)
+            self._keys = still  # finished tasks never run again: only these are waited for next time
+            if not still:
+                return
+            time.sleep(SETTLE_POLL_S)
+
+
+SETTLE_S = 600.0  # the longest a failed stage waits for its running tasks (a batch of large icons on a CPU)
+SETTLE_POLL_S = 0.05
+
+
+def _running_keys(dask_worker: Any) -> list[Any]:
+    """On a worker: the keys of the tasks occupying its threads, cancelled ones included."""
+    return [task.key for task in dask_worker.state.all_running_tasks]
 
 
 WORKER_PRELOAD = "atlas_pipelines.engine.worker_signals"  # local workers leave Ctrl-C to the driver
