@@ -6,7 +6,7 @@
 
 from atlas.dictionary.features import FeatureStats, measure_features
 from atlas.dictionary.training import TrainingCurve, default_features, default_k, train_dictionary
-from atlas.dictionary.weights import FORWARD, DictionaryWeights, encode, reconstruct
+from atlas.dictionary.weights import FORWARD, DictionaryWeights, encode, own_feature_ranks, reconstruct
 
 __all__ = [
     "FORWARD",
@@ -17,6 +17,7 @@ __all__ = [
     "default_k",
     "encode",
     "measure_features",
+    "own_feature_ranks",
     "reconstruct",
     "train_dictionary",
 ]

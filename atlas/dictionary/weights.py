@@ -43,3 +43,12 @@ def encode(weights: DictionaryWeights, rows: np.ndarray) -> np.ndarray:
 def reconstruct(weights: DictionaryWeights, z: np.ndarray) -> np.ndarray:
     """float32 [N, C]: rows rebuilt from their feature activations, in the store's units."""
     return (z @ weights.decoder + weights.decoder_bias) * np.float32(weights.scale)
+
+
+def own_feature_ranks(weights: DictionaryWeights, rows: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """int64 [N]: how many features the encoder drives higher than row i's ``own[i]`` feature (0 = its own is the
+    most active): the dictionary's own view of an icon, besides the cosine to its decoder direction."""
+    x = np.asarray(rows, np.float32) / np.float32(weights.scale)
+    pre = np.maximum((x - weights.decoder_bias) @ weights.encoder + weights.encoder_bias, 0.0)
+    mine = pre[np.arange(len(pre)), np.asarray(own, np.int64)]
+    return np.asarray((pre > mine[:, None]).sum(axis=1), np.int64)

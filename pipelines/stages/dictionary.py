@@ -37,6 +37,7 @@ from atlas.dictionary import (
     default_features,
     default_k,
     measure_features,
+    own_feature_ranks,
     train_dictionary,
 )
 from atlas.dictionary.features import FEATURE_FIELDS
@@ -45,12 +46,16 @@ from atlas.featurevis.choice import RenderSettings
 from atlas.featurevis.fidelity import FIDELITY_BATCH, centre_activations, direction_fidelity
 from atlas.featurevis.icon_files import load_icons
 from atlas.featurevis.icons import CellBatch
+from atlas.featurevis.pathcheck import path_check, path_layouts
 from atlas.featurevis.seeding import derive_seed
 from atlas.grid.grid import ranked_classes
+from atlas.models import resolve_layer
+from atlas.models.input_sizes import only_input_size
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 from atlas_pipelines.engine.worker_state import use_threads
 from atlas_pipelines.stages.examples import cut_patches
+from atlas_pipelines.stages.path import EarlyLayers, path_layers, vectors_of
 from atlas_pipelines.stages.render import (
     IconBatch,
     default_settings,
@@ -61,6 +66,12 @@ from atlas_pipelines.stages.render import (
 )
 
 SCALE_RULE = "sqrt(mean over all rows of |x|^2): the scaled rows x / scale have unit mean squared norm"
+ICON_MEASURE = (
+    "each icon fed back through the model, its centre activation a: cosine = cos(a, decoder[f]), rank = how many"
+    " features' decoder directions are nearer to a than its own (top1: share of rank 0); feature_rank = how many"
+    " features' encoder activations relu(((a / scale) - decoder_bias) @ encoder + encoder_bias) exceed its own"
+    " (most_active: share of feature_rank 0)"
+)
 
 
 @dataclass(frozen=True)
@@ -135,7 +146,7 @@ def dictionary(call: StageCall) -> Report:
     if plan.n_classes:
         bundle.write_dictionary_attribution(stats.attribution)
     records = feature_records(run, stats)
-    icons = feature_icons(run, weights.decoder, records) if config.icons else None
+    icons = feature_icons(run, weights, records) if config.icons else None
     bundle.write_dictionary_features(records)
     quality = {
         "rows": stats.rows, "variance_explained": round(stats.variance_explained, 5), "mean_l0": round(stats.mean_l0, 4),
@@ -189,9 +200,10 @@ def feature_records(run: RunInputs, stats: FeatureStats) -> list[dict[str, Any]]
     return records
 
 
-def feature_icons(run: RunInputs, decoder: np.ndarray, records: list[dict[str, Any]]) -> dict[str, Any]:
+def feature_icons(run: RunInputs, weights: DictionaryWeights, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Each feature's icon towards its decoder direction, by the render stage's own tasks, settings and frame (the
-    probe's choice where it ran), then fed back through the model: cosine and rank among all features' directions."""
+    probe's choice where it ran), then fed back through the model: cosine and rank among all features' directions,
+    and whether the dictionary itself finds the icon's own feature the most active one (ICON_MEASURE)."""
     bundle, config = run.bundle, run.config.render
     saved = bundle.render_probe()
     settings = default_settings(config)
@@ -202,7 +214,7 @@ def feature_icons(run: RunInputs, decoder: np.ndarray, records: list[dict[str, A
     ex = run.executor()
     setup = task_setup(run, ex.threads_per_task, settings, frame)
     whitening = ex.scatter(bundle.whitening() if settings.whiten != "off" else None)
-    directions, spectrum_ref = ex.scatter(decoder), ex.scatter(spectrum)
+    directions, spectrum_ref = ex.scatter(weights.decoder), ex.scatter(spectrum)
     size = config.batch_size_on(run.device.type)
     batches = []
     for start in range(0, len(records), size):
@@ -223,18 +235,56 @@ def feature_icons(run: RunInputs, decoder: np.ndarray, records: list[dict[str, A
             for i in range(0, len(fed), FIDELITY_BATCH)
         ]
     )
-    fidelity = direction_fidelity(activations, decoder)
-    for record, icon, cosine, rank in zip(records, icons, fidelity.cosine, fidelity.rank, strict=True):
+    fidelity = direction_fidelity(activations, weights.decoder)
+    finite = np.isfinite(activations).all(axis=1)
+    feature_rank = np.where(
+        finite, own_feature_ranks(weights, np.where(finite[:, None], activations, 0.0), np.arange(len(records))), len(records) - 1
+    )
+    for record, icon, cosine, rank, own in zip(records, icons, fidelity.cosine, fidelity.rank, feature_rank, strict=True):
         record["icon"] = icon
-        record["fidelity"] = {"cosine": round(float(cosine), 4), "rank": int(rank)}
-    run.log(f"[dictionary] feature icons: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
-    return {"top1": round(fidelity.top1, 4), "mean_cosine": round(fidelity.mean_cosine, 4), "param": settings.param}
+        record["fidelity"] = {"cosine": round(float(cosine), 4), "rank": int(rank), "feature_rank": int(own)}
+    most_active = float((feature_rank == 0).mean()) if len(feature_rank) else 0.0
+    path = feature_path_check(run, records, fed)
+    run.log(
+        f"[dictionary] feature icons: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}; "
+        f"own feature the most active for {most_active:.2f}"
+    )
+    return {
+        "top1": round(fidelity.top1, 4), "mean_cosine": round(fidelity.mean_cosine, 4), "most_active": round(most_active, 4),
+        "param": settings.param, "steps": config.steps, "icon_size": config.icon_size, "measure": ICON_MEASURE,
+        "path_check": path,
+    }  # fmt: skip
+
+
+def feature_path_check(run: RunInputs, records: list[dict[str, Any]], fed: list[str]) -> dict[str, Any] | None:
+    """Each feature's icon against its own top example patches at earlier layers, as the path stage checks a cell's
+    icon against its examples (atlas.featurevis.pathcheck); each record gets ``path_check`` ({cosine, rank} or None
+    where no example patch was cut), the summary goes to the manifest (None: no feature had a patch)."""
+    bundle, view = run.bundle, run.view
+    names = path_layers(run)
+    early = EarlyLayers([resolve_layer(view.model, name) for name in names], path_layouts(view, names), only_input_size(view))
+    patches = [[example["patch"] for example in record["examples"] if example["patch"]] for record in records]
+    unique = sorted({name for names_ in patches for name in names_})
+    patch_vectors = dict(zip(unique, vectors_of(bundle, unique, view, early, strict=False), strict=True))
+    icons = np.stack([vector for vector in vectors_of(bundle, fed, view, early, strict=True) if vector is not None])
+    examples = []
+    for names_ in patches:
+        rows = [vector for vector in (patch_vectors[name] for name in names_) if vector is not None]
+        examples.append(np.stack(rows) if rows else np.zeros((0, icons.shape[1]), np.float32))
+    result = path_check(icons, examples)
+    for record, score in zip(records, result.records(), strict=True):
+        record["path_check"] = score
+    if not result.cells:
+        return None
+    run.log(f"[dictionary] feature icons' path check: top-1 {result.top1:.2f}, mean cosine {result.mean_cosine:.2f} over {result.cells}")
+    return {"top1": round(result.top1, 4), "mean_cosine": round(result.mean_cosine, 4), "features": result.cells, "layers": names}
 
 
 def dictionary_settings(run: RunInputs) -> Any:
     config = run.config.dictionary
     section = None if config is None else config.model_dump(mode="json")
-    return [section, run.config.grid.top_classes, run.labels, run.config.seed, *key_part(run.device)]
+    icons = section is not None and section["icons"]
+    return [section, run.config.grid.top_classes, run.labels, run.config.seed, path_layers(run) if icons else None, *key_part(run.device)]
 
 
 STAGE = Stage("dictionary", reads=("collect", "grid", "examples", "render"), settings=dictionary_settings, work=dictionary)
