@@ -264,12 +264,12 @@ def feature_path_check(run: RunInputs, records: list[dict[str, Any]], fed: list[
     names = path_layers(run)
     early = EarlyLayers([resolve_layer(view.model, name) for name in names], path_layouts(view, names), only_input_size(view))
     patches = [[example["patch"] for example in record["examples"] if example["patch"]] for record in records]
-    unique = sorted({name for names_ in patches for name in names_})
+    unique = sorted({name for own in patches for name in own})
     patch_vectors = dict(zip(unique, vectors_of(bundle, unique, view, early, strict=False), strict=True))
     icons = np.stack([vector for vector in vectors_of(bundle, fed, view, early, strict=True) if vector is not None])
     examples = []
-    for names_ in patches:
-        rows = [vector for vector in (patch_vectors[name] for name in names_) if vector is not None]
+    for own in patches:
+        rows = [vector for vector in (patch_vectors[name] for name in own) if vector is not None]
         examples.append(np.stack(rows) if rows else np.zeros((0, icons.shape[1]), np.float32))
     result = path_check(icons, examples)
     for record, score in zip(records, result.records(), strict=True):
