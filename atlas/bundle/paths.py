@@ -47,6 +47,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "cell_block_file",
     "cell_block_pattern",
     "cell_blocks_folder",
+    "cell_features_file",
     "cell_index_file",
     "cells_file",
     "class_folder",
@@ -54,6 +55,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "dictionary_icon",
     "directions_file",
     "dzi_file",
+    "feature_heat_file",
     "fidelity_file",
     "full_view_file",
     "grid_cells_file",
@@ -188,6 +190,16 @@ def directions_file(grid: int) -> str:
 def attribution_file(grid: int) -> str:
     """grid: float16 [n_cells, classes], Fortran order, the mean attribution of each cell."""
     return f"{level_dir(grid)}/attribution.npy"
+
+
+def feature_heat_file(grid: int) -> str:
+    """dictionary: float16 [n_cells, features], Fortran order, each feature's mean activation over each cell's rows."""
+    return f"{level_dir(grid)}/feature_heat.npy"
+
+
+def cell_features_file(grid: int) -> str:
+    """dictionary: per cell, in cell order, its features of highest mean activation ({feature, activation, active})."""
+    return f"{level_dir(grid)}/cell_features.json"
 
 
 def fidelity_file(grid: int) -> str:

@@ -50,6 +50,7 @@ from atlas.grid.grid import ranked_classes
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 from atlas_pipelines.engine.worker_state import use_threads
+from atlas_pipelines.stages.dictionary_links import write_links
 from atlas_pipelines.stages.examples import cut_patches
 from atlas_pipelines.stages.render import (
     IconBatch,
@@ -137,6 +138,7 @@ def dictionary(call: StageCall) -> Report:
     records = feature_records(run, stats)
     icons = feature_icons(run, weights.decoder, records) if config.icons else None
     bundle.write_dictionary_features(records)
+    links, levels = write_links(run, weights)
     quality = {
         "rows": stats.rows, "variance_explained": round(stats.variance_explained, 5), "mean_l0": round(stats.mean_l0, 4),
         "dead_features": stats.dead, "dead_fraction": round(stats.dead / weights.features, 5),
@@ -153,8 +155,9 @@ def dictionary(call: StageCall) -> Report:
         "steps": plan.steps, "learning_rate": plan.learning_rate, "batch_size": plan.batch_size, "seed": plan.seed,
         "quality": quality, "icons": icons, "seconds": {"train": trained.curve.seconds, "measure": trained.measure_seconds},
         "implementation": "plain torch TopK SAE with Gao et al.'s auxiliary loss for dead features (atlas.dictionary)",
+        "links": links,
     }  # fmt: skip
-    return {"dictionary": entry}
+    return {"dictionary": entry, "levels": levels}
 
 
 def feature_records(run: RunInputs, stats: FeatureStats) -> list[dict[str, Any]]:
@@ -237,4 +240,6 @@ def dictionary_settings(run: RunInputs) -> Any:
     return [section, run.config.grid.top_classes, run.labels, run.config.seed, *key_part(run.device)]
 
 
-STAGE = Stage("dictionary", reads=("collect", "grid", "examples", "render"), settings=dictionary_settings, work=dictionary)
+STAGE = Stage(
+    "dictionary", reads=("collect", "grid", "examples", "render"), settings=dictionary_settings, work=dictionary, version=2
+)  # 2: the links between features and cells
