@@ -142,3 +142,60 @@ def test_a_cell_lists_its_features_and_a_feature_lights_up_its_cells(browser: An
         page.locator("#legend").wait_for(state="hidden")
         visit.assert_clean()
         visit.close()
+
+
+def test_the_feature_map_bins_every_feature_once_densest_first(linked: Path) -> None:
+    entry = read_json(linked / "manifest.json")["dictionary"]
+    records = read_json(linked / entry["features_file"])
+    root = linked / entry["map"]["folder"]
+    manifest = read_json(root / "manifest.json")
+    assert manifest["subset"]["kind"] == "features" and manifest["subset"]["parent"] == "../.."
+    coords = np.load(root / "layout/coords.npy")
+    assert coords.shape == (len(records), 2) and coords.min() >= 0 and coords.max() <= 1
+    density = np.array([r["density"] for r in records])
+    for level in manifest["levels"]:
+        size = level["grid"]
+        assert (root / level["dzi"]).is_file()
+        cells = read_json(root / f"levels/{size}/cells.json")
+        i, j = cell_index(coords, size)
+        held = sorted(f for cell in cells for f in cell["features"])
+        assert held == list(range(len(records))), "every feature in exactly one cell"
+        for cell in cells:
+            features = cell["features"]
+            assert all((i[f], j[f]) == (cell["i"], cell["j"]) for f in features)
+            assert features == sorted(features, key=lambda f: (-density[f], f)), "densest first"
+            densest = records[features[0]]
+            assert cell["count"] == len(features) and cell["feature"] == features[0]
+            assert (root / cell["icon"]).read_bytes() == (linked / densest["icon"]).read_bytes()
+            assert [c["label"] for c in cell["top_classes"]] == [c["label"] for c in densest["top_classes"]]
+            for example in cell["examples"]:
+                assert (root / example["patch"]).resolve() == (linked / "examples" / Path(example["patch"]).name).resolve()
+
+
+def test_the_feature_map_opens_in_the_same_viewer(browser: Any, linked: Path) -> None:  # noqa: F811
+    root = linked / "dictionary/map"
+    cells = read_json(root / "levels/2/cells.json")
+    cell = max(cells, key=lambda c: c["count"])
+    with atlas_serve(linked) as url:
+        visit = Visit(browser, url, viewport={"width": 1200, "height": 760})
+        page = visit.page
+        page.locator("#feature-map").wait_for(state="visible")
+        page.click("#feature-map")
+        page.wait_for_url("**/dictionary/map/index.html**")
+        page.wait_for_function("window.atlas && window.atlas.ready && window.atlas.firstTileMs !== null", timeout=30_000)
+        assert page.inner_text("#title").startswith("Feature map:")
+        page.select_option("#grid-select", "2")
+        page.click("#home")
+        visit.settle()
+        spot = page.evaluate(f"window.atlas.cellCenter(2, {cell['i']}, {cell['j']})")
+        page.mouse.move(spot["x"], spot["y"])
+        page.wait_for_function("document.getElementById('tip').innerText.includes('density')")
+        tip = page.inner_text("#tip")
+        assert f"feature {cell['feature']}: density" in tip and f"{cell['count']} dictionary feature" in tip
+        page.mouse.click(spot["x"], spot["y"])
+        page.locator("#panel").wait_for(state="visible")
+        page.wait_for_function("[...document.querySelectorAll('#panel-examples img')].every(i => i.complete && i.naturalWidth > 0)")
+        assert page.locator("#panel-examples img").count() == len([e for e in cell["examples"] if e["patch"]]) > 0
+        assert page.locator("#back").is_visible()
+        visit.assert_clean()
+        visit.close()

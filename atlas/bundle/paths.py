@@ -19,6 +19,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "DICTIONARY_ATTRIBUTION",
     "DICTIONARY_CURVE",
     "DICTIONARY_FEATURES",
+    "DICTIONARY_MAP",
     "EXAMPLES",
     "FORMAT",
     "IMAGES",
@@ -106,6 +107,7 @@ DICTIONARY = "dictionary"  # dictionary: the sparse dictionary of the layer (opt
 DICTIONARY_ARRAYS = ("encoder", "encoder_bias", "decoder", "decoder_bias")  # dictionary: one float32 .npy each
 DICTIONARY_CURVE = f"{DICTIONARY}/curve.json"  # dictionary: the training curve
 DICTIONARY_FEATURES = f"{DICTIONARY}/features.json"  # dictionary: one record per feature
+DICTIONARY_MAP = f"{DICTIONARY}/map"  # dictionary: the feature map, a sub-bundle of this contract (its cells hold features)
 DICTIONARY_ATTRIBUTION = f"{DICTIONARY}/attribution.npy"  # dictionary: float16 [F, K], activation-weighted mean attribution
 PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
 

@@ -51,6 +51,7 @@ from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 from atlas_pipelines.engine.worker_state import use_threads
 from atlas_pipelines.stages.dictionary_links import write_links
+from atlas_pipelines.stages.dictionary_map import write_feature_map
 from atlas_pipelines.stages.examples import cut_patches
 from atlas_pipelines.stages.render import (
     IconBatch,
@@ -139,6 +140,7 @@ def dictionary(call: StageCall) -> Report:
     icons = feature_icons(run, weights.decoder, records) if config.icons else None
     bundle.write_dictionary_features(records)
     links, levels = write_links(run, weights)
+    feature_map = write_feature_map(run, weights.decoder, records)
     quality = {
         "rows": stats.rows, "variance_explained": round(stats.variance_explained, 5), "mean_l0": round(stats.mean_l0, 4),
         "dead_features": stats.dead, "dead_fraction": round(stats.dead / weights.features, 5),
@@ -155,7 +157,7 @@ def dictionary(call: StageCall) -> Report:
         "steps": plan.steps, "learning_rate": plan.learning_rate, "batch_size": plan.batch_size, "seed": plan.seed,
         "quality": quality, "icons": icons, "seconds": {"train": trained.curve.seconds, "measure": trained.measure_seconds},
         "implementation": "plain torch TopK SAE with Gao et al.'s auxiliary loss for dead features (atlas.dictionary)",
-        "links": links,
+        "links": links, "map": feature_map,
     }  # fmt: skip
     return {"dictionary": entry, "levels": levels}
 
@@ -242,4 +244,4 @@ def dictionary_settings(run: RunInputs) -> Any:
 
 STAGE = Stage(
     "dictionary", reads=("collect", "grid", "examples", "render"), settings=dictionary_settings, work=dictionary, version=2
-)  # 2: the links between features and cells
+)  # 2: the links between features and cells, and the feature map

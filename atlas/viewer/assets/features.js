@@ -9,6 +9,14 @@ import { cellFeatureLine, columnMax, featureLabel, featureSummary } from "./feat
 import { escapeHtml, fmt } from "./format.js";
 import { fetchOk } from "./net.js";
 
+// The toolbar's link to the feature map (dictionary/map/), where the bundle has one.
+export function showFeatureMapLink(m) {
+  const link = byId("feature-map");
+  if (!m.dictionary || !m.dictionary.map) return;
+  link.href = m.dictionary.map.viewer;
+  link.hidden = false;
+}
+
 // Whether this bundle's dictionary has links to the cells of this grid.
 export function hasFeatureLinks(app, level) {
   return !!(app.manifest && app.manifest.dictionary && level && level.cell_features);
@@ -33,6 +41,10 @@ function loadCellFeatures(level) {
 
 // The hover label's line of the cell's strongest features; "" until they are loaded (then `reshow` is called).
 export function featureTipHtml(app, level, cell, reshow) {
+  if (cell.feature !== undefined) {  // a cell of the feature map: its densest feature in words
+    const record = { density: cell.density, top_classes: cell.top_classes, fidelity: cell.feature_fidelity };
+    return "<div class=\"tip-features\">" + escapeHtml(featureLabel(cell.feature) + ": " + featureSummary(record, 3)) + "</div>";
+  }
   if (!hasFeatureLinks(app, level)) return "";
   if (!level.cellFeatures) { loadCellFeatures(level).then(reshow, (err) => app.fail(err.message)); return ""; }
   const line = cellFeatureLine(level.cellFeatures[cell.n]);

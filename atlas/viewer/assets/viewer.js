@@ -17,6 +17,7 @@
 import { blocksToFetch, cellAtIndex, cellIndex, keptCells, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
 import { emptyLevels, gridForZoom, levelOf, maxZoom, tiledLevels } from "./grids.js";
+import { showFeatureMapLink } from "./features.js";
 import { fillClassList, setClass } from "./heatmap.js";
 import { fetchOk } from "./net.js";
 import { drawOverlay } from "./overlay.js";
@@ -66,6 +67,7 @@ function start(m) {
   app.manifest = m;
   app.labels = m.labels || null;
   showTitle(m);
+  showFeatureMapLink(m);
   setupPicker(app);
   setupPair(app);
   const levels = (app.levels = atlas.levels = tiledLevels(m));
