@@ -5,6 +5,7 @@ and each cell's strongest features (``levels/<g>/cell_features.json``)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from atlas.bundle import Bundle, cell_features_file, feature_heat_file
@@ -29,7 +30,7 @@ def links_task(bundle: Bundle, weights: DictionaryWeights, sizes: tuple[int, ...
 
 def write_links(run: RunInputs, weights: DictionaryWeights) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Writes every grid's links; returns the dictionary entry's ``links`` and the manifest's level entries."""
-    sizes = tuple(run.config.grid.sizes)
+    sizes, started = tuple(run.config.grid.sizes), time.perf_counter()
     ex = run.executor()
     linked: list[CellFeatures] = ex.submit(links_task, run.bundle, weights, sizes, ex.threads_per_task).result()
     levels = []
@@ -37,6 +38,7 @@ def write_links(run: RunInputs, weights: DictionaryWeights) -> tuple[dict[str, A
         run.bundle.write_feature_heat(size, links.mean)
         run.bundle.write_cell_features(size, links.top(TOP_FEATURES))
         levels.append({"grid": size, "feature_heat": feature_heat_file(size), "cell_features": cell_features_file(size)})
+    run.log(f"[dictionary] links between features and cells of grids {list(sizes)} ({time.perf_counter() - started:.1f} s)")
     entry = {
         "heat": HEAT,
         "cell_features": f"the {TOP_FEATURES} features of highest mean activation per cell, with the share of its rows where each fires",

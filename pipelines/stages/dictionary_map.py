@@ -5,6 +5,7 @@ classes, examples and fidelity; tiles are cut by the tiles stage's own task."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ def write_feature_map(run: RunInputs, decoder: np.ndarray, records: list[dict[st
     """Writes the map's sub-bundle and returns the dictionary entry's ``map``; None without feature icons to show."""
     if not all(record.get("icon") for record in records):
         return None
-    bundle, config = run.bundle, run.config
+    bundle, config, started = run.bundle, run.config, time.perf_counter()
     sub = BundleWriter(bundle.path(DICTIONARY_MAP))
     coords = feature_coords(decoder, config.layout.n_neighbors, config.seed)
     sub.write_coords(coords)
@@ -42,6 +43,7 @@ def write_feature_map(run: RunInputs, decoder: np.ndarray, records: list[dict[st
         levels.append({"grid": size, "n_cells": len(cells), "icon_size": icon_px, "cell_px": icon_px * scale,
                        "canvas_px": size * icon_px * scale, "dzi": dzi_file(size), "poster": poster_file(size), **viewer})  # fmt: skip
     install_viewer(sub)
+    run.log(f"[dictionary] feature map of {len(records)} features: {DICTIONARY_MAP}/ ({time.perf_counter() - started:.1f} s)")
     sub.write_manifest(Manifest.from_json({
         **base_manifest(run), "name": f"feature map of {config.name or 'the atlas'}", "levels": levels,
         "tiles": {"scale": scale, "channels": run.model.preprocessing.channels},
