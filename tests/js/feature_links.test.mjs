@@ -34,3 +34,10 @@ test("a cell's strongest features as one line, and a column's maximum", () => {
   assert.equal(columnMax(new Float32Array([-1, -2])), 0);
   assert.equal(columnMax([]), 0);
 });
+
+test("a cell of the feature map counts its features, an atlas cell its activations", async () => {
+  const { countText } = await import("../../atlas/viewer/assets/format.js");
+  assert.equal(countText({ count: 3, features: [4, 1, 9] }), "3 dictionary features in this cell (the feature map)");
+  assert.equal(countText({ count: 1, features: [4] }), "1 dictionary feature in this cell (the feature map)");
+  assert.equal(countText({ count: 5 }), "average of 5 activations");
+});
