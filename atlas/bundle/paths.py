@@ -19,6 +19,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "DICTIONARY_ATTRIBUTION",
     "DICTIONARY_CURVE",
     "DICTIONARY_FEATURES",
+    "DICTIONARY_MAP",
     "EXAMPLES",
     "FORMAT",
     "IMAGES",
@@ -47,6 +48,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "cell_block_file",
     "cell_block_pattern",
     "cell_blocks_folder",
+    "cell_features_file",
     "cell_index_file",
     "cells_file",
     "class_folder",
@@ -54,6 +56,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "dictionary_icon",
     "directions_file",
     "dzi_file",
+    "feature_heat_file",
     "fidelity_file",
     "full_view_file",
     "grid_cells_file",
@@ -104,6 +107,7 @@ DICTIONARY = "dictionary"  # dictionary: the sparse dictionary of the layer (opt
 DICTIONARY_ARRAYS = ("encoder", "encoder_bias", "decoder", "decoder_bias")  # dictionary: one float32 .npy each
 DICTIONARY_CURVE = f"{DICTIONARY}/curve.json"  # dictionary: the training curve
 DICTIONARY_FEATURES = f"{DICTIONARY}/features.json"  # dictionary: one record per feature
+DICTIONARY_MAP = f"{DICTIONARY}/map"  # dictionary: the feature map, a sub-bundle of this contract (its cells hold features)
 DICTIONARY_ATTRIBUTION = f"{DICTIONARY}/attribution.npy"  # dictionary: float16 [F, K], activation-weighted mean attribution
 PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
 
@@ -188,6 +192,16 @@ def directions_file(grid: int) -> str:
 def attribution_file(grid: int) -> str:
     """grid: float16 [n_cells, classes], Fortran order, the mean attribution of each cell."""
     return f"{level_dir(grid)}/attribution.npy"
+
+
+def feature_heat_file(grid: int) -> str:
+    """dictionary: float16 [n_cells, features], Fortran order, each feature's mean activation over each cell's rows."""
+    return f"{level_dir(grid)}/feature_heat.npy"
+
+
+def cell_features_file(grid: int) -> str:
+    """dictionary: per cell, in cell order, its features of highest mean activation ({feature, activation, active})."""
+    return f"{level_dir(grid)}/cell_features.json"
 
 
 def fidelity_file(grid: int) -> str:

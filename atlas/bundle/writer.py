@@ -32,10 +32,12 @@ from atlas.bundle.paths import (
     cell_block_file,
     cell_block_pattern,
     cell_blocks_folder,
+    cell_features_file,
     cell_index_file,
     cells_file,
     dictionary_array,
     directions_file,
+    feature_heat_file,
     fidelity_file,
     grid_cells_file,
     path_check_file,
@@ -84,11 +86,15 @@ class BundleWriter(Bundle):
 
     def write_attribution(self, grid: int, means: np.ndarray) -> None:
         """float16, Fortran order: each class's column is contiguous, so the viewer reads one class as one slice."""
+        self._write_half_columns(attribution_file(grid), means)
+
+    def _write_half_columns(self, relative: str, values: np.ndarray) -> None:
+        """float16 clipped to its range, Fortran order: one column is one contiguous HTTP Range for the viewer."""
         limit = float(np.finfo(np.float16).max)
-        clipped = np.clip(np.nan_to_num(means, nan=0.0), -limit, limit).astype("<f2")
+        clipped = np.clip(np.nan_to_num(values, nan=0.0), -limit, limit).astype("<f2")
         buffer = io.BytesIO()
         np.save(buffer, np.asfortranarray(clipped))
-        write_bytes(self.path(attribution_file(grid)), buffer.getvalue())
+        write_bytes(self.path(relative), buffer.getvalue())
 
     def write_fidelity(self, grid: int, records: Sequence[Score]) -> None:
         write_json(self.path(fidelity_file(grid)), [record.to_json() for record in records])
@@ -159,6 +165,13 @@ class BundleWriter(Bundle):
         """float16 [F, K], clipped to float16's range like the grids' attribution."""
         limit = float(np.finfo(np.float16).max)
         write_npy(self.path(DICTIONARY_ATTRIBUTION), np.clip(np.nan_to_num(means, nan=0.0), -limit, limit).astype("<f2"))
+
+    def write_feature_heat(self, grid: int, means: np.ndarray) -> None:
+        """[n_cells, features]: like a grid's attribution, so the viewer reads one feature's column the same way."""
+        self._write_half_columns(feature_heat_file(grid), means)
+
+    def write_cell_features(self, grid: int, cells: Sequence[Sequence[dict[str, Any]]]) -> None:
+        write_json(self.path(cell_features_file(grid)), [list(top) for top in cells])
 
     # --- atlas classes --------------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ from atlas.models.input_sizes import only_input_size
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 from atlas_pipelines.engine.worker_state import use_threads
+from atlas_pipelines.stages.dictionary_links import write_links
+from atlas_pipelines.stages.dictionary_map import write_feature_map
 from atlas_pipelines.stages.examples import cut_patches
 from atlas_pipelines.stages.path import EarlyLayers, path_layers, vectors_of
 from atlas_pipelines.stages.render import (
@@ -148,6 +150,8 @@ def dictionary(call: StageCall) -> Report:
     records = feature_records(run, stats)
     icons = feature_icons(run, weights, records) if config.icons else None
     bundle.write_dictionary_features(records)
+    links, levels = write_links(run, weights)
+    feature_map = write_feature_map(run, weights.decoder, records)
     quality = {
         "rows": stats.rows, "variance_explained": round(stats.variance_explained, 5), "mean_l0": round(stats.mean_l0, 4),
         "dead_features": stats.dead, "dead_fraction": round(stats.dead / weights.features, 5),
@@ -164,8 +168,9 @@ def dictionary(call: StageCall) -> Report:
         "steps": plan.steps, "learning_rate": plan.learning_rate, "batch_size": plan.batch_size, "seed": plan.seed,
         "quality": quality, "icons": icons, "seconds": {"train": trained.curve.seconds, "measure": trained.measure_seconds},
         "implementation": "plain torch TopK SAE with Gao et al.'s auxiliary loss for dead features (atlas.dictionary)",
+        "links": links, "map": feature_map,
     }  # fmt: skip
-    return {"dictionary": entry}
+    return {"dictionary": entry, "levels": levels}
 
 
 def feature_records(run: RunInputs, stats: FeatureStats) -> list[dict[str, Any]]:
@@ -287,4 +292,6 @@ def dictionary_settings(run: RunInputs) -> Any:
     return [section, run.config.grid.top_classes, run.labels, run.config.seed, path_layers(run) if icons else None, *key_part(run.device)]
 
 
-STAGE = Stage("dictionary", reads=("collect", "grid", "examples", "render"), settings=dictionary_settings, work=dictionary)
+STAGE = Stage(
+    "dictionary", reads=("collect", "grid", "examples", "render"), settings=dictionary_settings, work=dictionary, version=2
+)  # 2: the links between features and cells, and the feature map
