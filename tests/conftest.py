@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,6 +75,43 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def fashion_available() -> bool:
     return (FASHION_DEBIAN / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def _train_one_epoch(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.nn.Module:
+    """One pass of Adam in batches of 64: brief, but a real classifier's features."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for start in range(0, len(images), 64):
+        loss = torch.nn.functional.cross_entropy(model(images[start : start + 64]), targets[start : start + 64])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model
+
+
+@pytest.fixture(scope="session")
+def one_epoch() -> Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.nn.Module]:
+    """``one_epoch(model, images, targets)``: one pass of Adam in batches of 64, for the tests that train a small net."""
+    return _train_one_epoch
+
+
+@pytest.fixture(scope="session")
+def fashion_weights(fashion_available: bool, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The zoo CNN briefly trained on real Fashion-MNIST images (one epoch of 4,096), its state dict saved; and the
+    dataset's root. Once per session, for the tests that ask for it."""
+    if not fashion_available:
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    from atlas.images import open_source
+    from atlas.models.zoo import fashion_cnn
+
+    root = tmp_path_factory.mktemp("datasets")
+    dataset = open_source("torchvision:FashionMNIST", root=root).dataset()  # type: ignore[attr-defined]
+    images = dataset.data[:4096].float().div(255).sub(0.5).div(0.5).unsqueeze(1)
+    targets = dataset.targets[:4096]
+    torch.manual_seed(0)
+    model = _train_one_epoch(fashion_cnn(), images, targets)
+    weights = root / "fashion_cnn.pt"
+    torch.save(model.state_dict(), weights)
+    return weights, root
 
 
 @pytest.fixture

@@ -42,6 +42,9 @@ QUICK = [
     "grid.sizes=[4, 8]",
     "render.steps=16",
     "tiles.examples_per_cell=2",
+    "dictionary.steps=300",  # a sparse dictionary per variant (issue 24): quick, and without feature icons
+    "dictionary.batch_size=128",
+    "dictionary.icons=false",
 ]
 
 
@@ -245,7 +248,31 @@ def test_compare_writes_a_bundle_per_variant_and_compare_json(compared: tuple[Pa
     assert image_ids[0] == image_ids[1] == 300
     for figure in result["figures"].values():
         assert (root / figure).stat().st_size > 5_000
+    assert "dictionaries" in result["figures"]
     assert "atlas serve" in printed
+
+
+def test_every_variant_gets_a_dictionary_of_one_shape_and_its_figures_in_the_table(compared: tuple[Path, str]) -> None:
+    """Issue 24 item 6: one dictionary per variant, the same width and k, its quality in the measurements and page."""
+    root, _ = compared
+    result = json.loads((root / "compare.json").read_text())
+    entries = {n: json.loads((root / "variants" / n / "manifest.json").read_text())["dictionary"] for n in result["activations"]}
+    assert len({(e["features"], e["k"]) for e in entries.values()}) == 1, {n: (e["features"], e["k"]) for n, e in entries.items()}
+    assert next(iter(entries.values()))["k"] == 64 // 8  # features.act5 has 64 channels: k = channels / 8
+    for row in result["metrics"]:
+        entry = entries[row["variant"]]
+        quality = entry["quality"]
+        assert row["sae_variance_explained"] == quality["variance_explained"] and 0.0 < quality["variance_explained"] <= 1.0
+        assert row["sae_dead_fraction"] == quality["dead_fraction"]
+        records = json.loads((root / "variants" / row["variant"] / entry["features_file"]).read_text())
+        density = float(np.mean([record["density"] for record in records]))  # each feature's share of rows where active
+        assert row["sae_mean_density"] == pytest.approx(density, rel=1e-3, abs=1e-6)
+    page = (root / "index.html").read_text()
+    assert "SAE variance explained" in page and "figures/dictionaries.png" in page
+    # The layers group trains one per layer too, each at its own channels' shape.
+    for layer in ("features.act2", "features.act5"):
+        manifest = json.loads((root / "layers" / layer / "manifest.json").read_text())
+        assert manifest["dictionary"]["k"] == max(1, manifest["channels"] // 8), layer
 
 
 def test_aligned_layouts_keep_the_same_images_together(compared: tuple[Path, str]) -> None:

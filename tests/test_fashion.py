@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,35 +11,7 @@ import pytest
 import torch
 
 from atlas.images import open_source
-from atlas.models.zoo import fashion_cnn
 from atlas_pipelines.commands.cli import main
-
-
-def _train_one_epoch(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.nn.Module:
-    """One pass of Adam in batches of 64: brief, but a real classifier's features."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for start in range(0, len(images), 64):
-        loss = torch.nn.functional.cross_entropy(model(images[start : start + 64]), targets[start : start + 64])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model
-
-
-@pytest.fixture(scope="module")
-def fashion_weights(fashion_available: bool, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Briefly train the zoo CNN on real Fashion-MNIST images and save its state dict."""
-    if not fashion_available:
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    root = tmp_path_factory.mktemp("datasets")
-    dataset = open_source("torchvision:FashionMNIST", root=root).dataset()  # type: ignore[attr-defined]
-    images = dataset.data[:4096].float().div(255).sub(0.5).div(0.5).unsqueeze(1)
-    targets = dataset.targets[:4096]
-    torch.manual_seed(0)
-    model = _train_one_epoch(fashion_cnn(), images, targets)
-    weights = root / "fashion_cnn.pt"
-    torch.save(model.state_dict(), weights)
-    return weights, root
 
 
 def test_factory_model_on_fashion_mnist(fashion_weights: tuple[Path, Path], tmp_path: Path) -> None:
@@ -88,7 +60,9 @@ def make() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def strided_net(fashion_weights: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], Path]]:
+def strided_net(
+    fashion_weights: tuple[Path, Path], one_epoch: Callable[..., torch.nn.Module], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[list[str], Path]]:
     """Another architecture, trained briefly on the same real images, as a user's package.module:factory."""
     import importlib
     import sys
@@ -101,7 +75,7 @@ def strided_net(fashion_weights: tuple[Path, Path], tmp_path_factory: pytest.Tem
     images = dataset.data[:6144].float().div(255).sub(0.5).div(0.5).unsqueeze(1)
     targets = dataset.targets[:6144]
     torch.manual_seed(0)
-    model = _train_one_epoch(importlib.import_module("strided_net").make(), images, targets)
+    model = one_epoch(importlib.import_module("strided_net").make(), images, targets)
     weights = folder / "strided.pt"
     torch.save(model.state_dict(), weights)
     yield ["--model", "strided_net:make", "--layer", "5", "--set", f"model.weights={weights}", "--set", f"images.root={root}"], root

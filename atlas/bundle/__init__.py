@@ -14,6 +14,7 @@ stages write through; ``mirror`` copies a bundle on a store for the viewer.
 
 from __future__ import annotations
 
+from atlas.bundle.dictionary import SavedDictionary
 from atlas.bundle.mirror import copy_for_viewing
 from atlas.bundle.paths import *  # noqa: F403 -- every path, as atlas.bundle.NAME
 from atlas.bundle.paths import FORMAT
@@ -31,6 +32,7 @@ __all__ = [
     "Level",
     "LevelSummary",
     "Manifest",
+    "SavedDictionary",
     "Score",
     "TopClass",
     "copy_for_viewing",

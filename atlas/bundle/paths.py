@@ -14,6 +14,12 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "CLASSES",
     "CLASS_INDEX",
     "COORDS",
+    "DICTIONARY",
+    "DICTIONARY_ARRAYS",
+    "DICTIONARY_ATTRIBUTION",
+    "DICTIONARY_CURVE",
+    "DICTIONARY_FEATURES",
+    "DICTIONARY_MAP",
     "EXAMPLES",
     "FORMAT",
     "IMAGES",
@@ -42,11 +48,15 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "cell_block_file",
     "cell_block_pattern",
     "cell_blocks_folder",
+    "cell_features_file",
     "cell_index_file",
     "cells_file",
     "class_folder",
+    "dictionary_array",
+    "dictionary_icon",
     "directions_file",
     "dzi_file",
+    "feature_heat_file",
     "fidelity_file",
     "full_view_file",
     "grid_cells_file",
@@ -93,7 +103,23 @@ CLASSES = "classes"  # atlas classes: classes/<class>/, one sub-bundle of this c
 PAIRS = "pairs"  # atlas classes: pairs/<A>__<B>/, one sub-bundle per two-class comparison
 CLASS_INDEX = f"{CLASSES}/index.json"  # atlas classes: every class with its row count, and what has been built
 PATCH_RESULTS = "patch.json"  # atlas classes, in a pair's sub-bundle: the patch experiment
+DICTIONARY = "dictionary"  # dictionary: the sparse dictionary of the layer (optional: a config's dictionary section)
+DICTIONARY_ARRAYS = ("encoder", "encoder_bias", "decoder", "decoder_bias")  # dictionary: one float32 .npy each
+DICTIONARY_CURVE = f"{DICTIONARY}/curve.json"  # dictionary: the training curve
+DICTIONARY_FEATURES = f"{DICTIONARY}/features.json"  # dictionary: one record per feature
+DICTIONARY_MAP = f"{DICTIONARY}/map"  # dictionary: the feature map, a sub-bundle of this contract (its cells hold features)
+DICTIONARY_ATTRIBUTION = f"{DICTIONARY}/attribution.npy"  # dictionary: float16 [F, K], activation-weighted mean attribution
 PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
+
+
+def dictionary_array(name: str) -> str:
+    """dictionary: one of the saved arrays (DICTIONARY_ARRAYS), e.g. ``dictionary/encoder.npy``."""
+    return f"{DICTIONARY}/{name}.npy"
+
+
+def dictionary_icon(feature: int) -> str:
+    """dictionary: a feature's icon, rendered towards its decoder direction (its full view under dictionary/views/)."""
+    return f"{DICTIONARY}/icons/{feature}.png"
 
 
 def class_folder(name: str) -> str:
@@ -166,6 +192,16 @@ def directions_file(grid: int) -> str:
 def attribution_file(grid: int) -> str:
     """grid: float16 [n_cells, classes], Fortran order, the mean attribution of each cell."""
     return f"{level_dir(grid)}/attribution.npy"
+
+
+def feature_heat_file(grid: int) -> str:
+    """dictionary: float16 [n_cells, features], Fortran order, each feature's mean activation over each cell's rows."""
+    return f"{level_dir(grid)}/feature_heat.npy"
+
+
+def cell_features_file(grid: int) -> str:
+    """dictionary: per cell, in cell order, its features of highest mean activation ({feature, activation, active})."""
+    return f"{level_dir(grid)}/cell_features.json"
 
 
 def fidelity_file(grid: int) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from atlas.bundle.dictionary import SavedDictionary, read_dictionary
 from atlas.bundle.paths import (
     ACTIVATIONS,
     COORDS,
@@ -27,8 +28,10 @@ from atlas.bundle.paths import (
     RENDER_SPECTRUM,
     WHITENING,
     attribution_file,
+    cell_features_file,
     cells_file,
     directions_file,
+    feature_heat_file,
     fidelity_file,
     full_view_file,
     grid_cells_file,
@@ -133,6 +136,10 @@ class Bundle:
 
     # --- levels ---------------------------------------------------------------------------------
 
+    def dictionary(self) -> SavedDictionary:
+        """The layer's sparse dictionary (``atlas dictionary``): weights, quality figures and one record per feature."""
+        return read_dictionary(self.root, self.manifest.get("dictionary"))
+
     def grid_cells(self, grid: int) -> list[Cell]:
         """The grid stage's cells (before render, examples and path add theirs)."""
         return [Cell.from_json(cell) for cell in read_json(self.path(grid_cells_file(grid)))]
@@ -142,6 +149,20 @@ class Bundle:
 
     def attribution(self, grid: int) -> np.ndarray:
         return read_npy(self.path(attribution_file(grid)))
+
+    def feature_heat(self, grid: int) -> np.ndarray:
+        """float16 [n_cells, features]: each dictionary feature's mean activation over each cell's rows (cell order)."""
+        return read_npy(self._dictionary_link(feature_heat_file(grid)))
+
+    def cell_features(self, grid: int) -> list[list[dict[str, Any]]]:
+        """Per cell (cell order), its dictionary features of highest mean activation: {feature, activation, active}."""
+        return list(read_json(self._dictionary_link(cell_features_file(grid))))
+
+    def _dictionary_link(self, relative: str) -> Location:
+        path = self.path(relative)
+        if not path.is_file():
+            raise AtlasError(f"{self.root}: no {relative}; add the dictionary and its links with: atlas dictionary {self.root}")
+        return path
 
     def fidelity(self, grid: int) -> list[Score] | None:
         path = self.path(fidelity_file(grid))

@@ -17,6 +17,9 @@ from atlas.bundle.paths import (
     CELL_BLOCK,
     CLASS_INDEX,
     COORDS,
+    DICTIONARY_ATTRIBUTION,
+    DICTIONARY_CURVE,
+    DICTIONARY_FEATURES,
     MANIFEST,
     PARENT_ROWS,
     PATCH_LIST,
@@ -29,9 +32,12 @@ from atlas.bundle.paths import (
     cell_block_file,
     cell_block_pattern,
     cell_blocks_folder,
+    cell_features_file,
     cell_index_file,
     cells_file,
+    dictionary_array,
     directions_file,
+    feature_heat_file,
     fidelity_file,
     grid_cells_file,
     path_check_file,
@@ -80,11 +86,15 @@ class BundleWriter(Bundle):
 
     def write_attribution(self, grid: int, means: np.ndarray) -> None:
         """float16, Fortran order: each class's column is contiguous, so the viewer reads one class as one slice."""
+        self._write_half_columns(attribution_file(grid), means)
+
+    def _write_half_columns(self, relative: str, values: np.ndarray) -> None:
+        """float16 clipped to its range, Fortran order: one column is one contiguous HTTP Range for the viewer."""
         limit = float(np.finfo(np.float16).max)
-        clipped = np.clip(np.nan_to_num(means, nan=0.0), -limit, limit).astype("<f2")
+        clipped = np.clip(np.nan_to_num(values, nan=0.0), -limit, limit).astype("<f2")
         buffer = io.BytesIO()
         np.save(buffer, np.asfortranarray(clipped))
-        write_bytes(self.path(attribution_file(grid)), buffer.getvalue())
+        write_bytes(self.path(relative), buffer.getvalue())
 
     def write_fidelity(self, grid: int, records: Sequence[Score]) -> None:
         write_json(self.path(fidelity_file(grid)), [record.to_json() for record in records])
@@ -137,6 +147,31 @@ class BundleWriter(Bundle):
 
     def write_patch_list(self, names: Sequence[str]) -> None:
         write_json(self.path(PATCH_LIST), sorted(names))
+
+    # --- dictionary -----------------------------------------------------------------------------
+
+    def write_dictionary_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """The saved dictionary (names of paths.DICTIONARY_ARRAYS), float32."""
+        for name, array in arrays.items():
+            write_npy(self.path(dictionary_array(name)), np.asarray(array, np.float32))
+
+    def write_dictionary_curve(self, curve: dict[str, Any]) -> None:
+        write_json(self.path(DICTIONARY_CURVE), curve)
+
+    def write_dictionary_features(self, features: Sequence[dict[str, Any]]) -> None:
+        write_json(self.path(DICTIONARY_FEATURES), list(features))
+
+    def write_dictionary_attribution(self, means: np.ndarray) -> None:
+        """float16 [F, K], clipped to float16's range like the grids' attribution."""
+        limit = float(np.finfo(np.float16).max)
+        write_npy(self.path(DICTIONARY_ATTRIBUTION), np.clip(np.nan_to_num(means, nan=0.0), -limit, limit).astype("<f2"))
+
+    def write_feature_heat(self, grid: int, means: np.ndarray) -> None:
+        """[n_cells, features]: like a grid's attribution, so the viewer reads one feature's column the same way."""
+        self._write_half_columns(feature_heat_file(grid), means)
+
+    def write_cell_features(self, grid: int, cells: Sequence[Sequence[dict[str, Any]]]) -> None:
+        write_json(self.path(cell_features_file(grid)), [list(top) for top in cells])
 
     # --- atlas classes --------------------------------------------------------------------------
 

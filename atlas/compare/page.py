@@ -30,6 +30,9 @@ METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("class_purity", "class purity", "{:.3f}"),
     ("icon_cosine", "icon cosine", "{:.3f}"),
     ("icon_top1", "icon top-1", "{:.2f}"),
+    ("sae_variance_explained", "SAE variance explained", "{:.3f}"),
+    ("sae_dead_fraction", "SAE dead features", "{:.1%}"),
+    ("sae_mean_density", "SAE feature density", "{:.2%}"),
 )
 
 
@@ -43,8 +46,10 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def metrics_table(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{escape(title)}</th>" for _k, title, _f in METRIC_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key), fmt)}</td>" for key, _t, fmt in METRIC_COLUMNS) + "</tr>" for row in rows)
+    """Columns that no variant has a value for (the dictionary's, in an experiment without one) are left out."""
+    columns = [column for column in METRIC_COLUMNS if any(row.get(column[0]) is not None for row in rows)]
+    head = "".join(f"<th>{escape(title)}</th>" for _k, title, _f in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key), fmt)}</td>" for key, _t, fmt in columns) + "</tr>" for row in rows)
     return f'<table id="metrics" class="numbers"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -78,6 +83,11 @@ def write_page(root: Path, result: dict[str, Any]) -> Path:
             ("training curves", result["figures"]["training"]),
             ("gradient norm by depth, first epoch", result["figures"]["gradients"]),
             (f"values of {result['layer']} on the test images", result["figures"]["histograms"]),
+            *(
+                [("each variant's sparse dictionary of the layer (same width and k)", result["figures"]["dictionaries"])]
+                if "dictionaries" in result["figures"]
+                else []
+            ),
         )
     )
     groups = "".join(

@@ -1,4 +1,5 @@
-"""The comparison's figures (matplotlib, written as PNG): functions, training curves, gradients by depth, histograms."""
+"""The comparison's figures (matplotlib, written as PNG): functions, training curves, gradients by depth, histograms,
+and the variants' sparse dictionaries."""
 
 from __future__ import annotations
 
@@ -90,4 +91,23 @@ def plot_histograms(histograms: dict[str, dict[str, Any]], layer: str, path: Pat
         ax.set_yscale("log")
     for ax in list(axes.flat)[len(histograms) :]:
         ax.axis("off")
+    _save(plt, fig, path)
+
+
+def plot_dictionaries(dictionaries: dict[str, dict[str, Any]], path: Path) -> None:
+    """Per variant, its dictionary's variance explained, share of dead features and mean feature density (one shape)."""
+    names = list(dictionaries)
+    shape = next(iter(dictionaries.values()))
+    plt, fig, axes = _figure(3, 1, (11, 3.2))
+    panels = (
+        ("variance_explained", "fraction of variance explained", (0.0, 1.0)),
+        ("dead_fraction", "dead features (never active)", (0.0, None)),
+        ("mean_density", "mean feature density (share of rows active)", (0.0, None)),
+    )
+    for ax, (key, title, limits) in zip(axes.flat, panels):
+        ax.bar(range(len(names)), [dictionaries[n][key] for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(*limits)
+    fig.suptitle(f"TopK dictionaries of {shape['features']} features, k = {shape['k']}", fontsize=10)
     _save(plt, fig, path)

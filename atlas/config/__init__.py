@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from atlas.config.classes import ClassesConfig as ClassesConfig
     from atlas.config.classes import PatchConfig as PatchConfig
+    from atlas.config.dictionary import DictionaryConfig as DictionaryConfig
     from atlas.config.files import check_files as check_files
     from atlas.config.files import check_model_files as check_model_files
     from atlas.config.inputs import CollectConfig as CollectConfig
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "ClassesConfig": "classes",
     "PatchConfig": "classes",
+    "DictionaryConfig": "dictionary",
     "check_files": "files",
     "check_model_files": "files",
     "CollectConfig": "inputs",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import reprlib
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -72,7 +72,7 @@ def _field_path(schema: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, ...
             break
         path.append(str(part))
         annotation = current.model_fields[str(part)].annotation
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        current = _section_type(annotation)
     if not path and loc:
         path.append(str(loc[0]))
     return tuple(path)
@@ -82,7 +82,16 @@ def _section_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel
     current: type[BaseModel] = schema
     for part in loc:
         field = current.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        section = None if field is None else _section_type(field.annotation)
+        if section is None:
             return None
-        current = field.annotation
+        current = section
     return current
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section a key holds: its own type, or the section of an optional one (``dictionary: ... | None``)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

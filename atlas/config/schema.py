@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from atlas.config.classes import ClassesConfig
+from atlas.config.dictionary import DictionaryConfig
 from atlas.config.inputs import CollectConfig, ImagesConfig, ModelConfig
 from atlas.config.layout import GridConfig, LayoutConfig
 from atlas.config.limits import MAX_CANVAS, MAX_SHARD_ROWS
@@ -27,6 +28,7 @@ class AtlasConfig(Section):
     output: OutputConfig = OutputConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     classes: ClassesConfig = ClassesConfig()
+    dictionary: DictionaryConfig | None = Field(default=None, description="a sparse dictionary of the layer; absent: none")
     device: str = Field(default="auto", description="auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N")
     seed: Seed = 0
 

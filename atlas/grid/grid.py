@@ -96,13 +96,14 @@ def make_cell(
         "j": j,
         "count": count,
         **({"class_tokens": class_tokens} if class_tokens else {}),
-        "top_classes": _top_classes(mean_attribution, labels, top_classes),
+        "top_classes": ranked_classes(mean_attribution, labels, top_classes),
         "icon": icon_file(size, i, j),
         "examples": examples,
     }
 
 
-def _top_classes(scores: np.ndarray, labels: Sequence[str] | None, k: int) -> list[dict[str, Any]]:
+def ranked_classes(scores: np.ndarray, labels: Sequence[str] | None, k: int) -> list[dict[str, Any]]:
+    """The k classes of highest score, with their labels: a cell's or a dictionary feature's top classes."""
     if not len(scores):
         return []
     best = np.argsort(-scores, kind="stable")[:k]

@@ -118,7 +118,7 @@ def _means(
         is_class_token = chunk.arrays["kind"] == CLASS_TOKEN_ROW
         for plan, act_sum, attr_sum, tokens in zip(group, act_sums, attr_sums, class_tokens):
             cell = plan.row_cell[chunk.rows]
-            touched = _membership(cell)
+            touched = membership(cell)
             if touched is None:
                 continue
             cells, members = touched
@@ -134,7 +134,7 @@ def _means(
     )
 
 
-def _membership(cell: np.ndarray) -> tuple[np.ndarray, sparse.csr_matrix] | None:
+def membership(cell: np.ndarray) -> tuple[np.ndarray, sparse.csr_matrix] | None:
     """The cells a chunk touches and its touched-cell-by-row 0/1 matrix, so a segment sum is one small sparse product.
 
     Only the touched cells get a row of the product: at a 320 grid a chunk of a few thousand rows touches a few

@@ -26,6 +26,8 @@ MODULES = (
     "cells.js",
     "classes.js",
     "dom.js",
+    "feature_links.js",
+    "features.js",
     "format.js",
     "grids.js",
     "heatmap.js",

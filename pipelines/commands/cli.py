@@ -92,6 +92,15 @@ def _classes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dictionary(args: argparse.Namespace) -> int:
+    from atlas.config import parse_assignment
+    from atlas_pipelines.commands.dictionary import add_dictionary
+
+    root = add_dictionary(args.run_dir, [parse_assignment(text) for text in args.set or []])
+    print(f"atlas: dictionary in {root / 'dictionary'}; read it with atlas.open_bundle({str(root)!r}).dictionary()")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from atlas.viewer.serve import serve
 
@@ -164,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     classes.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), help="a two-class comparison (repeatable)")
     classes.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. classes.select=top_k, classes.grid=6")
     classes.set_defaults(handler=_classes)
+
+    dictionary = sub.add_parser("dictionary", help="train a sparse dictionary (TopK SAE) of a finished bundle's layer")
+    dictionary.add_argument("run_dir", metavar="RUN_DIR", help="a bundle folder written by atlas run, e.g. outputs/default")
+    dictionary.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. dictionary.k=16, dictionary.steps=5000"
+    )
+    dictionary.set_defaults(handler=_dictionary)
 
     serve = sub.add_parser("serve", help="serve a run folder's atlas viewer on a local address")
     serve.add_argument(

@@ -24,9 +24,10 @@ from atlas.compare.align import aligned_layouts, alignment_error, independent_la
 from atlas.compare.claims import activation_cost, check_claims
 from atlas.compare.measures import activation_histogram, class_purity, layer_statistics, trustworthiness_of
 from atlas.compare.page import write_page
-from atlas.compare.plots import plot_functions, plot_gradients, plot_histograms, plot_training
+from atlas.compare.plots import plot_dictionaries, plot_functions, plot_gradients, plot_histograms, plot_training
 from atlas.config import AtlasConfig, ExperimentConfig
 from atlas.devices import resolve_device
+from atlas.dictionary import default_features, default_k
 from atlas.errors import AtlasError
 from atlas.io import write_json, write_npy
 from atlas.markers import clear_marker, is_fresh, read_marker, write_marker
@@ -116,6 +117,8 @@ def _build_group(
         rows[name] = collected.rows()
     _check_same_rows(rows)
     coords = _aligned(config, folder, keys, {n: r.activation for n, r in rows.items()}, executor, log)
+    if kind == "activations":
+        bundles = _one_dictionary_shape(bundles, rows)
     panels = []
     for name, bundle in bundles.items():
         finished = bundle.model_copy(update={"layout": bundle.layout.model_copy(update={"coords": _aligned_path(folder, name)})})
@@ -132,6 +135,7 @@ def _build_group(
             "trustworthiness": trustworthiness_of(r.activation, coords[name], config.compare.measure_sample, config.seed),
             "class_purity": {str(g): class_purity(coords[name], r.label, g, config.grid.min_count) for g in config.grid.sizes},
             "fidelity": {str(level.grid): level.document.get("fidelity") for level in manifest.levels},
+            "dictionary": _dictionary_summary(manifest.get("dictionary")),
             "_histogram": activation_histogram(r.activation),
         })  # fmt: skip
     layouts = [coords[name] for name in bundles]
@@ -145,6 +149,34 @@ def _build_group(
             "neighbour_agreement_k10": neighbour_agreement(layouts),
         },
     }
+
+
+def _one_dictionary_shape(bundles: dict[str, AtlasConfig], rows: dict[str, Any]) -> dict[str, AtlasConfig]:
+    """Every variant's dictionary gets the same width and k, set explicitly: ``auto`` resolved once from the rows
+    and channels the variants share (the same layer of one architecture, the same images), so the comparison of
+    variance explained, dead features and density is between dictionaries of one shape."""
+    section = next(iter(bundles.values())).dictionary
+    if section is None or (section.k != "auto" and section.features != "auto"):
+        return bundles
+    first = next(iter(rows.values()))
+    channels, count = int(first.activation.shape[1]), len(first)
+    k = default_k(channels) if section.k == "auto" else section.k
+    features = default_features(channels, count, k) if section.features == "auto" else section.features
+    shape = section.model_copy(update={"k": k, "features": features})
+    return {name: bundle.model_copy(update={"dictionary": shape}) for name, bundle in bundles.items()}
+
+
+def _dictionary_summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A variant's dictionary as the comparison reports it; mean feature density is the share of (row, feature)
+    pairs that are active, which is mean L0 / features."""
+    if entry is None:
+        return None
+    quality = entry["quality"]
+    return {
+        "features": entry["features"], "k": entry["k"], "variance_explained": quality["variance_explained"],
+        "dead_fraction": quality["dead_fraction"], "mean_l0": quality["mean_l0"],
+        "mean_density": quality["mean_l0"] / entry["features"],
+    }  # fmt: skip
 
 
 def _bundle_config(config: ExperimentConfig, data: TrainingData, model_dir: Path, layer: str, folder: Path, name: str) -> AtlasConfig:
@@ -218,6 +250,7 @@ def _aligned_path(folder: Path, name: str) -> Path:
 def _metrics_row(name: str, metrics: dict[str, Any], panel: dict[str, Any]) -> dict[str, Any]:
     fid = [f for f in panel["fidelity"].values() if f]
     finest = max(panel["class_purity"], key=int)
+    sae = panel["dictionary"]
     return {
         "variant": name,
         "test_accuracy": metrics["test_accuracy"],
@@ -232,6 +265,9 @@ def _metrics_row(name: str, metrics: dict[str, Any], panel: dict[str, Any]) -> d
         "class_purity_grid": int(finest),
         "icon_cosine": float(np.mean([f["mean_cosine"] for f in fid])) if fid else None,
         "icon_top1": float(np.mean([f["top1"] for f in fid])) if fid else None,
+        "sae_variance_explained": sae["variance_explained"] if sae else None,
+        "sae_dead_fraction": sae["dead_fraction"] if sae else None,
+        "sae_mean_density": sae["mean_density"] if sae else None,
     }
 
 
@@ -246,6 +282,10 @@ def _figures(root: Path, names: list[str], metrics: dict[str, dict[str, Any]], g
     plot_training(metrics, root / figures["training"])
     plot_gradients(metrics, root / figures["gradients"])
     plot_histograms({p["name"]: p["_histogram"] for p in group["panels"]}, group["panels"][0]["layer"], root / figures["histograms"])
+    dictionaries = {p["name"]: p["dictionary"] for p in group["panels"] if p["dictionary"] is not None}
+    if dictionaries:
+        figures["dictionaries"] = "figures/dictionaries.png"
+        plot_dictionaries(dictionaries, root / figures["dictionaries"])
     return figures
 
 

@@ -30,12 +30,18 @@ from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import Stage, check_order, run_stages
 from atlas_pipelines.engine.worker_state import model_view, warm_worker
-from atlas_pipelines.stages import collect, examples, grid, layout, path, render, tiles
+from atlas_pipelines.stages import collect, dictionary, examples, grid, layout, path, render, tiles
 from atlas_pipelines.stages.assemble import assemble
 
 STAGES: tuple[Stage, ...] = (collect.STAGE, layout.STAGE, grid.STAGE, examples.STAGE, render.STAGE, path.STAGE, tiles.STAGE)
-STAGE_NAMES = tuple(stage.name for stage in STAGES)
-check_order(STAGES)
+OPTIONAL_STAGES: tuple[Stage, ...] = (dictionary.STAGE,)  # each runs only when the config has its section
+STAGE_NAMES = tuple(stage.name for stage in STAGES)  # the stages every run has
+check_order((*STAGES, *OPTIONAL_STAGES))
+
+
+def stages_for(config: AtlasConfig) -> tuple[Stage, ...]:
+    """Every stage, with the optional ones whose config section is present (``dictionary:``)."""
+    return (*STAGES, *(stage for stage in OPTIONAL_STAGES if getattr(config, stage.name) is not None))
 
 
 def run_atlas(
@@ -50,7 +56,7 @@ def run_atlas(
     ``executor``: a cluster already open (``atlas compare`` runs many bundles on one); default, one started on demand.
     ``labels``: the model's class names, given in Python (``atlas.run(classes=...)``), over the model's and the images'.
     """
-    if until is not None and until not in STAGE_NAMES:
+    if until is not None and until not in {stage.name for stage in stages_for(config)}:
         raise AtlasError(f"--until {until!r}: expected one of {', '.join(STAGE_NAMES)}")
     tune_allocator()  # before the first Dask thread allocates (atlas.runtime)
     device = resolve_device(config.device)  # a GPU asked for where there is none fails here, before any work
@@ -89,7 +95,7 @@ def _run_locked(
         run = RunInputs(
             config, bundle, view, n_classes, _class_names(view, source, n_classes, labels), source, shards, executor, log, device,
         )  # fmt: skip
-        records = run_stages(STAGES, run, until)
+        records = run_stages(stages_for(config), run, until)
     with out_of_space_as_error("assemble", bundle.root):
         manifest = assemble(run, records)
     log(f"atlas: {manifest['n_activations']} activations from {manifest['n_images']} images -> {bundle.root}")

@@ -48,25 +48,31 @@ def patch_task(
     return written
 
 
+def cut_patches(run: RunInputs, wanted: dict[int, set[tuple[int, int]]], desc: str) -> set[str]:
+    """The patch of every wanted (image, position), cut by Dask tasks over chunks of images; the bundle paths written."""
+    written: set[str] = set()
+    if not wanted:
+        return written
+    prep = run.model.preprocessing
+    ex = run.executor()
+    source = ex.scatter(run.source)
+    ids = sorted(wanted)
+    futures = [
+        ex.submit(
+            patch_task, run.bundle, source, {image_id: sorted(wanted[image_id]) for image_id in ids[start : start + IMAGES_PER_PATCH_TASK]},
+            run.layer_hw, prep.input_size, prep.channels,
+        )
+        for start in range(0, len(ids), IMAGES_PER_PATCH_TASK)
+    ]  # fmt: skip
+    for future in tqdm(ex.as_completed(futures), total=len(futures), desc=desc, unit="task"):
+        written.update(future.result())
+    return written
+
+
 def examples(call: StageCall) -> Report:
     run = call.run
     per_cell = run.config.tiles.examples_per_cell
-    prep = run.model.preprocessing
-    wanted = wanted_patches(run.bundle, run.config.grid.sizes, per_cell)
-    written: set[str] = set()
-    if wanted:
-        ex = run.executor()
-        source = ex.scatter(run.source)
-        ids = sorted(wanted)
-        futures = [
-            ex.submit(
-                patch_task, run.bundle, source, {image_id: sorted(wanted[image_id]) for image_id in ids[start : start + IMAGES_PER_PATCH_TASK]},
-                run.layer_hw, prep.input_size, prep.channels,
-            )
-            for start in range(0, len(ids), IMAGES_PER_PATCH_TASK)
-        ]  # fmt: skip
-        for future in tqdm(ex.as_completed(futures), total=len(futures), desc="examples", unit="task"):
-            written.update(future.result())
+    written = cut_patches(run, wanted_patches(run.bundle, run.config.grid.sizes, per_cell), "examples")
     _remove_stale_patches(run.bundle, written)
     run.bundle.write_patch_list(sorted(written))
     return {

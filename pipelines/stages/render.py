@@ -59,7 +59,7 @@ class TaskSetup:
     frame: IconFrame
 
 
-def _render(
+def render_batch(
     bundle: Bundle, cells: CellBatch, directions: np.ndarray, whitening: np.ndarray | None, spectrum: np.ndarray | None, setup: TaskSetup
 ) -> RenderResult:
     """On a worker: the cells rendered on the frame's canvas with the worker's own model."""
@@ -82,8 +82,21 @@ def render_batch_task(
     key: str,
 ) -> int:
     """Runs on a worker: render one batch of cells and save their icons (and full views), then the batch marker."""
-    save_icons(bundle, batch.icons, _render(bundle, batch.cells, directions, whitening, spectrum, setup), setup.frame)
+    count = save_batch(bundle, batch, directions, whitening, spectrum, setup)
     write_marker(bundle.path(batch.marker), key)
+    return count
+
+
+def save_batch(
+    bundle: BundleWriter,
+    batch: IconBatch,
+    directions: np.ndarray,
+    whitening: np.ndarray | None,
+    spectrum: np.ndarray | None,
+    setup: TaskSetup,
+) -> int:
+    """Runs on a worker: render one batch (of cells, or of dictionary features) and save their icons and full views."""
+    save_icons(bundle, batch.icons, render_batch(bundle, batch.cells, directions, whitening, spectrum, setup), setup.frame)
     return len(batch.icons)
 
 
@@ -91,7 +104,7 @@ def probe_task(
     bundle: Bundle, cells: CellBatch, directions: np.ndarray, whitening: np.ndarray | None, spectrum: np.ndarray | None, setup: TaskSetup
 ) -> np.ndarray:
     """Runs on a worker: render probe cells under one candidate; the renders as the saved 8-bit PNGs would hold them."""
-    return as_saved(_render(bundle, cells, directions, whitening, spectrum, setup).images)
+    return as_saved(render_batch(bundle, cells, directions, whitening, spectrum, setup).images)
 
 
 def plan_batches(bundle: Bundle, sizes: tuple[int, ...], batch_size: int, seed: int) -> list[IconBatch]:

@@ -10,6 +10,7 @@ a kill). A grid without cells has no pyramid; its level says so.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -142,7 +143,8 @@ def _tile_on_scratch(run: RunInputs, key: str, todo: list[int], cells: dict[int,
 def tile_grid_task(
     bundle: Bundle, size: int, cells: list[Cell], icon_px: int, scale: int, bands: int, fmt: str, quality: int, threads: int
 ) -> str:
-    """Runs on a worker: canvas, pyramid and poster of one grid in a scratch folder, then copied to the bundle's store."""
+    """Runs on a worker: canvas, pyramid and poster of one grid in a scratch folder, then copied to the bundle (its store,
+    or its local folder)."""
     _vips_threads(threads)
     cell_px = icon_px * scale
     with tempfile.TemporaryDirectory(prefix="atlas-tiles-") as scratch:
@@ -155,7 +157,10 @@ def tile_grid_task(
         canvas.path.unlink()
         bundle.path(dzi_file(size)).unlink(missing_ok=True)  # no .dzi may point at a half-replaced folder
         remove_tree(bundle.path(tiles_folder(size)))
-        upload_tree(out, bundle.path(TILES))
+        if is_remote(bundle.root):
+            upload_tree(out, bundle.path(TILES))
+        else:  # a local bundle too (the dictionary's feature map tiles its few grids this way, on the driver)
+            shutil.copytree(out, _local(bundle.path(TILES)), dirs_exist_ok=True)
     return dzi_file(size)
 
 

@@ -13,6 +13,9 @@
   100 classes filled by a helper (every patch token of 50,000 images of a 14 x 14
   ViT-Tiny is 9.8 M rows), then layout, grids 20..320 and the viewer's data,
   against plain umap-learn on 100k of the same rows in the same test.
+- A sparse dictionary on the Fashion shape (``ATLAS_BENCH_DICTIONARY=1``): the 960,000-row
+  run with a ``dictionary:`` section (defaults: k = 8, 512 features); its training against
+  the layout stage of the same run, and peak memory.
 - The built-in photos at every interior position (``ATLAS_BENCH_PHOTOS=1``):
   EfficientNet-Lite0 ``blocks.4``, about 140k rows x 1,000 classes, whole run.
 
@@ -109,8 +112,8 @@ def trained_model() -> Path:
     return variant
 
 
-def fashion_run(rows: int, model: Path) -> dict[str, Any]:
-    name = f"fashion-{rows}"
+def fashion_run(rows: int, model: Path, *extra: str) -> dict[str, Any]:
+    name = f"fashion-{rows}" + ("-dictionary" if extra else "")
     out = WORK / "runs"
     images = min(FASHION_TRAIN_IMAGES, -(-rows // POSITIONS))
     command = [
@@ -119,7 +122,7 @@ def fashion_run(rows: int, model: Path) -> dict[str, Any]:
         "--set", f"collect.n_images={images}", "--set", f"collect.positions_per_image={POSITIONS}",
         "--set", "collect.batch_size=256", "--set", "collect.shard_size=500",
         "--set", "grid.sizes=[20,40,80,160]", "--set", "grid.min_count=5",
-        "--set", "render.icon_size=28", "--set", "render.steps=16", "--set", "render.whiten=false",
+        "--set", "render.icon_size=28", "--set", "render.steps=16", "--set", "render.whiten=false", *extra,
     ]  # fmt: skip
     subprocess.run(["rm", "-rf", str(out / name)], check=True)
     measured = run_measured(command, timeout=5400)
@@ -187,6 +190,24 @@ def test_fashion_scaling() -> None:
         growth = max(large["driver_mb"], large["workers_mb"]) / max(small["driver_mb"], small["workers_mb"])
         record("fashion_memory_growth", f"{small['rows']}->{large['rows']}", growth)
         assert growth <= 2.0, growth
+
+
+@pytest.mark.skipif(
+    not os.environ.get("ATLAS_BENCH_DICTIONARY"), reason="set ATLAS_BENCH_DICTIONARY=1 (the 960k-row run with a dictionary)"
+)
+def test_dictionary_on_the_fashion_shape() -> None:
+    """Issue 24's target: training the dictionary takes at most the layout stage's time of the same run, and no
+    process of the run passes PEAK_MB["fashion"]."""
+    rows = int(float(os.environ.get("ATLAS_BENCH_DICTIONARY_ROWS", "9.6e5")))
+    result = fashion_run(rows, trained_model(), "--set", "dictionary.seed=0")
+    entry = json.loads((Path(result["bundle"]) / "manifest.json").read_text())["dictionary"]
+    result["dictionary"] = {"seconds": entry["seconds"], "quality": entry["quality"], "features": entry["features"], "k": entry["k"]}
+    result["training_vs_layout"] = entry["seconds"]["train"] / result["stages"]["layout"]
+    record("dictionary", str(result["rows"]), {k: v for k, v in result.items() if k != "output_tail"})
+    print(f"\ndictionary on {result['rows']} rows: {result['dictionary']}; stages {result['stages']}; "
+          f"training / layout = {result['training_vs_layout']:.2f}; driver {result['driver_mb']:.0f} MB, workers {result['workers_mb']:.0f} MB")  # fmt: skip
+    assert result["training_vs_layout"] <= 1.0, result
+    assert max(result["driver_mb"], result["workers_mb"]) < PEAK_MB["fashion"], result
 
 
 @pytest.mark.skipif(not os.environ.get("ATLAS_BENCH_IMAGENET"), reason="set ATLAS_BENCH_IMAGENET=1 (1M x 1,000 classes, ~2 GB of disk)")

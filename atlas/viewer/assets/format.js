@@ -28,6 +28,7 @@ export function plural(n, word) {
 
 // How many rows a cell averages, and how many of them are class-token rows (collect.class_token) where any are.
 export function countText(cell) {
+  if (cell.features) return plural(cell.count, "dictionary feature") + " in this cell (the feature map)";
   const tokens = cell.class_tokens || 0;
   return "average of " + plural(cell.count, "activation") + (tokens ? " (" + plural(tokens, "class token") + ")" : "");
 }

@@ -4,6 +4,8 @@
 import { classColumn, loadAttribution } from "./attribution.js";
 import { classCount, classLabel, findClass } from "./classes.js";
 import { byId } from "./dom.js";
+import { columnMax, featureQuery } from "./feature_links.js";
+import { hasFeatureLinks, setFeature } from "./features.js";
 import { escapeHtml, fmt } from "./format.js";
 
 // The search box's suggestions: every class label (or "class K" for a model without labels).
@@ -31,6 +33,7 @@ function showLegend(app, problem) {
 export function setClass(app, text) {
   const level = app.levels[app.current];
   if (!text || !text.trim()) { app.heat = null; byId("legend").hidden = true; app.changed(); return; }
+  if (featureQuery(text) >= 0 && hasFeatureLinks(app, level)) { setFeature(app, featureQuery(text)); return; }
   loadAttribution(level).then((head) => {
     if (!head) { app.heat = null; showLegend(app, "This atlas has no class attribution (collect.attribution was off)."); return; }
     if (!app.labels && !byId("class-list").options.length) fillClassList(app);  // the width is known now
@@ -40,9 +43,7 @@ export function setClass(app, text) {
   }).then((found) => {
     if (!found) return;
     const values = found.values;
-    let max = 0;
-    for (let c = 0; c < values.length; c++) if (values[c] > max) max = values[c];
-    app.heat = { query: text, k: found.k, label: classLabel(app.labels, found.k), grid: level.grid, values: values, max: max };
+    app.heat = { query: text, k: found.k, label: classLabel(app.labels, found.k), grid: level.grid, values: values, max: columnMax(values) };
     showLegend(app, "");
     app.changed();
   }).catch((err) => { app.fail(err.message); });

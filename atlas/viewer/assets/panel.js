@@ -3,6 +3,7 @@
 
 import { cellAtIndex, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
+import { featureTipHtml, showCellFeatures } from "./features.js";
 import { countText, escapeHtml, exampleWhere, fmt } from "./format.js";
 import { levelOf } from "./grids.js";
 import { pairColumnText } from "./subset.js";
@@ -40,7 +41,8 @@ export function showTip(app, hit, event) {
     "<div class=\"muted\">" + escapeHtml(fidelityText(cell, level)) + "</div>" +
     (cell.path_check ? "<div class=\"muted\">" + escapeHtml(pathText(cell, level)) + "</div>" : "") +
     (across ? "<div class=\"muted tip-axis\">" + escapeHtml(across) + "</div>" : "") +
-    (heat && heat.values && heat.grid === level.grid ? "<div>" + escapeHtml(heat.label) + ": " + fmt(heat.values[cell.n]) + "</div>" : "");
+    (heat && heat.values && heat.grid === level.grid ? "<div>" + escapeHtml(heat.label) + ": " + fmt(heat.values[cell.n]) + "</div>" : "") +
+    featureTipHtml(app, level, cell, () => { showTip(app, app.hovered, null); });
   app.atlas.lastTip = { grid: hit.grid, i: hit.i, j: hit.j, at: performance.now() };
   tip.hidden = false;
   if (event) {
@@ -111,6 +113,7 @@ export function selectCell(app, grid, i, j) {
       "<li>" + escapeHtml(c.label) + " <span class=\"muted\">" + fmt(c.score) + "</span>" +
       "<span class=\"bar\" style=\"width:" + Math.max(2, 100 * Math.max(0, c.score) / best).toFixed(0) + "%\"></span></li>").join("");
     showExamples(cell);
+    showCellFeatures(app, level, cell);
     byId("panel").hidden = false;
     app.changed();
   });

@@ -10,7 +10,8 @@ export function showTitle(m) {
   let title = [m.name, detail].filter(Boolean).join(" \u00b7 ") || "Activation atlas";
   if (m.subset) {
     const pair = pairClasses(m), names = (m.subset.classes || []).map((c) => c.name);
-    const what = pair ? "Comparison: " + pair.a.name + " vs " + pair.b.name : "Class atlas: " + (names.join(", ") || m.name);
+    const what = m.subset.kind === "features" ? "Feature map: " + m.subset.features + " dictionary features"
+      : pair ? "Comparison: " + pair.a.name + " vs " + pair.b.name : "Class atlas: " + (names.join(", ") || m.name);
     byId("title").innerHTML = escapeHtml(what) + (detail ? " <span class=\"muted\">\u00b7 " + escapeHtml(detail) + "</span>" : "");
     byId("title").title = what + (detail ? " \u00b7 " + detail : "");
     const back = byId("back");

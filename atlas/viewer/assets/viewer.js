@@ -7,7 +7,8 @@
  * class heatmap reads one class's column of attribution.npy by HTTP Range (heatmap.js, attribution.js).
  * The view lives in the URL hash (url_state.js). The classes picker (picker.js) links to the class atlases
  * and comparisons built; a sub-bundle names itself and links back to its parent (title.js); a comparison
- * labels its axis and shows its patch experiment (pair.js).
+ * labels its axis and shows its patch experiment (pair.js). With a dictionary (atlas dictionary), a cell lists
+ * its strongest features and a chosen feature lights up its cells (features.js).
  *
  * The page's state is the one object `app` below, handed to each module; window.atlas is what tests and
  * scripts read. ES modules do not load from file:// URLs: the bundle is served (`atlas serve RUN_DIR`).
@@ -16,6 +17,7 @@
 import { blocksToFetch, cellAtIndex, cellIndex, keptCells, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
 import { emptyLevels, gridForZoom, levelOf, maxZoom, tiledLevels } from "./grids.js";
+import { showFeatureMapLink } from "./features.js";
 import { fillClassList, setClass } from "./heatmap.js";
 import { fetchOk } from "./net.js";
 import { drawOverlay } from "./overlay.js";
@@ -38,7 +40,7 @@ const app = {
   locked: false,  // a grid chosen in the toolbar, kept whatever the zoom
   selected: null,  // {grid, i, j} of the side panel's cell
   hovered: null,  // {grid, i, j, cell, pending} under the pointer
-  heat: null,  // the class heatmap: {query, k, label, grid, values, max}
+  heat: null,  // the heatmap: {query, k, label, grid, values, max}, or a dictionary feature's ({feature, record} for k)
   lastHash: "",
   lastPointer: null,
   picker: newPicker(),
@@ -65,6 +67,7 @@ function start(m) {
   app.manifest = m;
   app.labels = m.labels || null;
   showTitle(m);
+  showFeatureMapLink(m);
   setupPicker(app);
   setupPair(app);
   const levels = (app.levels = atlas.levels = tiledLevels(m));
@@ -311,3 +314,5 @@ atlas.keptCells = (grid) => {
   return level ? keptCells(level.index, grid) : [];
 };
 atlas.selected = () => app.selected;
+// The heatmap shown (a class's or a dictionary feature's, features.js), its values in cell order.
+atlas.heat = () => (app.heat ? { label: app.heat.label, feature: app.heat.feature, grid: app.heat.grid, values: Array.from(app.heat.values) } : null);
