@@ -160,9 +160,16 @@ def leaves(schema: type[BaseModel], prefix: str = "") -> dict[str, Leaf]:
         leaf = describe(key, info.annotation, list(info.metadata))
         found[key] = leaf
         if leaf.kind == "section":
-            assert isinstance(info.annotation, type)
-            found.update(leaves(info.annotation, f"{key}."))
+            found.update(leaves(section_type(info.annotation), f"{key}."))
     return found
+
+
+def section_type(annotation: Any) -> type[BaseModel]:
+    """A section's class, also for an optional one (``dictionary: DictionaryConfig | None``)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel), annotation
+    return annotation
 
 
 ATLAS_LEAVES = leaves(AtlasConfig)
@@ -173,7 +180,7 @@ SECTIONS = [""] + [k for k, leaf in EXPERIMENT_LEAVES.items() if leaf.kind == "s
 def section_fields(schema: type[BaseModel], section: str) -> set[str]:
     current: Any = schema
     for part in filter(None, section.split(".")):
-        current = current.model_fields[part].annotation
+        current = section_type(current.model_fields[part].annotation)
     return set(current.model_fields)
 
 
