@@ -123,6 +123,10 @@ def test_every_level_has_its_path_check_in_manifest_and_cells(checked: Path) -> 
         assert summary["cells"] == len(scored) > 0
         assert summary["top1"] == pytest.approx(np.mean([r["rank"] == 0 for r in scored]), abs=1e-4)
         assert summary["mean_cosine"] == pytest.approx(np.mean([r["cosine"] for r in scored]), abs=1e-3)
+        statistics = level["image_statistics"]  # the icons' spectrum and colour beside their examples'
+        assert statistics["icons"]["images"] == len(cells) and statistics["examples"]["images"] > 0
+        for side in ("icons", "examples"):
+            assert 0.0 < statistics[side]["spectral_slope"] < 6.0 and statistics[side]["colourfulness"] >= 0.0
     assert Bundle(checked).path_check(manifest["levels"][0]["grid"]) is not None
 
 

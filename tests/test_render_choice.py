@@ -12,12 +12,20 @@ from PIL import Image
 
 from atlas.bundle import patch_file
 from atlas.featurevis import Direction, Log, Objective, Retrieval
-from atlas.featurevis.choice import RenderSettings, Trial, candidate_steps, choose_settings, first_candidates, probe_cells
+from atlas.featurevis.choice import ProbeScores, RenderSettings, Trial, candidate_steps, choose_settings, first_candidates, probe_cells
+from atlas.featurevis.fidelity import Fidelity
 from atlas_pipelines.commands.cli import main
 
 
+def scored(top1: float, cosine: float, cells: int = 1000) -> ProbeScores:
+    """A probe result of many cells: the first ``top1`` share reach their own cell, every cosine is ``cosine`` (so
+    any difference between two such results is far above the probe's noise)."""
+    hits = round(top1 * cells)
+    return ProbeScores(Fidelity(np.full(cells, cosine, np.float32), np.array([0] * hits + [1] * (cells - hits))))
+
+
 def test_nothing_auto_means_no_probe() -> None:
-    def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+    def evaluate(candidates: list[RenderSettings]) -> list[ProbeScores]:
         raise AssertionError("probed although every setting was given")
 
     settings, trials = choose_settings("full", 3.0, 0.02, evaluate)
@@ -31,10 +39,10 @@ def test_search_keeps_the_best_of_each_setting_and_ties_keep_the_default() -> No
     seen: list[tuple[str, float, float, bool]] = []
     batches: list[int] = []
 
-    def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+    def evaluate(candidates: list[RenderSettings]) -> list[ProbeScores]:
         batches.append(len(candidates))
         seen.extend((s.whiten, s.cossim_power, s.learning_rate, s.contrast) for s in candidates)
-        return [table[seen[k]] for k in range(len(seen) - len(candidates), len(seen))]
+        return [scored(*table[seen[k]]) for k in range(len(seen) - len(candidates), len(seen))]
 
     settings, trials = choose_settings("auto", "auto", "auto", evaluate, contrast="auto")
     # off beats dot and full (1.75 > 1.70 > 1.60); the retrieval term wins (1.79); power 2 only ties 4, so 4 stays;
@@ -50,9 +58,9 @@ def test_four_tries_are_probed_only_where_the_best_icons_miss_their_cell() -> No
     def search(top1: float) -> tuple[RenderSettings, list[int]]:
         seen: list[int] = []
 
-        def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+        def evaluate(candidates: list[RenderSettings]) -> list[ProbeScores]:
             seen.extend(s.tries for s in candidates)
-            return [(top1 + (0.05 if s.tries == 4 else 0.0), 0.9) for s in candidates]
+            return [scored(top1 + (0.05 if s.tries == 4 else 0.0), 0.9) for s in candidates]
 
         settings, _ = choose_settings("off", "auto", 0.05, evaluate, contrast=False, tries="auto")
         return settings, seen
@@ -65,9 +73,9 @@ def test_other_parameterisations_are_probed_only_where_the_best_icons_miss_the_f
     def search(top1: float, cosine: float, better: str = "maco") -> tuple[RenderSettings, list[str]]:
         seen: list[str] = []
 
-        def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+        def evaluate(candidates: list[RenderSettings]) -> list[ProbeScores]:
             seen.extend(s.param for s in candidates)
-            return [(top1, cosine + (0.1 if s.param == better else 0.0)) for s in candidates]
+            return [scored(top1, cosine + (0.1 if s.param == better else 0.0)) for s in candidates]
 
         settings, _ = choose_settings("off", "auto", 0.05, evaluate, contrast=False, param="auto")
         return settings, seen
@@ -76,6 +84,45 @@ def test_other_parameterisations_are_probed_only_where_the_best_icons_miss_the_f
     assert search(1.0, 0.7) == (RenderSettings("off", 4.0, 0.05, param="maco"), ["fourier", "fourier", "maco", "accentuate"])
     assert search(0.8, 0.9, better="accentuate")[0].param == "accentuate"  # top-1 below 0.9 misses the bar too
     assert search(0.8, 0.9, better="none")[0].param == "fourier"  # a tie keeps fourier
+
+
+def test_a_candidate_must_beat_the_best_so_far_by_more_than_the_probes_noise() -> None:
+    """The default atlas's own case: dot 0.87 against off 0.88 mean cosine over 16 cells, top-1 1.00 both. Per-cell
+    cosines that differ by a few hundredths either way keep dot; the same cells all 0.05 better switch to off."""
+    rng = np.random.default_rng(0)
+    dot = rng.uniform(0.80, 0.94, size=16).astype(np.float32)
+    noisy = dot + rng.normal(0.013, 0.04, size=16).astype(np.float32)
+    clear = dot + np.float32(0.05)
+    for off, expected in ((noisy, "dot"), (clear, "off")):
+
+        def evaluate(candidates: list[RenderSettings], off: np.ndarray = off) -> list[ProbeScores]:
+            return [ProbeScores(Fidelity(off if s.whiten == "off" else dot, np.zeros(16, np.int64))) for s in candidates]
+
+        settings, trials = choose_settings("auto", 4.0, 0.05, evaluate)
+        assert settings.whiten == expected, (expected, [t.to_json() for t in trials])
+    assert float(noisy.mean()) > float(dot.mean())  # the noisy candidate scores higher, yet not clearly enough
+
+
+def test_the_path_check_counts_and_sends_the_probe_to_other_parameterisations_below_its_bar() -> None:
+    """Equal fidelity everywhere: the path term decides, and a path cosine under PATH_BAR opens the param step."""
+    cells = 16
+    fidelity = Fidelity(np.full(cells, 0.85, np.float32), np.zeros(cells, np.int64))
+    path = {"fourier": 0.15, "maco": 0.22, "accentuate": 0.6}
+    seen: list[str] = []
+
+    def evaluate(candidates: list[RenderSettings]) -> list[ProbeScores]:
+        seen.extend(s.param for s in candidates)
+        noise = np.random.default_rng(len(seen)).normal(0.0, 0.02, cells)
+        return [ProbeScores(fidelity, path[s.param] + noise) for s in candidates]
+
+    settings, trials = choose_settings("off", "auto", 0.05, evaluate, contrast=False, param="auto")
+    assert settings.param == "accentuate" and seen == ["fourier", "fourier", "maco", "accentuate"]
+    assert trials[-1].path == pytest.approx(0.6, abs=0.02) and trials[-1].to_json()["path_check"] == round(trials[-1].path, 4)
+    assert Trial.from_json(trials[-1].to_json()).to_json() == trials[-1].to_json()
+    path["fourier"] = 0.35  # processed like the examples already: the costly step is skipped
+    seen.clear()
+    assert choose_settings("off", "auto", 0.05, evaluate, contrast=False, param="auto")[0].param == "fourier"
+    assert seen == ["fourier", "fourier"]
 
 
 def test_a_trial_record_carries_its_parameterisation_and_older_records_read_as_fourier() -> None:
@@ -91,9 +138,9 @@ def test_a_trial_record_carries_its_parameterisation_and_older_records_read_as_f
 def test_only_the_auto_settings_are_searched() -> None:
     seen: list[RenderSettings] = []
 
-    def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+    def evaluate(candidates: list[RenderSettings]) -> list[ProbeScores]:
         seen.extend(candidates)
-        return [(1.0, 0.5 + s.cossim_power / 100) for s in candidates]
+        return [scored(1.0, 0.5 + s.cossim_power / 100) for s in candidates]
 
     settings, _ = choose_settings("off", "auto", 0.2, evaluate)
     assert settings == RenderSettings("off", 4.0, 0.2) and {s.whiten for s in seen} == {"off"} and len(seen) == 2

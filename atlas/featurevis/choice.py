@@ -3,23 +3,34 @@
 Whether whitening helps depends on the model. It helps EfficientNet-Lite0's atlas reach the right cell, but the
 same objective costs a 64-channel Fashion-MNIST CNN a fifth of its fidelity. No fixed default suits every model,
 so a probe decides. It renders a small, fixed sample of cells under a few candidate settings, feeds the results
-back and scores them as icon fidelity scores the real icons (top-1 rate plus mean cosine). The search goes one
+back and scores them as icon fidelity scores the real icons (top-1 rate plus mean cosine), plus, where the caller
+measures it, the path check: the cosine, at earlier layers, of each icon with its cell's example patches other
+than the first (accentuation starts from the first, so no candidate scores by copying it). The search goes one
 setting at a time: the whitening mode first, then whether to add the retrieval term (each icon pushed away from
 its neighbouring cells), then the cosine power, then the learning rate, then the parameterisation, and last four tries per icon instead of
-one. Each step keeps the best so far, and a tie keeps the earlier candidate, so the defaults win unless something
-beats them.
+one. Each step keeps the best so far, and a candidate replaces it only where it beats it by more than the probe's
+own noise: the per-cell score differences (top-1 hit plus cosine, the same cells rendered both ways) must average
+more than NOISE_Z standard errors above zero. A difference a few cells could flip (dot 0.87 against off 0.88 mean
+cosine over 16 cells) keeps the earlier candidate, so the defaults win unless something clearly beats them, and
+the choice does not change between machines whose floating point differs in the last bits.
 
 The last two steps cost the most and help only where icons fall short, so they run only there: other
 parameterisations (MaCo's phase-only spectrum, accentuation from each cell's best example) only where the best so
-far misses the fidelity bar (probe top-1 below 0.9 or mean cosine below 0.8), and four tries only where its top-1
+far misses the fidelity bar (probe top-1 below 0.9 or mean cosine below 0.8) or its icons are processed unlike
+their examples (path-check cosine below PATH_BAR), and four tries only where its top-1
 is below 0.9. A CNN whose fourier icons already reach their cells pays nothing for either.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+import numpy as np
+
+from atlas.featurevis.fidelity import Fidelity
 
 WHITEN_MODES = ("dot", "off", "full")  # probe order: the usual winner first, so a tie keeps it
 DEFAULT_POWER, OTHER_POWERS = 4.0, (2.0,)
@@ -28,6 +39,8 @@ MORE_TRIES = 4
 TRIES_ONLY_BELOW = 0.9  # probe top-1: four tries cost four times the render, worth it only where icons miss their cell
 PARAMS = ("fourier", "maco", "accentuate")  # probe order: the default first, so a tie keeps it
 PARAMS_ONLY_BELOW = (0.9, 0.8)  # probe top-1, mean cosine: the fidelity bar; another parameterisation only below it
+PATH_BAR = 0.3  # probe path-check cosine: below it, the icons are processed unlike their examples; try another param
+NOISE_Z = 2.0  # standard errors of the paired per-cell score difference a candidate must win by
 
 
 @dataclass(frozen=True)
@@ -45,16 +58,43 @@ class RenderSettings:
 
 @dataclass(frozen=True)
 class Trial:
+    """One candidate's probe result; ``cells``: each probe cell's score (1 where its icon reaches its own cell, plus
+    its cosine), in the same cell order for every candidate (empty in records read back: the choice is made)."""
+
     settings: RenderSettings
     top1: float
     mean_cosine: float
+    path: float | None = None  # mean path-check cosine against held-out examples (None: not measured)
+    cells: tuple[float, ...] = field(default=(), compare=False)
 
     @property
     def score(self) -> float:
-        return self.top1 + self.mean_cosine
+        return self.top1 + self.mean_cosine + (self.path or 0.0)
+
+    @classmethod
+    def of(cls, settings: RenderSettings, scores: ProbeScores) -> Trial:
+        fidelity = scores.fidelity
+        per_cell = (fidelity.rank == 0).astype(float) + fidelity.cosine.astype(float)
+        path = None
+        if scores.path is not None and np.isfinite(scores.path).any():
+            path = float(np.nanmean(scores.path))
+            per_cell = per_cell + np.nan_to_num(scores.path.astype(float), nan=0.0)
+        return cls(settings, fidelity.top1, fidelity.mean_cosine, path, tuple(float(v) for v in per_cell))
+
+    def beats(self, other: Trial) -> bool:
+        """Whether this trial's score exceeds ``other``'s by more than the probe's noise (NOISE_Z paired standard
+        errors over the cells both scored); without per-cell scores, any higher score."""
+        margin = self.score - other.score
+        if len(self.cells) != len(other.cells) or len(self.cells) < 2:
+            return margin > 0
+        differences = [a - b for a, b in zip(self.cells, other.cells, strict=True)]
+        mean = sum(differences) / len(differences)
+        spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
+        return mean > 0 and mean > NOISE_Z * spread / math.sqrt(len(differences))
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self.settings), "top1": round(self.top1, 4), "mean_cosine": round(self.mean_cosine, 4)}
+        record = {**asdict(self.settings), "top1": round(self.top1, 4), "mean_cosine": round(self.mean_cosine, 4)}
+        return record if self.path is None else {**record, "path_check": round(self.path, 4)}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> Trial:
@@ -66,11 +106,21 @@ class Trial:
             int(record.get("tries", 1)),
             str(record.get("param", "fourier")),  # records from before the probe chose it: fourier was the only one probed
         )
-        return cls(settings, float(record["top1"]), float(record["mean_cosine"]))
+        path = record.get("path_check")
+        return cls(settings, float(record["top1"]), float(record["mean_cosine"]), None if path is None else float(path))
 
     def meets(self, bar: tuple[float, float]) -> bool:
         """Whether this trial's top-1 and mean cosine both reach ``bar``."""
         return self.top1 >= bar[0] and self.mean_cosine >= bar[1]
+
+
+@dataclass(frozen=True)
+class ProbeScores:
+    """A candidate's probe cells scored: their fidelity at the atlas layer and, where measured, each cell's path-check
+    cosine against its held-out example patches (NaN for a cell without one)."""
+
+    fidelity: Fidelity
+    path: np.ndarray | None = None
 
 
 def candidate_steps(
@@ -105,7 +155,7 @@ def _pays(step: str, best: Trial | None) -> bool:
     if step == "tries":
         return best.top1 < TRIES_ONLY_BELOW
     if step == "param":
-        return not best.meets(PARAMS_ONLY_BELOW)
+        return not best.meets(PARAMS_ONLY_BELOW) or (best.path is not None and best.path < PATH_BAR)
     return True
 
 
@@ -113,13 +163,14 @@ def choose_settings(
     whiten: str,
     cossim_power: float | str,
     learning_rate: float | str,
-    evaluate: Callable[[list[RenderSettings]], list[tuple[float, float]]],
+    evaluate: Callable[[list[RenderSettings]], list[ProbeScores]],
     contrast: bool | str = False,
     tries: int | str = 1,
     param: str = "fourier",
 ) -> tuple[RenderSettings, list[Trial]]:
-    """One setting at a time, keep the candidate whose probe scores highest; ``evaluate`` scores a list of candidates
-    at once (-> top-1, mean cosine each), so the candidates of one step can render side by side.
+    """One setting at a time, keep the best so far unless a candidate beats it by more than the probe's noise (of
+    several that do, the highest score); ``evaluate`` scores a list of candidates at once (each one's probe cells
+    as fidelity scores them, in the same cell order), so the candidates of one step can render side by side.
 
     Nothing ``auto``: the config's settings, with no probe at all.
     """
@@ -134,10 +185,13 @@ def choose_settings(
             continue
         candidates = [replace(best, **{name: value}) for value in values]
         new = [c for c in candidates if c not in tried]
-        for settings, (top1, cosine) in zip(new, evaluate(new) if new else [], strict=True):
-            tried[settings] = Trial(settings, top1, cosine)
+        for settings, scores in zip(new, evaluate(new) if new else [], strict=True):
+            tried[settings] = Trial.of(settings, scores)
             trials.append(tried[settings])
-        best = max((tried[c] for c in candidates), key=lambda t: t.score).settings  # max keeps the first of equal scores
+        incumbent = tried[best]
+        winners = [tried[c] for c in candidates if c != best and tried[c].beats(incumbent)]
+        if winners:
+            best = max(winners, key=lambda t: t.score).settings  # max keeps the first of equal scores
     return best, trials
 
 
@@ -160,8 +214,11 @@ def probe_cells(cell_counts: Sequence[int], per_grid: int, seed: int) -> list[tu
 
 
 __all__ = [
+    "NOISE_Z",
     "PARAMS",
     "PARAMS_ONLY_BELOW",
+    "PATH_BAR",
+    "ProbeScores",
     "RenderSettings",
     "Trial",
     "candidate_steps",

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal, TypedDict, Unpack
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from atlas.featurevis.alpha import AlphaAccumulator
@@ -126,7 +127,9 @@ class RenderOptions:
     so every option has a default and a notebook names only what it changes (``render(..., steps=512, tries=4)``).
 
     ``input_size`` is the model's input size (views are resized to it; None feeds them at the image size);
-    ``transforms`` defaults to ``Transforms()``; ``precision="bf16"`` runs the model's forward (and so its backward)
+    ``transforms`` defaults to ``Transforms()``; ``coarse_steps``: the first steps feed the model each view at half
+    its size (2 x 2 average-pooled, so a quarter of the model's work per step): the coarse shapes settle cheaply,
+    the last steps at full size add the detail (not with a fixed ``input_size``); ``precision="bf16"`` runs the model's forward (and so its backward)
     in bfloat16 under autocast, on any device, while pixels, the objective and Adam stay float32; ``alpha`` also
     asks the backward for each step's pixel gradient and returns MaCo's transparency (:mod:`atlas.featurevis.alpha`)
     as ``RenderResult.alpha`` (off, the loop does exactly what it did without it).
@@ -137,6 +140,7 @@ class RenderOptions:
     tries: int = 1
     transforms: Transforms | None = None
     input_size: int | tuple[int, int] | None = None
+    coarse_steps: int = 0
     stop_at_layer: bool = True
     channels_last: bool = True
     precision: Precision = "fp32"
@@ -151,6 +155,7 @@ class RenderKeywords(TypedDict, total=False):
     tries: int
     transforms: Transforms | None
     input_size: int | tuple[int, int] | None
+    coarse_steps: int
     stop_at_layer: bool
     channels_last: bool
     precision: Precision
@@ -211,6 +216,8 @@ def render(
     transforms = Transforms() if opts.transforms is None else opts.transforms
     if steps < 0 or tries < 1:
         raise ValueError(f"need steps >= 0 and tries >= 1, got steps={steps}, tries={tries}")
+    if opts.coarse_steps and input_size is not None:
+        raise ValueError("coarse_steps needs a model that takes views at any size; this one is fed input_size only")
     if len(seeds) == 0:
         raise ValueError("need at least one seed (one per image)")
     view = as_view(model, layer, mean, std)
@@ -232,7 +239,10 @@ def render(
             for step in range(steps):
                 optimizer.zero_grad(set_to_none=True)
                 pixels = param()
-                scores = objective(forward(model_input(views(pixels, step), resized=True)), pixels)
+                seen = views(pixels, step)
+                if step < opts.coarse_steps:
+                    seen = F.avg_pool2d(seen, 2)
+                scores = objective(forward(model_input(seen, resized=True)), pixels)
                 if attribution is None:
                     (-_check_scores(scores, len(seeds)).sum()).backward(inputs=tensors)
                 else:  # the pixels' gradient too (a non-leaf: backward fills its .grad when asked for it)

@@ -17,6 +17,7 @@ from PIL import UnidentifiedImageError
 from atlas.bundle import Bundle, Cell, Score, patch_file
 from atlas.devices import key_part
 from atlas.featurevis.icon_files import load_icons
+from atlas.featurevis.image_statistics import image_statistics
 from atlas.featurevis.pathcheck import choose_layers, early_vectors, path_check, path_layouts, reads_own_layouts
 from atlas.models import LayerLayout, ModelView, resolve_layer
 from atlas.models.input_sizes import only_input_size
@@ -96,8 +97,28 @@ def check_paths(call: StageCall) -> Report:
             run.log(f"[path] grid {size}: top-1 {result.top1:.2f}, mean cosine {result.mean_cosine:.2f} over {result.cells} cells")
         else:
             run.log(f"[path] grid {size}: no cell with an example patch to check")
-        levels.append({"grid": size, "path_check": summary})
+        statistics = level_statistics(bundle, grid, per_cell, written, view.preprocessing.channels)
+        if statistics:
+            run.log(f"[path] grid {size}: {describe_statistics(statistics)}")
+        levels.append({"grid": size, "path_check": summary, "image_statistics": statistics})
     return {"levels": levels}
+
+
+def level_statistics(bundle: Bundle, grid: list[Cell], per_cell: int, written: set[str], channels: int) -> dict[str, Any] | None:
+    """The icons' spectral slope and colourfulness beside their cells' example patches' (atlas.featurevis.image_statistics)."""
+    icons = image_statistics(image for image in (_read(bundle, cell.icon, channels) for cell in grid) if image is not None)
+    patches = sorted({name for cell in grid for name in cell_patches(cell, per_cell, written)})
+    examples = image_statistics(image for image in (_read(bundle, name, channels) for name in patches) if image is not None)
+    if icons is None:
+        return None
+    return {"icons": icons.to_json(), "examples": None if examples is None else examples.to_json()}
+
+
+def describe_statistics(statistics: dict[str, Any]) -> str:
+    def one(entry: dict[str, Any] | None) -> str:
+        return "-" if entry is None else f"{entry['spectral_slope']:.2f} / {entry['colourfulness']:.1f}"
+
+    return f"spectral slope / colourfulness: icons {one(statistics['icons'])}, their example patches {one(statistics['examples'])}"
 
 
 def path_settings(run: RunInputs) -> list[Any]:
@@ -105,4 +126,4 @@ def path_settings(run: RunInputs) -> list[Any]:
     return [path_layers(run), *key_part(run.device)]
 
 
-STAGE = Stage("path", reads=("render", "examples"), settings=path_settings, work=check_paths)
+STAGE = Stage("path", reads=("render", "examples"), settings=path_settings, work=check_paths, version=2)  # 2: image statistics

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from atlas.bundle import Bundle, BundleWriter, icon_batch_marker
@@ -19,18 +20,22 @@ from atlas.config import ModelConfig, RenderConfig
 from atlas.devices import key_part
 from atlas.errors import AtlasError
 from atlas.featurevis import RenderResult
-from atlas.featurevis.choice import RenderSettings, Trial, candidate_steps, choose_settings, first_candidates
+from atlas.featurevis.choice import ProbeScores, RenderSettings, Trial, candidate_steps, choose_settings, first_candidates
 from atlas.featurevis.fidelity import measure_fidelity
 from atlas.featurevis.framing import IconFrame, frame_icons
 from atlas.featurevis.icon_files import save_icons, start_images
 from atlas.featurevis.icons import CellBatch, GridCells, IconRecipe, ParamInputs, cell_batch, render_cells
+from atlas.featurevis.pathcheck import early_vectors, path_check, path_layouts
 from atlas.featurevis.probe import as_saved, probe_fidelity, sample_cells, worth_probing
 from atlas.featurevis.spectrum import spectrum_of_images
 from atlas.lock import sweep_temporaries
 from atlas.markers import is_fresh, write_marker
+from atlas.models import ModelView, resolve_layer
+from atlas.models.input_sizes import only_input_size
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
 from atlas_pipelines.engine.worker_state import model_view, use_threads
+from atlas_pipelines.stages.path import EarlyLayers, cell_patches, path_layers, vectors_of
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,9 @@ def chosen_settings(run: RunInputs, key: str, frame: IconFrame) -> tuple[RenderS
             spectrum_refs["maco"] = ex.scatter(run_spectrum(run, frame.canvas))
         return spectrum_refs["maco"]
 
-    def evaluate(candidates: list[RenderSettings]) -> list[tuple[float, float]]:
+    held_out = held_out_examples(run, sample)
+
+    def evaluate(candidates: list[RenderSettings]) -> list[ProbeScores]:
         """Every candidate's probe cells render side by side as worker tasks; the driver ranks the results."""
         futures = [
             [
@@ -250,9 +257,12 @@ def chosen_settings(run: RunInputs, key: str, frame: IconFrame) -> tuple[RenderS
         ]
         scores = []
         for candidate, parts in zip(candidates, futures, strict=True):
-            fidelity = probe_fidelity(run.view, sample, [future.result() for future in parts], directions)
-            run.log(f"[render] probe {candidate}: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}")
-            scores.append((fidelity.top1, fidelity.mean_cosine))
+            renders = [future.result() for future in parts]
+            fidelity = probe_fidelity(run.view, sample, renders, directions)
+            path = held_out.path_cosines(renders)
+            said = "" if path is None else f", path check {np.nanmean(path):.2f}"
+            run.log(f"[render] probe {candidate}: top-1 {fidelity.top1:.2f}, mean cosine {fidelity.mean_cosine:.2f}{said}")
+            scores.append(ProbeScores(fidelity, path))
         return scores
 
     count = sum(len(cells.rows) for cells in sample)
@@ -265,6 +275,43 @@ def chosen_settings(run: RunInputs, key: str, frame: IconFrame) -> tuple[RenderS
     param = chosen.pop("param")  # beside "chosen", which keeps the keys it has always had
     bundle.write_render_probe({"key": key, "chosen": chosen, "param": param, "trials": [t.to_json() for t in trials], "cells": count})
     return settings, trials
+
+
+@dataclass(frozen=True)
+class HeldOutExamples:
+    """The probe cells' example patches other than the first (accentuate's start) at the path check's layers, so a
+    candidate's icons are scored by how the model processes them against real images none of them started from."""
+
+    view: ModelView
+    early: EarlyLayers | None
+    examples: list[np.ndarray]  # per probe cell, in sample order: [n, D] early vectors (n may be 0)
+
+    def path_cosines(self, renders: list[np.ndarray]) -> np.ndarray | None:
+        """Per probe cell, its render's path-check cosine (NaN without a held-out example); None: not measured."""
+        if self.early is None:
+            return None
+        images = [torch.from_numpy(image) for batch in renders for image in batch]
+        vectors = early_vectors(self.view, self.early.modules, images, layouts=self.early.layouts, fixed_size=self.early.fixed_size)
+        return path_check(vectors, self.examples).cosine
+
+
+def held_out_examples(run: RunInputs, sample: list[CellBatch]) -> HeldOutExamples:
+    """What the probe's path term compares against; not measured (early None) where no probe cell has two patches."""
+    bundle, view = run.bundle, run.view
+    written, per_cell = bundle.patches(), run.config.tiles.examples_per_cell
+    grids = {cells.grid: bundle.grid_cells(cells.grid) for cells in sample}
+    names = [cell_patches(grids[cells.grid][row], per_cell, written)[1:] for cells in sample for row in cells.rows]
+    if not any(names):
+        return HeldOutExamples(view, None, [])
+    layers = path_layers(run)
+    early = EarlyLayers([resolve_layer(view.model, name) for name in layers], path_layouts(view, layers), only_input_size(view))
+    unique = sorted({name for own in names for name in own})
+    found = dict(zip(unique, vectors_of(bundle, unique, view, early, strict=False), strict=True))
+    examples = []
+    for own in names:
+        rows = [found[name] for name in own if found[name] is not None]
+        examples.append(np.stack(rows) if rows else np.zeros((0, 0), np.float32))
+    return HeldOutExamples(view, early, examples)
 
 
 def icon_frame(run: RunInputs) -> IconFrame:
@@ -291,8 +338,12 @@ def render_settings(run: RunInputs) -> list[Any]:
         del section["proximity"]
     if not config.probes():
         del section["probe_cells"]
-    return [section, run.config.seed, *key_part(run.device)]
+        return [section, run.config.seed, *key_part(run.device)]
+    path_check = run.config.path_check.model_dump(mode="json")  # the probe's path term (its auto layers follow the model)
+    probe_path = {"path_check": path_check, "examples_per_cell": run.config.tiles.examples_per_cell}
+    return [section, run.config.seed, *key_part(run.device), probe_path]
 
 
 # version 2: the key holds every setting as it is (version 1 dropped settings at the values older runs used)
-STAGE = Stage("render", reads=("grid",), settings=render_settings, work=render_icons, version=2)
+# version 3: the probe keeps a candidate only past its own noise, and scores the path check too
+STAGE = Stage("render", reads=("grid",), settings=render_settings, work=render_icons, version=3)
