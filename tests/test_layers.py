@@ -7,11 +7,15 @@ one-line errors of the keys.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import pytest
+from test_viewer_browser import Visit, atlas_serve
+from test_viewer_browser import browser as browser  # the module's Chromium fixture, shared
 
 import atlas
 from atlas.bundle import Bundle
@@ -122,3 +126,57 @@ def test_positions_map_to_the_other_grid_by_their_centre() -> None:
     assert map_positions(positions, (4, 4), (2, 2)).tolist() == [[0, 0], [1, 1], [-1, -1]]
     assert map_positions(np.array([[13, 0]]), (14, 14), (7, 7)).tolist() == [[6, 0]]
     assert map_positions(np.array([[1, 4]]), (3, 5), (14, 14)).tolist() == [[7, 12]]  # (1.5 / 3, 4.5 / 5) of 14
+
+
+# ---- in the browser: the layer chooser ----
+
+
+def wait_for_layer(visit: Visit, folder: str) -> None:
+    visit.page.wait_for_url(re.compile(rf"/{re.escape(folder)}index\.html#"), timeout=30_000)
+    visit.page.wait_for_function("window.atlas && window.atlas.ready && window.atlas.firstTileMs !== null", timeout=30_000)
+    visit.settle()
+
+
+def hash_view(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).fragment))
+
+
+def test_the_chooser_opens_the_other_layer_at_the_rows_under_the_centre(browser: Any, two_layers: tuple[Bundle, Path, Path]) -> None:
+    main_bundle = two_layers[0]
+    other = main_bundle.layer_bundle("blocks.2")
+    with atlas_serve(Path(main_bundle.root)) as url:
+        visit = Visit(browser, url + "index.html")
+        try:
+            page = visit.page
+            assert page.is_visible("#layer-select")
+            options = page.eval_on_selector_all("#layer-select option", "os => os.map(o => [o.value, o.selected])")
+            assert options == [["blocks.4", True], ["blocks.2", False]]
+            cell = page.evaluate("window.atlas.keptCells(2)[0]")
+            x, y = (cell["i"] + 0.5) / 2, (cell["j"] + 0.5) / 2
+            page.evaluate(f"location.hash = '#g=2&lock=1&x={x}&y={y}&z=1.5'")
+            visit.settle()
+            page.wait_for_function("location.hash.includes('z=1.5')")
+            rows = [e.row for e in next(c for c in main_bundle.grid_cells(2) if (c.i, c.j) == (cell["i"], cell["j"])).examples][:8]
+
+            page.select_option("#layer-select", "blocks.2")
+            wait_for_layer(visit, "layers/blocks.2/")
+            view = hash_view(page.url)
+            expected = np.median(other.coords()[rows], axis=0)  # where the centre cell's rows landed in blocks.2's layout
+            assert view["z"] == "1.500" and view["g"] == "2" and view["lock"] == "1", view
+            assert abs(float(view["x"]) - expected[0]) < 2e-4 and abs(float(view["y"]) - expected[1]) < 2e-4, (view, expected)
+            assert visit.requested("/layers/blocks.2/tiles/2_files/"), "the other layer's own tiles"
+            assert page.eval_on_selector("#layer-select", "s => s.value") == "blocks.2"
+
+            page.reload()  # the URL keeps the choice
+            wait_for_layer(visit, "layers/blocks.2/")
+            assert page.evaluate("window.atlas.layers()") == [
+                {"layer": "blocks.4", "current": False},
+                {"layer": "blocks.2", "current": True},
+            ]
+            page.select_option("#layer-select", "blocks.4")
+            page.wait_for_url(re.compile(r"/index\.html#"), timeout=30_000)
+            wait_for_layer(visit, "")
+            assert "/layers/" not in urlsplit(page.url).path and hash_view(page.url)["z"] == "1.500"
+            visit.assert_clean()
+        finally:
+            visit.close()
