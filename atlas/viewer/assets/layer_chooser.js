@@ -1,6 +1,7 @@
 /* The layer chooser on the page (model.layers): a select listing the run's layers; choosing one opens that layer's
  * atlas (its own page, so the URL holds the choice) at the same zoom, centred on the rows of the cell under the
- * current centre (layers.js says why and how). Hidden for a bundle of one layer. */
+ * current centre (layers.js says why and how). Hidden for a bundle of one layer, and in a notebook's embedded
+ * page (atlas/viewer/inline.py), which holds this bundle's files only and has no other page to open. */
 
 import { cellAtIndex, cellIndex, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
@@ -10,7 +11,7 @@ import { readHash } from "./url_state.js";
 export function setupLayers(app) {
   const choices = layerChoices(app.manifest);
   app.atlas.layers = () => (choices || []).map((c) => ({ layer: c.layer, current: c.current }));
-  if (!choices) return;
+  if (!choices || !/^https?:$/.test(location.protocol)) return;
   const select = byId("layer-select");
   choices.forEach((c) => {
     const option = document.createElement("option");
