@@ -1,8 +1,8 @@
 """``model.layers``: one atlas per layer of the same rows, the main one at the bundle and the others under layers/.
 
-One small real run of the default model at two layers (blocks.4 and blocks.2, whose grids differ by two), read
-back: the same images in the same order at the mapped positions, a second run that reuses every stage, and the
-one-line errors of the keys.
+One small real run of the default model at blocks.4, then blocks.2 added (grids 4 x 4 and 8 x 8), read back: the
+main layer's stages reused, the same images in the same order at the mapped positions, a second run that reuses
+every stage, the one-line errors of the keys, and the viewer's layer chooser in headless Chromium.
 """
 
 from __future__ import annotations
@@ -47,8 +47,17 @@ def run_layers(images: Path, out: Path, layer: list[str] | str = LAYERS) -> Bund
 
 @pytest.fixture(scope="module")
 def two_layers(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Path, Path]:
+    """An atlas of blocks.4 as any run makes it, then blocks.2 added to the same run."""
     out = tmp_path_factory.mktemp("layers")
+    one = run_layers(photo_folder, out, layer="blocks.4")
+    assert "layers" not in one.manifest and not (one.root / "layers").exists()
     return run_layers(photo_folder, out), photo_folder, out
+
+
+def test_a_layer_added_later_reuses_every_stage_of_the_main_one(two_layers: tuple[Bundle, Path, Path]) -> None:
+    main_bundle = two_layers[0]
+    assert all(stage["cached"] for stage in main_bundle.manifest["stages"].values()), main_bundle.manifest["stages"]
+    assert not any(stage["cached"] for stage in main_bundle.layer_bundle("blocks.2").manifest["stages"].values())
 
 
 def test_two_layers_make_two_atlases_of_the_same_rows(two_layers: tuple[Bundle, Path, Path]) -> None:
