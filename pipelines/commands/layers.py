@@ -101,5 +101,6 @@ def build_layers(main: RunInputs, views: dict[str, ModelView], stages: tuple[Sta
         run = dataclasses.replace(main, config=config, bundle=bundle, view=views[layer], same_rows=same)
         records = run_stages(stages, run, until if until in {stage.name for stage in stages} else None)
         nonfinite = records["collect"].report.get("nonfinite", {}).get("count", 0) if "collect" in records else 0
-        manifests[layer] = assemble(run, records, layers_report(main.config, views, layer, same_rows=nonfinite == 0))
+        more = {**layers_report(main.config, views, layer, same_rows=nonfinite == 0), "name": main.config.name}  # the run's atlas
+        manifests[layer] = assemble(run, records, more)
     return manifests
