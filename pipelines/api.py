@@ -41,7 +41,7 @@ def run(
     *,
     settings: Mapping[str, Any] | Sequence[str] | None = None,
     model: str | nn.Module | None = None,
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     images: Any = None,
     classes: Sequence[str] | None = None,
     preprocessing: Mapping[str, Any] | None = None,
@@ -60,7 +60,8 @@ def run(
     ``nn.Module`` (used as it is in this process, so it is left in eval mode; ``preprocessing`` gives its
     ``input_size``, ``channels``, ``mean`` and ``std`` unless timm knows them). ``images``: a spec string, a
     ``Dataset`` (items an image or ``(image, label)``), or a list of paths or PIL images; ``dataset_key`` joins its
-    cache key. ``classes``: the model's class names. ``client``: a ``distributed.Client`` to run on, used as it is.
+    cache key. ``layer``: a layer name, or several for one atlas per layer of the same rows (``model.layers``; the
+    first is the main bundle, the others are under its ``layers/``: :meth:`atlas.bundle.Bundle.layers`). ``classes``: the model's class names. ``client``: a ``distributed.Client`` to run on, used as it is.
     ``scheduler``, ``until``: as ``--scheduler`` and ``--until``. A user error raises ``AtlasError``, one line.
     """
     silence_dependency_warnings()
@@ -104,7 +105,8 @@ def _plain_values(
         if not isinstance(model, str):
             raise AtlasError(f"model: a {type(model).__name__}; give a spec string (see `atlas layers`) or a torch nn.Module")
         yield "model.spec", model
-    for key, value in (("model.layer", layer), ("output.name", name), ("scheduler.address", scheduler)):
+    yield from _layer_values(layer)
+    for key, value in (("output.name", name), ("scheduler.address", scheduler)):
         if value is not None:
             yield key, value
     if out is not None:
@@ -116,6 +118,18 @@ def _plain_values(
         raise AtlasError(f"preprocessing: unknown key {unknown[0]!r}; give {', '.join(PREPROCESSING_KEYS)}")
     for key, value in (preprocessing or {}).items():
         yield f"model.{key}", value
+
+
+def _layer_values(layer: Any) -> Iterator[tuple[str, Any]]:
+    """One name sets ``model.layer`` as it always did; several set ``model.layers`` too, the first the main one."""
+    if layer is None:
+        return
+    names = [layer] if isinstance(layer, str) else list(layer)
+    if not names or not all(isinstance(name, str) for name in names):
+        raise AtlasError(f"layer: {layer!r}; give a layer name, or a list of them for one atlas per layer (see `atlas layers`)")
+    yield "model.layer", names[0]
+    if len(names) > 1:
+        yield "model.layers", names
 
 
 def _load(config: Any, settings: Mapping[str, Any] | Sequence[str] | None, values: list[tuple[str, Any]]) -> AtlasConfig:

@@ -8,6 +8,8 @@ same contract inside their parent, so their paths are these under :func:`class_f
 
 from __future__ import annotations
 
+import re
+
 __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "ACTIVATIONS",
     "CELL_BLOCK",
@@ -25,6 +27,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "IMAGES",
     "IMAGE_INDEX",
     "IMAGE_INDEX_NAME",
+    "LAYERS",
     "LEVELS",
     "LISTING_SKIPS",
     "LISTING_SKIPS_NAME",
@@ -62,6 +65,7 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "grid_cells_file",
     "icon_batch_marker",
     "icon_file",
+    "layer_folder",
     "level_dir",
     "pair_folder",
     "pair_folder_named",
@@ -109,6 +113,7 @@ DICTIONARY_CURVE = f"{DICTIONARY}/curve.json"  # dictionary: the training curve
 DICTIONARY_FEATURES = f"{DICTIONARY}/features.json"  # dictionary: one record per feature
 DICTIONARY_MAP = f"{DICTIONARY}/map"  # dictionary: the feature map, a sub-bundle of this contract (its cells hold features)
 DICTIONARY_ATTRIBUTION = f"{DICTIONARY}/attribution.npy"  # dictionary: float16 [F, K], activation-weighted mean attribution
+LAYERS = "layers"  # model.layers: layers/<layer>/, one sub-bundle of this contract per layer besides the main one
 PARENT_ROWS = "parent_rows.npy"  # collect, in a sub-bundle: row k here is row parent_rows[k] of the parent's store
 
 
@@ -135,6 +140,12 @@ def pair_folder(a: str, b: str) -> str:
 def pair_folder_named(name: str) -> str:
     """atlas classes: a pair sub-bundle's folder from its own folder name (``<A>__<B>``)."""
     return f"{PAIRS}/{name}"
+
+
+def layer_folder(layer: str) -> str:
+    """model.layers: the sub-bundle of one more layer's atlas; a character outside letters, digits, '.', '_' and '-'
+    (none in torch's dotted module names, which forbid only '.' inside a part) becomes '_'."""
+    return f"{LAYERS}/{re.sub(r'[^A-Za-z0-9._-]', '_', layer)}"
 
 
 def sub_manifest(folder: str) -> str:

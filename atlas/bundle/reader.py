@@ -230,6 +230,23 @@ class Bundle:
         manifests: list[Location] = sorted(root.glob(sub_manifest("*")), key=str) if root.is_dir() else []
         return [pair_folder_named(manifest.parent.name) for manifest in manifests]
 
+    def layers(self) -> dict[str, Bundle]:
+        """Every layer's atlas of this run (``model.layers``), by layer name in the viewer's order, from the main bundle
+        or any layer's: the same rows at each layer. A run of one layer: just this bundle."""
+        entry = self.manifest.get("layers")
+        if not entry:
+            return {str(self.manifest.layer): self}
+        main = self.root if entry.get("main", ".") == "." else self.root.parent.parent  # assemble writes "." or "../.."
+        return {b["layer"]: self if b["layer"] == entry.get("layer") else Bundle(main if b["folder"] == "." else main / b["folder"])
+                for b in entry["bundles"]}  # fmt: skip
+
+    def layer_bundle(self, layer: str) -> Bundle:
+        """The atlas of ``layer`` in this run (``model.layers``); another name is one line listing the layers."""
+        bundles = self.layers()
+        if layer not in bundles:
+            raise AtlasError(f"layer {layer!r}: this run has atlases of {', '.join(map(repr, bundles))}; open one of them")
+        return bundles[layer]
+
     # --- in a notebook --------------------------------------------------------------------------
 
     def show(self, height: int = 640, max_embedded_bytes: int | None = None) -> None:

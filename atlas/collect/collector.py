@@ -9,7 +9,7 @@ shard with an :class:`~atlas.errors.AtlasError` naming it. Nothing downstream
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ from atlas.models.layouts import CLASS_TOKEN_POSITION, require_class_token
 from atlas.models.view import ModelView
 
 CLASS_TOKEN_AT = np.array([[CLASS_TOKEN_POSITION, CLASS_TOKEN_POSITION]], dtype=np.int32)
+NO_POSITIONS = np.zeros((0, 2), dtype=np.int32)
 
 
 @dataclass
@@ -62,6 +63,7 @@ def collect_records(
     n_classes: int,
     nonfinite: Literal["drop", "stop"] = "drop",
     class_token: bool = False,
+    positions: Mapping[int, np.ndarray] | None = None,
 ) -> ShardResult:
     """Preprocess, sample positions and run the model in batches of ``batch_size`` rows.
 
@@ -69,7 +71,9 @@ def collect_records(
     finite are dropped and reported per image, or with ``nonfinite="stop"`` the
     first image that gives one raises an AtlasError naming it. With ``class_token``
     each image also gives its class token's row (kind ``CLASS_TOKEN_ROW``, at
-    ``y = x = -1``), on top of its ``positions_per_image`` patch rows.
+    ``y = x = -1``), on top of its ``positions_per_image`` patch rows. ``positions``: each image's (y, x) rows given
+    (another layer's rows mapped to this one, class-token rows included), in place of sampling; an image absent from
+    it gives no row.
     """
     if class_token:
         require_class_token(view.layout, view.module, view.layer_name)
@@ -80,6 +84,8 @@ def collect_records(
     height, width = view.grid
     device = view.device  # decoding and preprocessing stay on the CPU; the batch goes where the model is
     per_image = (height * width if positions_per_image == "all" else positions_per_image) + int(class_token)
+    if positions is not None:
+        per_image = max([1, *(len(p) for p in positions.values())])
     images_per_batch = max(1, batch_size // per_image)
     for batch in _batches(records, images_per_batch):
         good: list[ImageRecord] = []
@@ -96,11 +102,14 @@ def collect_records(
             good.append(record)
         if not good:
             continue
-        positions = [sample_positions(r.image_id, height, width, positions_per_image, seed) for r in good]
-        if class_token:
-            positions = [np.concatenate([p, CLASS_TOKEN_AT]) for p in positions]
-        rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(positions)])
-        where = np.concatenate(positions)
+        if positions is not None:
+            at_image = [positions.get(r.image_id, NO_POSITIONS) for r in good]
+        else:
+            at_image = [sample_positions(r.image_id, height, width, positions_per_image, seed) for r in good]
+            if class_token:
+                at_image = [np.concatenate([p, CLASS_TOKEN_AT]) for p in at_image]
+        rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(at_image)])
+        where = np.concatenate(at_image)
         images = torch.stack(tensors).contiguous(memory_format=torch.channels_last).to(device)
         ids_of = np.array([r.image_id for r in good], dtype=np.int64)
         labels_of = np.array([-1 if r.label is None else r.label for r in good], dtype=np.int32)

@@ -27,3 +27,21 @@ def sample_positions(image_id: int, height: int, width: int, k: int | Literal["a
     ys = y0 + flat // (x1 - x0)
     xs = x0 + flat % (x1 - x0)
     return np.stack([ys, xs], axis=1).astype(np.int32)
+
+
+SAME_ROWS_RULE = (
+    "each row of another layer is the main layer's row (same image, same order) at the position of that layer's "
+    "H' x W' grid holding the centre of the main row's position: y' = floor((y + 0.5) * H' / H), x' likewise; "
+    "a class-token row stays one"
+)
+
+
+def map_positions(positions: np.ndarray, from_grid: tuple[int, int], to_grid: tuple[int, int]) -> np.ndarray:
+    """int32 [n, 2] (y, x) positions of a ``from_grid`` map -> the positions of a ``to_grid`` map covering the same
+    input point (each position's centre, as a fraction of the input): one layer's rows read at another layer
+    (:data:`SAME_ROWS_RULE`). Negative positions (a class-token row, at -1) are kept as they are."""
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    scale = np.array(to_grid, dtype=np.float64) / np.array(from_grid, dtype=np.float64)
+    mapped = np.floor((positions + 0.5) * scale).astype(np.int64)
+    mapped = np.minimum(mapped, np.array(to_grid, dtype=np.int64) - 1)
+    return np.where(positions < 0, positions, mapped).astype(np.int32)

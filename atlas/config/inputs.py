@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from atlas.config.section import Batch, Count, InputSize, Positions, PrefixTokens, Section
 
@@ -13,6 +13,10 @@ from atlas.config.section import Batch, Count, InputSize, Positions, PrefixToken
 class ModelConfig(Section):
     spec: str = "efficientnet-lite0"
     layer: str = "blocks.4"
+    layers: tuple[str, ...] | None = Field(
+        default=None,
+        description="one atlas per layer, of the same rows, in the viewer's order; model.layer (default: the first) is the main bundle",
+    )
     weights: Path | None = None
     classes: Path | None = None
     input_size: InputSize | None = None
@@ -28,6 +32,26 @@ class ModelConfig(Section):
     output: Literal["auto"] | int | str = Field(
         default="auto", description="the index or key of the tensor to read when the layer outputs a tuple or dict"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _main_layer_from_layers(cls, data: Any) -> Any:
+        """``layers`` given without ``layer``: the first listed is the main bundle's (the key is absent, so nothing is guessed)."""
+        if isinstance(data, dict) and "layer" not in data and isinstance(data.get("layers"), (list, tuple)) and data["layers"]:
+            return {**data, "layer": data["layers"][0]}
+        return data
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("expected at least one layer name (or leave model.layers out for one atlas of model.layer)")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"layer {repeated[0]!r} is listed twice; list each layer once")
+        return value
 
     @field_validator("output")
     @classmethod

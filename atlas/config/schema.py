@@ -41,6 +41,17 @@ class AtlasConfig(Section):
         return value
 
     @model_validator(mode="after")
+    def _main_layer_listed(self) -> AtlasConfig:
+        """With ``model.layers``, the main bundle's layer is one of them: a layer outside the list is a typo, not a guess."""
+        layers = self.model.layers
+        if layers is not None and self.model.layer not in layers:
+            raise ValueError(
+                f"model.layers {list(layers)} does not list model.layer {self.model.layer!r}, the main bundle's layer; "
+                "add it to model.layers, or set model.layer to one of them (left out, it is the first)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fits_a_machine(self) -> AtlasConfig:
         """Sizes that are each in range but together would exhaust memory or disk."""
         positions = self.collect.positions_per_image

@@ -94,8 +94,9 @@ def list_layers(model: LoadedModel, input_size: int | None = None) -> list[Layer
     ]
 
 
-def resolve_layer(model: LoadedModel, name: str) -> nn.Module:
-    """The submodule called ``name``; an unknown name is a one-line error listing the closest real names."""
+def resolve_layer(model: LoadedModel, name: str, key: str = "model.layer") -> nn.Module:
+    """The submodule called ``name``; an unknown name is a one-line error naming the config ``key`` and listing the
+    closest real names."""
     modules = dict(model.module.named_modules())
     if name and name in modules:
         return modules[name]
@@ -105,7 +106,7 @@ def resolve_layer(model: LoadedModel, name: str) -> nn.Module:
         hint = f"closest: {', '.join(closest)}"
     else:
         hint = f"top-level layers: {', '.join(n for n, _ in model.module.named_children())}"
-    raise AtlasError(f"model.layer {name!r} is not a layer of {model.spec}; {hint} (run `atlas layers {model.spec}` for all)")
+    raise AtlasError(f"{key} {name!r} is not a layer of {model.spec}; {hint} (run `atlas layers {model.spec}` for all)")
 
 
 def layer_name_of(module: nn.Module, layer: nn.Module) -> str:

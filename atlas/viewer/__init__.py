@@ -31,6 +31,8 @@ MODULES = (
     "format.js",
     "grids.js",
     "heatmap.js",
+    "layer_chooser.js",
+    "layers.js",
     "net.js",
     "npy.js",
     "overlay.js",

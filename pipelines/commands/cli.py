@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="collect, lay out and grid one layer's activations into outputs/NAME/")
     run.add_argument("config", nargs="?", type=Path, help=f"YAML config (default: {DEFAULT_CONFIG} here, else the packaged default)")
     run.add_argument("--model", help=f"model spec: {SPEC_HELP}")
-    run.add_argument("--layer", help="layer name (see `atlas layers SPEC`)")
+    run.add_argument(
+        "--layer", action="append", help="layer name (see `atlas layers SPEC`); repeat it for one atlas per layer, the first the main one"
+    )
     run.add_argument("--images", help="image source: a folder, builtin:photos, torchvision:FashionMNIST[?split=test]")
     run.add_argument("--name", help="bundle name (default: the config file's name)")
     run.add_argument("--out", help="parent folder of the bundle (default: outputs)")

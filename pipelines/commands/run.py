@@ -26,6 +26,7 @@ from atlas.models import ModelView
 from atlas.models.capture import zeros_input
 from atlas.runtime import tune_allocator
 from atlas.storage import Location, location
+from atlas_pipelines.commands.layers import build_layers, layer_views, layers_report
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import Stage, check_order, run_stages
@@ -63,7 +64,7 @@ def run_atlas(
     bundle = BundleWriter(location(config.output.dir) / config.name)
     with out_of_space_as_error("output", bundle.root):
         bundle.root.mkdir(parents=True, exist_ok=True)
-    prepared = _prepare(config, device)  # a wrong model, layer or image source fails here, before the lock writes to the bundle
+    prepared = _prepare(config, device)  # a wrong model, layer(s) or image source fails here, before the lock writes to the bundle
     # A full disk outside a stage (the lock's record, the image listing, assembly) is one line too, like one inside.
     with out_of_space_as_error("run", bundle.root), bundle_lock(bundle.root, log):  # one writer per bundle: a second run refuses here
         return _run_locked(config, bundle, device, until, log, executor, prepared, labels)
@@ -76,10 +77,11 @@ def _run_locked(
     until: str | None,
     log: Callable[[str], None],
     executor: Callable[[], Executor] | None,
-    prepared: tuple[ModelView, int, ImageSource],
+    prepared: tuple[dict[str, ModelView], int, ImageSource],
     labels: Sequence[str] | None,
 ) -> Location:
-    view, n_classes, source = prepared
+    views, n_classes, source = prepared
+    view = views[config.model.layer]
     with ExitStack() as stack:
         executor = executor or LazyExecutor(config.scheduler, stack, log, device)
         if not bundle.path(stage_marker(collect.STAGE.name)).exists():
@@ -96,19 +98,26 @@ def _run_locked(
             config, bundle, view, n_classes, _class_names(view, source, n_classes, labels), source, shards, executor, log, device,
         )  # fmt: skip
         records = run_stages(stages_for(config), run, until)
+        more = None
+        if config.model.layers is not None:
+            build_layers(run, views, STAGES, until)
+            more = layers_report(config, views, config.model.layer, same_rows=True)
     with out_of_space_as_error("assemble", bundle.root):
-        manifest = assemble(run, records)
+        manifest = assemble(run, records, more)
     log(f"atlas: {manifest['n_activations']} activations from {manifest['n_images']} images -> {bundle.root}")
     return bundle.root
 
 
-def _prepare(config: AtlasConfig, device: torch.device) -> tuple[ModelView, int, ImageSource]:
-    """The model view (its layer's shape measured), the class count and the image source: everything a config can get
-    wrong. The model comes from this process's cache, which the workers' tasks share under ``--scheduler sync``."""
+def _prepare(config: AtlasConfig, device: torch.device) -> tuple[dict[str, ModelView], int, ImageSource]:
+    """The model's view of each layer (the main one's shape measured), the class count and the image source: everything
+    a config can get wrong. The model comes from this process's cache, which the workers' tasks share under
+    ``--scheduler sync``."""
     view = model_view(config.model, str(device))  # a wrong spec or layer fails here, before any work
-    names = choose_layers(view.model, config.model.layer, config.path_check.layers, reads_own_layouts(view))
-    path_layouts(view, names)  # and a wrong path_check.layers
-    view.layer_shape  # noqa: B018  (measured now: a layer that does not run fails here)
+    views = layer_views(view, config, str(device))  # and a wrong name in model.layers
+    for layer, seen in views.items():
+        names = choose_layers(seen.model, layer, config.path_check.layers, reads_own_layouts(seen))
+        path_layouts(seen, names)  # and a wrong path_check.layers
+        seen.layer_shape  # noqa: B018  (measured now: a layer that does not run fails here)
     n_classes = 0
     if config.collect.attribution:
         n_classes = view.model.num_classes or _output_width(view)
@@ -116,7 +125,7 @@ def _prepare(config: AtlasConfig, device: torch.device) -> tuple[ModelView, int,
     source = open_source(config.images.source, config.images.root, config.images.max_pixels)
     if hasattr(source, "size_hint"):
         source.size_hint = view.preprocessing.input_size
-    return view, n_classes, source
+    return views, n_classes, source
 
 
 def _class_names(view: ModelView, source: ImageSource, n_classes: int, given: Sequence[str] | None) -> list[str] | None:

@@ -16,7 +16,19 @@ from atlas.config import AtlasConfig
 from atlas.devices import CPU
 from atlas.images.source import ImageSource, Shard
 from atlas.models import LoadedModel, ModelView
+from atlas.storage import Location
 from atlas_pipelines.engine.executor import Executor
+
+
+@dataclass(frozen=True)
+class SameRows:
+    """Where another layer's atlas takes its rows from (``model.layers``): the main bundle's store, whose rows it
+    reads again at its own layer, each position mapped to its grid (:func:`atlas.collect.sampling.map_positions`)."""
+
+    store: Location  # the main bundle's activations/
+    grid: tuple[int, int]  # the main layer's (H, W)
+    rows_per_shard: int  # the main store's: a mapped shard holds as many rows
+    key: str | None  # the main bundle's collect key: new main rows make this layer's stale
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,7 @@ class RunInputs:
     executor: Callable[[], Executor]  # starts the cluster on first use
     log: Callable[[str], None]
     device: torch.device = CPU  # resolved from config.device; workers move their model there
+    same_rows: SameRows | None = None  # another layer's atlas of the main bundle's rows (model.layers); None: sample
 
     @property
     def model(self) -> LoadedModel:

@@ -68,7 +68,7 @@ def model_view(config: ModelConfig, device: str = "cpu") -> ModelView:
 
     ``device``: the run's resolved device (``atlas.devices.resolve_device``), as a string: ``cpu``, ``cuda``, ``cuda:N``.
     """
-    loaded = _model(config.model_dump_json(exclude={"layer", *READING_KEYS}), _source_identity(config), device)
+    loaded = _model(config.model_dump_json(exclude={"layer", "layers", *READING_KEYS}), _source_identity(config), device)
     key = (config.layer, LayoutRequest(config.layout, config.prefix_tokens, config.output))
     if key not in loaded.views:
         loaded.views[key] = view_with_layout(loaded.model, *key)

@@ -20,13 +20,15 @@ from typing import Any
 from atlas.bundle import FORMAT, VIEWER, Bundle, Cell, Manifest, alpha_file, patch_file
 from atlas.viewer import install_viewer
 from atlas_pipelines.engine.context import RunInputs
-from atlas_pipelines.engine.stage import StageRecord, merge_reports
+from atlas_pipelines.engine.stage import Report, StageRecord, merge_reports
 
 VERSIONED = ("activation-atlas", "torch", "torchvision", "timm", "umap-learn", "dask", "distributed", "numpy", "scikit-learn", "zarr")
 
 
-def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
-    """Write every grid's ``cells.json``, the viewer (once tiles exist) and ``manifest.json``; returns the manifest."""
+def assemble(run: RunInputs, records: dict[str, StageRecord], more: Report | None = None) -> dict[str, Any]:
+    """Write every grid's ``cells.json``, the viewer (once tiles exist) and ``manifest.json``; returns the manifest.
+
+    ``more``: what the run adds beside its stages' reports (``model.layers``: the manifest's ``layers``)."""
     bundle, config = run.bundle, run.config
     viewer_levels = []
     if "grid" in records:
@@ -39,7 +41,7 @@ def assemble(run: RunInputs, records: dict[str, StageRecord]) -> dict[str, Any]:
     if "tiles" in records:
         install_viewer(bundle)
     reports = [record.report for record in records.values()]
-    manifest = merge_reports(base_manifest(run), *reports, {"levels": viewer_levels})
+    manifest = merge_reports(base_manifest(run), *reports, more or {}, {"levels": viewer_levels})
     if "render" in manifest:
         manifest["render"]["seconds"] = records["render"].seconds
     if "tiles" in records:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from atlas.bundle import IMAGE_INDEX, LISTING_SKIPS, ROWS
 from atlas.collect import CLASS_TOKEN_ROW, ActivationStore, StoreLayout, collect_records
+from atlas.collect.sampling import SAME_ROWS_RULE, map_positions
 from atlas.config import CollectConfig, ModelConfig
 from atlas.devices import key_part
 from atlas.errors import AtlasError
@@ -16,7 +18,7 @@ from atlas.images.source import ImageSource, Shard, display_name, one_line
 from atlas.models import model_files_identity
 from atlas.models.layouts import require_class_token
 from atlas.storage import Location
-from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.context import RunInputs, SameRows
 from atlas_pipelines.engine.stage import Report, Stage, StageCall, file_fingerprint, file_identity
 from atlas_pipelines.engine.worker_state import READING_KEYS, model_view, use_threads
 
@@ -34,10 +36,14 @@ def collect_shard_task(
     n_classes: int,
     threads: int,
     device: str = "cpu",
+    same_rows: SameRows | None = None,
 ) -> dict[str, Any]:
-    """Runs on a worker: the model comes from the worker's cache, loaded once per process onto ``device``."""
+    """Runs on a worker: the model comes from the worker's cache, loaded once per process onto ``device``.
+
+    ``same_rows``: this shard's rows are the main bundle's, read again at this layer (``model.layers``)."""
     use_threads(threads)
     view = model_view(model_config, device)
+    positions = None if same_rows is None else main_positions(same_rows, shard.index, view.grid)
     result = collect_records(
         view,
         source.read(shard),
@@ -48,6 +54,7 @@ def collect_shard_task(
         n_classes,
         collect.nonfinite,
         collect.class_token,
+        positions,
     )
     report = {
         "shard": shard.index,
@@ -62,12 +69,24 @@ def collect_shard_task(
     return report
 
 
+def main_positions(same_rows: SameRows, shard: int, grid: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Each image's (y, x) rows in the main bundle's shard ``shard``, in store order, mapped to a layer of ``grid``."""
+    main = ActivationStore(same_rows.store)
+    chunks = list(main.chunks(("image_id", "y", "x"), shards=[shard]))
+    if not chunks:
+        return {}
+    ids, ys, xs = (chunks[0].arrays[name] for name in ("image_id", "y", "x"))
+    mapped = map_positions(np.stack([ys, xs], axis=1), same_rows.grid, grid)
+    return {int(image): mapped[ids == image] for image in np.unique(ids)}
+
+
 def store_layout(run: RunInputs) -> StoreLayout:
-    """Every shard owns a fixed block of rows, sized for its fullest possible shard."""
+    """Every shard owns a fixed block of rows, sized for its fullest possible shard (another layer's: the main's)."""
     config = run.config.collect
     h, w = run.layer_hw
     per_image = (h * w if config.positions_per_image == "all" else config.positions_per_image) + int(config.class_token)
-    return StoreLayout(len(run.shards), config.shard_size * per_image, run.view.channels, run.n_classes)
+    rows = config.shard_size * per_image if run.same_rows is None else run.same_rows.rows_per_shard
+    return StoreLayout(len(run.shards), rows, run.view.channels, run.n_classes)
 
 
 def collect_settings(run: RunInputs) -> Any:
@@ -75,7 +94,7 @@ def collect_settings(run: RunInputs) -> Any:
     index = run.bundle.path(IMAGE_INDEX)
     reading = {key: value for key, value in config.model.model_dump(mode="json", include=set(READING_KEYS)).items() if value != "auto"}
     return [
-        config.model.model_dump(mode="json", exclude={"classes", *READING_KEYS}),
+        config.model.model_dump(mode="json", exclude={"classes", "layers", *READING_KEYS}),  # layers: which atlases, not these rows
         file_identity(config.model.weights),
         model_files_identity(config.model.spec),
         run.source.identity(),
@@ -85,6 +104,7 @@ def collect_settings(run: RunInputs) -> Any:
         config.seed,
         *key_part(run.device),  # GPU rows differ from CPU rows in the last bits
         *([reading] if reading else []),  # how the layer is read, when set: auto keeps the keys it always had
+        *([{"same_rows": run.same_rows.key, "rule": SAME_ROWS_RULE}] if run.same_rows is not None else []),
     ]
 
 
@@ -105,7 +125,7 @@ def collect(call: StageCall) -> Report:
         futures = [
             ex.submit(
                 collect_shard_task, shard, source_ref, config.model, config.collect, config.seed, store.path, layout.n_classes,
-                ex.threads_per_task, str(run.device),
+                ex.threads_per_task, str(run.device), run.same_rows,
             )
             for shard in todo
         ]  # fmt: skip

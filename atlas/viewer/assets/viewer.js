@@ -8,7 +8,8 @@
  * The view lives in the URL hash (url_state.js). The classes picker (picker.js) links to the class atlases
  * and comparisons built; a sub-bundle names itself and links back to its parent (title.js); a comparison
  * labels its axis and shows its patch experiment (pair.js). With a dictionary (atlas dictionary), a cell lists
- * its strongest features and a chosen feature lights up its cells (features.js).
+ * its strongest features and a chosen feature lights up its cells (features.js). A run of several layers
+ * (model.layers) lists them in a chooser that opens another layer's atlas at the same rows (layer_chooser.js).
  *
  * The page's state is the one object `app` below, handed to each module; window.atlas is what tests and
  * scripts read. ES modules do not load from file:// URLs: the bundle is served (`atlas serve RUN_DIR`).
@@ -19,6 +20,7 @@ import { byId } from "./dom.js";
 import { emptyLevels, gridForZoom, levelOf, maxZoom, tiledLevels } from "./grids.js";
 import { showFeatureMapLink } from "./features.js";
 import { fillClassList, setClass } from "./heatmap.js";
+import { setupLayers } from "./layer_chooser.js";
 import { fetchOk } from "./net.js";
 import { drawOverlay } from "./overlay.js";
 import { setupPair } from "./pair.js";
@@ -70,6 +72,7 @@ function start(m) {
   showFeatureMapLink(m);
   setupPicker(app);
   setupPair(app);
+  setupLayers(app);
   const levels = (app.levels = atlas.levels = tiledLevels(m));
   const empty = emptyLevels(m);
   atlas.emptyGrids = empty.map((l) => l.grid);
