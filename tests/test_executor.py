@@ -72,3 +72,39 @@ def test_a_normal_end_leaves_tasks_submitted_meanwhile_running(client: Any, tmp_
         later.append(ex.submit(write_after, tmp_path / "pyramid", 0.5))
         future.result()
     assert [future.result() for future in ex.as_completed(later)] == ["pyramid"]
+
+
+def hold_and_free_heap(megabytes: int) -> int:
+    """On a worker with atlas's allocator settings: allocate in small blocks, free them, return the RSS left (MB)."""
+    import numpy as np
+    import psutil
+
+    from atlas.runtime import tune_allocator
+
+    tune_allocator()  # atlas's workers start with these thresholds; this test's cluster is Dask's own
+    blocks = [np.ones(1 << 16) for _ in range(megabytes * 2)]  # 512 KiB each: below the mmap threshold, on the heap
+    del blocks
+    return int(psutil.Process().memory_info().rss >> 20)
+
+
+def worker_rss(dask_worker: Any) -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss >> 20)
+
+
+def test_between_stages_the_workers_hand_back_the_heap_a_stage_freed(client: Any) -> None:
+    """atlas keeps freed heap for speed within a stage (atlas.runtime); between stages it is returned, so a long-lived
+    worker does not carry every earlier stage's high-water mark into the next one."""
+    from contextlib import ExitStack
+
+    from atlas.config import SchedulerConfig
+    from atlas_pipelines.engine.executor import LazyExecutor
+
+    with ExitStack() as stack:
+        lazy = LazyExecutor(SchedulerConfig(), stack, lambda _: None, client=client)
+        kept = lazy().submit(hold_and_free_heap, 600).result()
+        before = min(client.run(worker_rss).values())
+        lazy.release_memory()
+        after = min(client.run(worker_rss).values())
+    assert kept >= before >= after + 400, (kept, before, after)

@@ -46,11 +46,13 @@ def test_colourfulness_is_zero_for_grey_and_grows_with_saturation() -> None:
     assert colourfulness(muted) == pytest.approx(0.2 * colourfulness(halves), rel=1e-6)
 
 
-def test_the_summary_is_the_median_and_skips_flat_images() -> None:
+def test_the_summary_is_the_median_slope_and_mean_colour_and_skips_flat_slopes() -> None:
     rng = np.random.default_rng(1)
-    images = [power_law_noise(2.0, 64, rng).repeat(3, 1, 1) for _ in range(5)] + [torch.full((3, 16, 16), 0.5)]
+    red = torch.zeros(3, 16, 16)
+    red[0] = 1.0
+    images = [power_law_noise(2.0, 64, rng).repeat(3, 1, 1) for _ in range(5)] + [red]
     summary = image_statistics(images)
     assert summary is not None and summary.images == 6
     assert summary.spectral_slope == pytest.approx(float(np.median([spectral_slope(i) for i in images[:5]])))
-    assert summary.colourfulness == 0.0
+    assert summary.colourfulness == pytest.approx(colourfulness(red) / 6)  # five grey images and one red
     assert image_statistics([]) is None

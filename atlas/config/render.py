@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from atlas.config.limits import MAX_ICON, RENDER_BATCH
+from atlas.config.limits import COARSE_MIN_CANVAS, MAX_ICON, RENDER_BATCH
 from atlas.config.section import Batch, Section
 
 
 class RenderConfig(Section):
-    steps: int = Field(default=128, ge=1, le=100_000, description="at most 100,000 (the article used 1,024)")
+    steps: int = Field(default=64, ge=1, le=100_000, description="at most 100,000 (the article used 1,024)")
+    coarse_steps: Annotated[int, Field(ge=0, le=100_000)] | Literal["auto"] = Field(
+        default="auto",
+        description=f"the first steps feed the model each view at half size (a quarter of the work); at most render.steps;"
+        f" auto: half of render.steps where the icon canvas is at least {COARSE_MIN_CANVAS} px, else 0",
+    )
     icon_size: int = Field(default=80, ge=1, le=MAX_ICON, description=f"px per side, at most {MAX_ICON}")
     tries: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         default="auto",
@@ -42,7 +47,7 @@ class RenderConfig(Section):
         " 0, or an atlas with fewer than 4 times as many cells: no probe, 'auto' takes the usual defaults",
     )
     param: Literal["auto", "fourier", "maco", "accentuate"] = Field(
-        default="fourier",
+        default="auto",
         description="fourier: 1/f spectrum; maco: phase only, magnitude from the run's images; accentuate: from the cell's"
         " best example; auto: fourier, or whichever a probe render finds most faithful where fourier's icons miss the"
         " fidelity bar (probe top-1 below 0.9 or mean cosine below 0.8)",
@@ -62,6 +67,12 @@ class RenderConfig(Section):
         """true/false (and YAML's on/off) mean full/off."""
         return {True: "full", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
+    @model_validator(mode="after")
+    def _coarse_within_steps(self) -> RenderConfig:
+        if self.coarse_steps != "auto" and self.coarse_steps > self.steps:
+            raise ValueError(f"coarse_steps = {self.coarse_steps} is more than steps = {self.steps}; lower it or use auto")
+        return self
+
     def probed(self) -> list[str]:
         """The settings a probe render chooses: those left to 'auto'."""
         names = ("whiten", "contrast", "cossim_power", "learning_rate", "param", "tries")
@@ -74,6 +85,12 @@ class RenderConfig(Section):
     def probes(self) -> bool:
         """Whether a probe render chooses any setting."""
         return bool(self.probed())
+
+    def coarse_steps_on(self, canvas: int) -> int:
+        """The steps at half size for icons rendered on a ``canvas`` px square: the setting, or auto's rule."""
+        if self.coarse_steps != "auto":
+            return self.coarse_steps
+        return self.steps // 2 if canvas >= COARSE_MIN_CANVAS else 0
 
     def batch_size_on(self, device_type: str) -> int:
         """Cells per task: the setting, or for 'auto' what keeps the device busy (a GPU wants far larger batches)."""

@@ -64,7 +64,8 @@ def colourfulness(image: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class ImageStatistics:
-    """Medians over a set of images (NaN slopes of flat images left out)."""
+    """Over a set of images: the median spectral slope (NaN slopes of flat images left out) and the mean colourfulness
+    (a set of mostly grey photographs has a median of 0, which would hide its colour images)."""
 
     images: int
     spectral_slope: float
@@ -75,7 +76,7 @@ class ImageStatistics:
 
 
 def image_statistics(images: Iterable[torch.Tensor]) -> ImageStatistics | None:
-    """The median spectral slope and colourfulness of ``images`` ([C, H, W] in [0, 1]); None for no image."""
+    """The median spectral slope and mean colourfulness of ``images`` ([C, H, W] in [0, 1]); None for no image."""
     slopes, colours = [], []
     for image in images:
         slopes.append(spectral_slope(image))
@@ -83,7 +84,7 @@ def image_statistics(images: Iterable[torch.Tensor]) -> ImageStatistics | None:
     finite = [s for s in slopes if np.isfinite(s)]
     if not colours:
         return None
-    return ImageStatistics(len(colours), float(np.median(finite)) if finite else float("nan"), float(np.median(colours)))
+    return ImageStatistics(len(colours), float(np.median(finite)) if finite else float("nan"), float(np.mean(colours)))
 
 
 __all__ = ["SPECTRUM_SIDE", "ImageStatistics", "colourfulness", "image_statistics", "spectral_slope"]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from atlas.config import SchedulerConfig
 from atlas.errors import AtlasError
-from atlas.runtime import MALLOC_ENVIRON
+from atlas.runtime import MALLOC_ENVIRON, release_free_memory
 
 if TYPE_CHECKING:
     import torch
@@ -329,6 +329,12 @@ class LazyExecutor:
         self._config, self._stack, self._log, self._device = config, stack, log, device
         self._client, self._objects = client, objects
         self._executor: Executor | None = None
+
+    def release_memory(self) -> None:
+        """Between stages: every worker (if the cluster was started) and this process return their free heap."""
+        release_free_memory()
+        if isinstance(self._executor, DaskExecutor):
+            self._executor.client.run(release_free_memory)
 
     def __call__(self) -> Executor:
         if self._executor is None:

@@ -26,6 +26,7 @@ from atlas.errors import AtlasError
 from atlas.io import out_of_space_as_error
 from atlas.markers import is_fresh, read_marker, write_marker
 from atlas.storage import Location
+from atlas_pipelines.engine.executor import LazyExecutor
 
 if TYPE_CHECKING:
     from atlas_pipelines.engine.context import RunInputs
@@ -118,6 +119,8 @@ def run_stages(stages: Sequence[Stage], run: RunInputs, until: str | None = None
         seconds = round(time.perf_counter() - started, 3)
         if not cached:
             run.log(f"[{stage.name}] done in {seconds:.1f} s")
+            if isinstance(run.executor, LazyExecutor):  # the next stage starts from a trimmed heap (atlas.runtime)
+                run.executor.release_memory()
         records[stage.name] = StageRecord(key, seconds, cached, report)
         if stage.name == until:
             break
