@@ -69,19 +69,22 @@ def test_the_cpu_render_key_holds_every_setting_that_changes_icons_and_no_device
     settings that change nothing (``proximity`` without accentuate, ``probe_cells`` without a probe) leave it alone."""
     assert key_part(CPU) == []
     default = render_settings(_run(CPU))  # type: ignore[arg-type]
-    assert len(default) == 2 and default[1] == 0, "the section and the seed, no device on the CPU"
+    assert len(default) == 3 and default[1] == 0, "the section, the seed and the probe's path term, no device on the CPU"
+    assert default[2] == {"path_check": {"layers": "auto"}, "examples_per_cell": 6}
     now = default[0]
     assert now["batch_size"] == RenderConfig().batch_size_on("cpu") == 64
     assert (now["whiten"], now["cossim_power"], now["learning_rate"], now["crop_to_field"]) == ("auto", "auto", "auto", True)
-    assert (now["contrast"], now["tries"], now["param"], now["precision"], now["alpha"]) == ("auto", "auto", "fourier", "fp32", False)
-    assert "proximity" not in now and now["probe_cells"] == RenderConfig().probe_cells
-    fixed = {"whiten": "full", "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False, "contrast": False, "tries": 1}
+    assert (now["contrast"], now["tries"], now["param"], now["precision"], now["alpha"]) == ("auto", "auto", "auto", "fp32", False)
+    assert now["proximity"] == 10.0 and now["probe_cells"] == RenderConfig().probe_cells  # auto may choose accentuate
+    assert (now["steps"], now["coarse_steps"]) == (64, "auto")
+    fixed = {"whiten": "full", "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False, "contrast": False, "tries": 1,
+             "param": "fourier"}  # fmt: skip
     assert "probe_cells" not in render_settings(_run(CPU, **fixed))[0], "no 'auto': no probe"  # type: ignore[arg-type]
     base = render_settings(_run(CPU, **fixed))  # type: ignore[arg-type]
     assert render_settings(_run(CPU, proximity=3.0, **fixed)) == base, "proximity without accentuate changes nothing"  # type: ignore[arg-type]
     changes = (
         {"param": "maco"}, {"param": "accentuate"}, {"alpha": True}, {"whiten": "dot"}, {"whiten": "off"}, {"contrast": True},
-        {"tries": 4}, {"crop_to_field": True}, {"steps": 64}, {"icon_size": 64}, {"precision": "bf16"}, {"batch_size": 32},
+        {"tries": 4}, {"crop_to_field": True}, {"steps": 128}, {"coarse_steps": 0}, {"icon_size": 64}, {"precision": "bf16"}, {"batch_size": 32},
     )  # fmt: skip
     keys = [render_settings(_run(CPU, **{**fixed, **changed})) for changed in changes]  # type: ignore[arg-type]
     assert all(key != base for key in keys), [c for c, k in zip(changes, keys) if k == base]

@@ -341,7 +341,7 @@ def render_settings(run: RunInputs) -> list[Any]:
         return [section, run.config.seed, *key_part(run.device)]
     path_check = run.config.path_check.model_dump(mode="json")  # the probe's path term (its auto layers follow the model)
     probe_path = {"path_check": path_check, "examples_per_cell": run.config.tiles.examples_per_cell}
-    return [section, run.config.seed, *key_part(run.device), probe_path]
+    return [section, run.config.seed, probe_path, *key_part(run.device)]
 
 
 # version 2: the key holds every setting as it is (version 1 dropped settings at the values older runs used)
