@@ -6,8 +6,9 @@ nothing through it; they read each other's outputs from the bundle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,6 +32,10 @@ class RunInputs:
     executor: Callable[[], Executor]  # starts the cluster on first use
     log: Callable[[str], None]
     device: torch.device = CPU  # resolved from config.device; workers move their model there
+    # Settings the data decided (engine/data_choices.py): config holds the values chosen, given the config as it came
+    # (the manifest's config), choices what was chosen and why (the manifest's choices).
+    given: AtlasConfig | None = None
+    choices: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def model(self) -> LoadedModel:
