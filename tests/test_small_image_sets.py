@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 
 from atlas.collect import sample_positions
 from atlas.collect.sampling import interior_count, positions_to_reach
-from atlas.config import load_config, packaged_default_config
+from atlas.config import AtlasConfig, load_config, packaged_default_config
 from atlas.grid.sizes import fitted_sizes, largest_filled_side, sizes_for_rows
 from atlas_pipelines.commands.cli import main
 from atlas_pipelines.engine.data_choices import choose_from_data
+from atlas_pipelines.stages import collect, grid
 
 DOZEN = (
     "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera", "brick",
@@ -98,6 +102,23 @@ def test_the_default_image_set_keeps_the_default_rows_and_grids() -> None:
     assert chosen.collect.positions_per_image == 4 and chosen.grid.sizes == (10, 20, 40)
     assert choices["collect.positions_per_image"]["rule"].startswith("config: ") and choices["grid.sizes"]["rule"].startswith("config: ")
     assert chosen.collect == config.collect and chosen.grid == config.grid
+    # And the stage keys of a config without the rules: cached default bundles stay cached.
+    without = config.model_copy(
+        update={
+            "collect": config.collect.model_copy(update={"target_rows": None}),
+            "grid": config.grid.model_copy(update={"fit_to_rows": False}),
+        }
+    )
+    for stage in (collect.STAGE, grid.STAGE):
+        assert stage.settings(_inputs(chosen)) == stage.settings(_inputs(without)), stage.name
+
+
+def _inputs(config: AtlasConfig) -> Any:
+    """What the collect and grid stages' settings read of a run, for a config."""
+    return SimpleNamespace(
+        config=config, labels=None, device=torch.device("cpu"), source=SimpleNamespace(identity=lambda: "images"),
+        bundle=SimpleNamespace(path=lambda name: Path("/nonexistent") / name),
+    )  # fmt: skip
 
 
 def test_a_value_set_on_top_of_the_file_turns_its_rule_off() -> None:
