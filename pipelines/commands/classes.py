@@ -439,7 +439,7 @@ def _build_classes(
             sub_config = subset_config(config, parent, subset)
             bundle = BundleWriter(parent.path(subset.folder))
             bundle.root.mkdir(parents=True, exist_ok=True)
-            run = SubsetInputs(sub_config, bundle, view, n_classes, labels, source, [], executor, log, device, parent, subset)
+            run = SubsetInputs(sub_config, bundle, view, n_classes, labels, source, [], executor, log, device, parent=parent, subset=subset)
             records = run_stages(PAIR_STAGES if subset.kind == "pair" else CLASS_STAGES, run)
             assemble(run, records)
     index = class_index(parent, labels, counts, config.classes)
