@@ -69,6 +69,13 @@ def test_a_dozen_photos_fill_every_grid_with_the_default_config(dozen_atlas: tup
     assert rows["report"]["n_activations"] == 1728
 
 
+def test_a_rerun_makes_the_same_choices_and_reuses_every_stage(dozen_photos: Path, dozen_atlas: tuple[dict, Path]) -> None:
+    manifest, run_dir = dozen_atlas
+    again = _run(dozen_photos, run_dir.parent, "dozen", *QUICK)
+    assert again["choices"] == manifest["choices"]
+    assert all(stage["cached"] for stage in again["stages"].values()), again["stages"]
+
+
 def test_explicit_positions_and_sizes_win(dozen_photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = [
         "--until",
