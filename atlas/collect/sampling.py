@@ -7,9 +7,46 @@ uninterrupted one sample the same places.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
+
+
+def interior_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the map without its border rows and columns (the whole map when it is 2 or less across)."""
+    y0, y1 = (1, height - 1) if height > 2 else (0, height)
+    x0, x1 = (1, width - 1) if width > 2 else (0, width)
+    return y0, y1, x0, x1
+
+
+def interior_count(height: int, width: int) -> int:
+    """How many distinct positions :func:`sample_positions` draws from."""
+    y0, y1, x0, x1 = interior_box(height, width)
+    return (y1 - y0) * (x1 - x0)
+
+
+def positions_to_reach(target_rows: int, n_images: int, configured: int, interior: int, most: int) -> tuple[int, str]:
+    """Positions per image for a small image set, and why: ``configured`` unless ``n_images`` of them fall short of
+    ``target_rows``; then enough to reach it, at most every interior position (more would repeat positions) and at
+    most ``most`` (what one collect task may hold), never fewer than ``configured``."""
+    planned = n_images * configured
+    if planned >= target_rows:
+        return configured, (f"config: {n_images:,} images x {configured} = {planned:,} rows reach collect.target_rows = {target_rows:,}")
+    needed = math.ceil(target_rows / max(n_images, 1))
+    value = max(configured, min(needed, interior, most))
+    if value == configured:
+        why = "every interior position already" if configured >= interior else f"at most {most} per image in one collect task"
+    elif value == interior:
+        why = f"every interior position of the map, short of ceil({target_rows:,} / {n_images:,}) = {needed}"
+    elif value == most:
+        why = f"at most {most} per image in one collect task (collect.shard_size)"
+    else:
+        why = f"ceil({target_rows:,} / {n_images:,})"
+    return value, (
+        f"auto: {n_images:,} images x {configured} = {planned:,} rows < collect.target_rows = {target_rows:,}; "
+        f"{value} per image ({why}): {n_images * value:,} rows"
+    )
 
 
 def sample_positions(image_id: int, height: int, width: int, k: int | Literal["all"], seed: int) -> np.ndarray:
@@ -19,8 +56,7 @@ def sample_positions(image_id: int, height: int, width: int, k: int | Literal["a
     if k == "all":
         ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
         return np.stack([ys.ravel(), xs.ravel()], axis=1).astype(np.int32)
-    y0, y1 = (1, height - 1) if height > 2 else (0, height)
-    x0, x1 = (1, width - 1) if width > 2 else (0, width)
+    y0, y1, x0, x1 = interior_box(height, width)
     n_cells = (y1 - y0) * (x1 - x0)
     rng = np.random.default_rng([seed, image_id])
     flat = rng.choice(n_cells, size=k, replace=k > n_cells)

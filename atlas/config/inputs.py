@@ -87,3 +87,8 @@ class CollectConfig(Section):
         default=False,
         description="also store each image's class-token row (a token layer of a model with a class token), beside its patch rows",
     )
+    target_rows: Count | None = Field(
+        default=None,
+        description="rows a small image set should still give: positions_per_image is raised until the images reach it,"
+        " at most to every interior position (null: off; a positions_per_image set on top of a file turns it off)",
+    )

@@ -43,6 +43,11 @@ class GridConfig(Section):
     min_count: Count = 3
     top_classes: int = Field(default=5, ge=1, le=10_000, description="at most 10,000")
     examples: int = Field(default=8, ge=0, le=1000, description="0 to 1,000 per cell")
+    fit_to_rows: bool = Field(
+        default=False,
+        description="when the rows cannot fill the finest grid (two thirds of min_count per cell), take the largest"
+        " sizes they fill instead (a grid.sizes set on top of a file turns it off)",
+    )
 
     @field_validator("sizes")
     @classmethod

@@ -42,6 +42,21 @@ def apply_assignment(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# A value set on top of a file (--set, a setting, a flag) is taken as it is: the file's rule that would change it is
+# dropped, unless that rule is set too. The packaged default's rules then never override what a user asked for.
+RULES_OVER = {"collect.positions_per_image": "collect.target_rows", "grid.sizes": "grid.fit_to_rows"}
+
+
+def drop_rules_under_explicit_values(tree: dict[str, Any], given: set[str]) -> None:
+    """Remove from the file's ``tree`` each rule whose value ``given`` names and whose rule it does not."""
+    for value_key, rule_key in RULES_OVER.items():
+        if value_key in given and rule_key not in given:
+            section, _, leaf = rule_key.partition(".")
+            node = tree.get(section)
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+
+
 def validate_tree(tree: dict[str, Any], schema: type[BaseModel]) -> Any:
     """The tree as ``schema``; anything wrong is one line naming the first bad key."""
     try:
@@ -86,10 +101,9 @@ def load_config(
     flags whose value is a string whatever it looks like.
     """
     tree = read_yaml(path) if path is not None else {}
-    for text in assignments:
-        key, value = parse_assignment(text)
-        apply_assignment(tree, key, value)
-    for key, value in values:
+    given = [parse_assignment(text) for text in assignments] + list(values)
+    drop_rules_under_explicit_values(tree, {key for key, _ in given})
+    for key, value in given:
         apply_assignment(tree, key, value)
     config = validate_tree(tree, schema)
     if path is not None and isinstance(config, AtlasConfig) and config.output.name is None:

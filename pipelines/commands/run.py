@@ -28,6 +28,7 @@ from atlas.runtime import tune_allocator
 from atlas.storage import Location, location
 from atlas_pipelines.commands.layers import build_layers, layer_views, layers_report
 from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.data_choices import choose_from_data, describe_choices
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import Stage, check_order, run_stages
 from atlas_pipelines.engine.worker_state import model_view, warm_worker
@@ -93,17 +94,25 @@ def _run_locked(
             shards = source.plan(bundle.path(IMAGES), config.collect.n_images, config.collect.shard_size)
         if not shards:
             raise AtlasError(f"images.source {config.images.source!r}: no images found; point it at a folder of images")
-        log(f"[images] {sum(s.count for s in shards)} images in {len(shards)} shards ({time.perf_counter() - started:.1f} s to list)")
+        n_images = sum(s.count for s in shards)
+        log(f"[images] {n_images} images in {len(shards)} shards ({time.perf_counter() - started:.1f} s to list)")
+        chosen, choices = choose_from_data(config, n_images, view.grid)
+        for line in describe_choices(choices):
+            log(line)
         run = RunInputs(
-            config, bundle, view, n_classes, _class_names(view, source, n_classes, labels), source, shards, executor, log, device,
+            chosen, bundle, view, n_classes, _class_names(view, source, n_classes, labels), source, shards, executor, log, device,
+            given=config, choices=choices,
         )  # fmt: skip
-        records = run_stages(stages_for(config), run, until)
+        records = run_stages(stages_for(chosen), run, until)
         more = None
         if config.model.layers is not None:
             build_layers(run, views, STAGES, until)
             more = layers_report(config, views, config.model.layer, same_rows=True)
     with out_of_space_as_error("assemble", bundle.root):
         manifest = assemble(run, records, more)
+    for level in manifest["levels"]:
+        if level.get("note"):
+            log(f"atlas: grid {level['grid']}: {level['note']}")
     log(f"atlas: {manifest['n_activations']} activations from {manifest['n_images']} images -> {bundle.root}")
     return bundle.root
 

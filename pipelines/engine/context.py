@@ -6,8 +6,9 @@ nothing through it; they read each other's outputs from the bundle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -44,6 +45,10 @@ class RunInputs:
     log: Callable[[str], None]
     device: torch.device = CPU  # resolved from config.device; workers move their model there
     same_rows: SameRows | None = None  # another layer's atlas of the main bundle's rows (model.layers); None: sample
+    # Settings the data decided (engine/data_choices.py): config holds the values chosen, given the config as it came
+    # (the manifest's config), choices what was chosen and why (the manifest's choices).
+    given: AtlasConfig | None = None
+    choices: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def model(self) -> LoadedModel:

@@ -112,7 +112,8 @@ def base_manifest(run: RunInputs) -> dict[str, Any]:
         "image_index": None,
         "skipped": {"count": 0, "files": []},
         "levels": [],
-        "config": config.model_dump(mode="json"),
+        "config": (run.given or config).model_dump(mode="json"),  # as given; what the data decided is under choices
+        **({"choices": dict(run.choices)} if run.choices else {}),
         "versions": versions(),
     }
 

@@ -100,7 +100,10 @@ def collect_settings(run: RunInputs) -> Any:
         run.source.identity(),
         file_fingerprint(index) if index.exists() else None,
         # batching changes speed, not rows; class_token is in the key only when set, so older bundles keep theirs
-        config.collect.model_dump(mode="json", exclude={"batch_size", *(() if config.collect.class_token else ("class_token",))}),
+        # target_rows only chose positions_per_image, which is here as chosen: a set reaching it keeps its key
+        config.collect.model_dump(
+            mode="json", exclude={"batch_size", "target_rows", *(() if config.collect.class_token else ("class_token",))}
+        ),
         config.seed,
         *key_part(run.device),  # GPU rows differ from CPU rows in the last bits
         *([reading] if reading else []),  # how the layer is read, when set: auto keeps the keys it always had

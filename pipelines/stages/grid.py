@@ -11,7 +11,8 @@ from atlas_pipelines.engine.stage import Report, Stage, StageCall
 
 
 def grid_settings(run: RunInputs) -> Any:
-    return [run.config.grid.model_dump(mode="json"), run.labels]
+    # fit_to_rows only chose the sizes, which are here as chosen: rows that fill the configured sizes keep their key
+    return [run.config.grid.model_dump(mode="json", exclude={"fit_to_rows"}), run.labels]
 
 
 def grid(call: StageCall) -> Report:
@@ -33,8 +34,10 @@ def grid(call: StageCall) -> Report:
             bundle.write_attribution(size, level.mean_attribution)
         entry["attribution"] = attribution_file(size) if run.n_classes else None
         if not level.cells:
-            entry["note"] = f"no cell of this grid holds grid.min_count = {config.min_count} activations; lower it or collect more"
-            run.log(f"[grid] grid {size}: {entry['note']}")
+            entry["note"] = (
+                f"no cell of this grid holds grid.min_count = {config.min_count} activations; lower it, give smaller grid.sizes "
+                "(or grid.fit_to_rows=true), or collect more rows (collect.positions_per_image, collect.target_rows)"
+            )
         levels.append(entry)
     return {"levels": levels}
 
