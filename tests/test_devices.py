@@ -74,11 +74,10 @@ def test_the_cpu_render_key_holds_every_setting_that_changes_icons_and_no_device
     now = default[0]
     assert now["batch_size"] == RenderConfig().batch_size_on("cpu") == 64
     assert (now["whiten"], now["cossim_power"], now["learning_rate"], now["crop_to_field"]) == ("auto", "auto", "auto", True)
-    assert (now["contrast"], now["tries"], now["param"], now["precision"], now["alpha"]) == ("auto", "auto", "auto", "fp32", False)
-    assert now["proximity"] == 10.0 and now["probe_cells"] == RenderConfig().probe_cells  # auto may choose accentuate
+    assert (now["contrast"], now["tries"], now["param"], now["precision"], now["alpha"]) == ("auto", "auto", "fourier", "fp32", False)
+    assert "proximity" not in now and now["probe_cells"] == RenderConfig().probe_cells
     assert (now["steps"], now["coarse_steps"]) == (64, "auto")
-    fixed = {"whiten": "full", "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False, "contrast": False, "tries": 1,
-             "param": "fourier"}  # fmt: skip
+    fixed = {"whiten": "full", "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False, "contrast": False, "tries": 1}
     assert "probe_cells" not in render_settings(_run(CPU, **fixed))[0], "no 'auto': no probe"  # type: ignore[arg-type]
     base = render_settings(_run(CPU, **fixed))  # type: ignore[arg-type]
     assert render_settings(_run(CPU, proximity=3.0, **fixed)) == base, "proximity without accentuate changes nothing"  # type: ignore[arg-type]

@@ -47,10 +47,10 @@ class RenderConfig(Section):
         " 0, or an atlas with fewer than 4 times as many cells: no probe, 'auto' takes the usual defaults",
     )
     param: Literal["auto", "fourier", "maco", "accentuate"] = Field(
-        default="auto",
+        default="fourier",
         description="fourier: 1/f spectrum; maco: phase only, magnitude from the run's images; accentuate: from the cell's"
-        " best example; auto: fourier, or whichever a probe render finds most faithful where fourier's icons miss the"
-        " fidelity bar (probe top-1 below 0.9 or mean cosine below 0.8)",
+        " best example; auto: fourier, or whichever a probe render scores best where fourier's icons miss the fidelity bar"
+        " (probe top-1 below 0.9 or mean cosine below 0.8) or the path check (cosine below 0.3)",
     )
     proximity: float = Field(
         default=10.0, ge=0.0, le=1e6, description="accentuate: how near the example the icon stays, relative to its objective (0 to 1e6)"
