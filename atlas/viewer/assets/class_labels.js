@@ -1,10 +1,12 @@
 /* Where class labels go on the atlas, as the article writes them: a cell's top class over it once zoomed in far
  * enough to read, sparsely. One label per connected region of cells that share a top class (4-neighbours), at
- * the region's cell nearest its centre; larger regions first, and a label that would come within half a cell
- * of one already placed is left out, so labels never pile up over the icons. No DOM: node tests it. */
+ * the region's cell nearest its centre; larger regions first; a lone cell's region is labelled only when cells
+ * are large; and a label that would come within half a cell (at least 16 px) of one already placed is left out,
+ * so labels never pile up over the icons. No DOM: node tests it. */
 
 export const LABEL_MIN_ZOOM = 1.5;  // relative to the whole atlas: the overview stays a picture
-export const LABEL_MIN_CELL_PX = 40;  // cells smaller than this on screen get no label
+export const LABEL_MIN_CELL_PX = 24;  // cells smaller than this on screen get no label
+export const LABEL_LONE_CELL_PX = 64;  // below this, a region of one cell (often noise in the layout) gets none
 export const LABEL_HEIGHT_PX = 18;
 export const LABEL_MAX_CHARS = 24;
 
@@ -45,8 +47,9 @@ export function placeLabels(cells, cellPx, measure = estimateWidth) {
     regions.push(members);
   }
   regions.sort((a, b) => b.length - a.length || String(a[0].label).localeCompare(String(b[0].label)));
-  const pad = cellPx / 4, placed = [], boxes = [];
+  const pad = Math.max(cellPx / 4, 8), placed = [], boxes = [];
   for (const members of regions) {
+    if (members.length === 1 && cellPx < LABEL_LONE_CELL_PX) continue;
     const ci = members.reduce((s, c) => s + c.i, 0) / members.length;
     const cj = members.reduce((s, c) => s + c.j, 0) / members.length;
     const anchor = members.reduce((best, c) => {

@@ -47,7 +47,9 @@ export function drawLabels(app) {
   ctx.textBaseline = "middle";
   ctx.lineJoin = "round";
   placed.forEach((p) => {
-    const x = visibleMiddle(origin.x + p.i * cellPx, cellPx, width, 0), y = visibleMiddle(origin.y + p.j * cellPx, cellPx, height, 12);
+    const half = ctx.measureText(p.text).width / 2 + 3;  // the whole label on screen, whatever the cell's edge
+    const x = Math.max(half, Math.min(width - half, visibleMiddle(origin.x + p.i * cellPx, cellPx, width, 0)));
+    const y = Math.max(10, Math.min(height - 10, visibleMiddle(origin.y + p.j * cellPx, cellPx, height, 12)));
     ctx.lineWidth = 3.5;
     ctx.strokeStyle = "rgba(12, 12, 16, 0.85)";
     ctx.strokeText(p.text, x, y);

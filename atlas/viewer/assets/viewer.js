@@ -136,6 +136,7 @@ function openViewer(m, levels) {
     showNavigator: true,  // the minimap (#minimap, outside #atlas), the current view outlined
     navigatorId: sizedMinimap(),
     navigatorAutoFade: false,
+    navigatorOpacity: 1,
     navigatorBackground: "#0f1014",
     navigatorBorderColor: "#3a3f4b",
     navigatorDisplayRegionColor: "#f5a623",
