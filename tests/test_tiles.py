@@ -271,3 +271,41 @@ def test_sources_read_images_back_by_id(tmp_path: Path) -> None:
     for record in by_id:
         assert record.name == from_shard[record.image_id].name
         assert np.array_equal(np.asarray(record.image), np.asarray(from_shard[record.image_id].image))
+
+
+# ---- the examples and split views' cells (atlas.tiles.cell_pictures) ----
+
+
+def test_an_examples_cell_is_its_best_patch_or_a_mosaic_of_its_first_four(tmp_path: Path) -> None:
+    from atlas.tiles.cell_pictures import examples_picture
+
+    patches = real_icons(tmp_path, 5, 48)
+    expected = [np.asarray(Image.open(p).convert("RGB").resize((48, 48), Image.Resampling.LANCZOS)) for p in patches]
+    best = examples_picture(patches, 3, 96, "best")
+    assert best.shape == (96, 96, 3)
+    np.testing.assert_array_equal(best, np.asarray(Image.open(patches[0]).convert("RGB").resize((96, 96), Image.Resampling.LANCZOS)))
+
+    mosaic = examples_picture(patches, 3, 96, "mosaic")
+    for k in range(4):  # the fifth patch is not shown
+        top, left = (k // 2) * 48, (k % 2) * 48
+        np.testing.assert_array_equal(mosaic[top : top + 48, left : left + 48], expected[k])
+    two = examples_picture(patches[:2], 3, 96, "mosaic")
+    assert (two[48:] == BACKGROUND).all(), "quarters without a patch stay background"
+    assert (examples_picture([], 3, 96, "best") == BACKGROUND).all()
+    grey = examples_picture(patches, 1, 80, "best")
+    assert grey.shape == (80, 80, 1)
+
+
+def test_a_split_cell_shows_the_icon_left_and_the_example_right(tmp_path: Path) -> None:
+    from atlas.tiles.cell_pictures import SPLIT_GAP, split_picture
+
+    icon, patch = real_icons(tmp_path, 2, 48)
+    cell = split_picture((icon, patch), 3, 98)
+    side = (98 - SPLIT_GAP) // 2
+    top = (98 - side) // 2
+    np.testing.assert_array_equal(cell[top : top + side, :side], np.asarray(Image.open(icon).convert("RGB")))
+    np.testing.assert_array_equal(cell[top : top + side, 98 - side :], np.asarray(Image.open(patch).convert("RGB")))
+    assert (cell[:top] == BACKGROUND).all() and (cell[top + side :] == BACKGROUND).all()
+    assert (cell[:, side : 98 - side] == BACKGROUND).all(), "a gap keeps the two apart"
+    alone = split_picture((icon, None), 3, 98)
+    assert (alone[:, 98 - side :] == BACKGROUND).all(), "a cell without a readable patch shows its icon alone"

@@ -435,3 +435,221 @@ def test_a_page_opened_as_a_file_says_to_serve_it(browser: Any, bundle: Path) ->
     page.locator("#message").wait_for(state="visible")
     assert "atlas serve RUN_DIR" in page.inner_text("#message")
     context.close()
+
+
+# ---- the examples view, the minimap, class labels and the cross-fade (issue 25) ----
+
+
+def deepest_tile_region(files: Path, cell_px: int, i: int, j: int) -> np.ndarray:
+    """Cell (i, j) of a pyramid's full-resolution level, read from the one tile that holds it whole."""
+    deepest = max((int(p.name) for p in files.iterdir()), default=0)
+    column, row = (i * cell_px) // 256, (j * cell_px) // 256
+    tile = np.asarray(Image.open(files / str(deepest) / f"{column}_{row}.jpg").convert("RGB"), dtype=np.float64)
+    left, top = i * cell_px - column * 256 + (1 if column else 0), j * cell_px - row * 256 + (1 if row else 0)
+    return tile[top : top + cell_px, left : left + cell_px]
+
+
+def test_tiles_build_an_examples_and_a_split_pyramid_of_each_grid(bundle: Path) -> None:
+    manifest = read_json(bundle / "manifest.json")
+    assert manifest["tiles"]["views"]["examples"]["layout"] in ("best", "mosaic")
+    for level in manifest["levels"]:
+        size = level["grid"]
+        assert level["views"] == {"examples": f"tiles/examples/{size}.dzi", "both": f"tiles/both/{size}.dzi"}
+        for view in ("examples", "both"):
+            root = ET.parse(bundle / level["views"][view]).getroot()
+            assert root.get("TileSize") == "256" and root.get("Format") == "jpg"
+        cells = [c for c in read_json(bundle / level["cells"]) if c["i"] * 96 % 256 <= 160 and c["j"] * 96 % 256 <= 160]
+        assert cells, "some cell sits inside one tile"
+        for cell in cells:
+            best = next(e["patch"] for e in cell["examples"] if "patch" in e)
+            patch = np.asarray(Image.open(bundle / best).convert("RGB").resize((96, 96), Image.Resampling.LANCZOS), dtype=np.float64)
+            icon = np.asarray(Image.open(bundle / cell["icon"]).convert("RGB").resize((47, 47), Image.Resampling.LANCZOS), dtype=np.float64)
+            shown = deepest_tile_region(bundle / "tiles" / "examples" / f"{size}_files", 96, cell["i"], cell["j"])
+            assert np.abs(shown - patch).mean() < 8, "the examples view shows the cell's best real patch"
+            split = deepest_tile_region(bundle / "tiles" / "both" / f"{size}_files", 96, cell["i"], cell["j"])
+            assert np.abs(split[24:71, :47] - icon).mean() < 12, "the split view's left half is the icon"
+            small = np.asarray(Image.open(bundle / best).convert("RGB").resize((47, 47), Image.Resampling.LANCZOS), dtype=np.float64)
+            assert np.abs(split[24:71, 49:96] - small).mean() < 12, "and its right half the best patch"
+
+
+def cell_pixels(page: Any, spot: dict[str, Any], half: float) -> np.ndarray:
+    """The screen around a point, as RGB floats (a screenshot clipped to the square)."""
+    import io
+
+    png = page.screenshot(clip={"x": spot["x"] - half, "y": spot["y"] - half, "width": 2 * half, "height": 2 * half})
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+
+
+def picture(path: Path) -> np.ndarray:
+    image = Image.open(path).convert("RGB")
+    side = image.width
+    inner = image.crop((side // 5, side // 5, side - side // 5, side - side // 5))
+    return np.asarray(inner.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+
+
+def test_the_view_switch_shows_real_examples_with_the_same_hover_and_panel(browser: Any, server_url: str, bundle: Path) -> None:
+    visit = Visit(browser, server_url, viewport={"width": 1200, "height": 760})
+    page = visit.page
+    assert page.evaluate("window.atlas.views()") == ["icons", "examples", "both"]
+    assert page.locator("#views").is_visible()
+    visit.page.wait_for_load_state("networkidle")
+    target = visit.centre_cell()
+    cell = cell_on_disk(bundle, target["grid"], target["i"], target["j"])
+    half = page.evaluate(f"window.atlas.cellCenter({target['grid']}, 1, 0).x - window.atlas.cellCenter({target['grid']}, 0, 0).x") * 0.3
+    icon, best = picture(bundle / cell["icon"]), picture(bundle / next(e["patch"] for e in cell["examples"] if "patch" in e))
+    page.mouse.move(target["x"], target["y"])
+    page.locator("#tip").wait_for(state="visible")
+    tip = page.inner_text("#tip")
+    page.mouse.move(5, 5)
+    shown_icons = cell_pixels(page, target, half)
+
+    with page.expect_response(lambda r: f"/tiles/examples/{target['grid']}_files/" in r.url):  # its own tiles
+        page.click("#views button[data-view=examples]")
+    page.wait_for_function("window.atlas.view() === 'examples'")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(400)
+    shown_examples = cell_pixels(page, target, half)
+    assert np.abs(shown_examples - best).mean() < np.abs(shown_examples - icon).mean(), "the cell shows its real example"
+    assert np.abs(shown_icons - icon).mean() < np.abs(shown_icons - best).mean(), "and the icons view its icon"
+    page.mouse.move(target["x"], target["y"])
+    page.wait_for_function(f"window.atlas.lastTip && window.atlas.lastTip.i === {target['i']} && window.atlas.lastTip.j === {target['j']}")
+    assert page.inner_text("#tip") == tip, "the hover label is the same in every view"
+
+    page.locator("#atlas .openseadragon-canvas").focus()
+    with page.expect_response(lambda r: f"/tiles/both/{target['grid']}_files/" in r.url):
+        page.keyboard.press("v")
+    page.wait_for_function("window.atlas.view() === 'both'")
+    page.wait_for_load_state("networkidle")
+    page.mouse.click(target["x"], target["y"])
+    page.locator("#panel").wait_for(state="visible")
+    assert page.evaluate("window.atlas.selected()") == {"grid": target["grid"], "i": target["i"], "j": target["j"]}
+    assert cell["top_classes"][0]["label"] in page.inner_text("#panel-title")
+    page.wait_for_function("location.hash.includes('view=both')")
+    link = page.url
+    visit.assert_clean()
+    visit.close()
+
+    again = Visit(browser, link, viewport={"width": 1200, "height": 760})
+    assert again.page.evaluate("window.atlas.view()") == "both"
+    assert again.page.get_attribute("#views button[data-view=both]", "aria-pressed") == "true"
+    first_tile = again.page.evaluate("window.atlas.firstTileMs")
+    print(f"\n[viewer] split view opened from a link: first tile drawn {first_tile:.0f} ms after navigation start")
+    again.assert_clean()
+    again.close()
+
+
+def test_the_minimap_outlines_the_view_and_stays_clear_of_the_panel(browser: Any, server_url: str) -> None:
+    for viewport, extra in (({"width": 1200, "height": 760}, {}), ({"width": 390, "height": 844}, {"is_mobile": True, "has_touch": True})):
+        visit = Visit(browser, server_url, viewport=viewport, **extra)
+        page = visit.page
+        minimap = page.locator("#minimap")
+        minimap.wait_for(state="visible")
+        box, stage = minimap.bounding_box(), page.locator("#atlas").bounding_box()
+        assert 72 <= box["width"] <= 182 and box["width"] < stage["width"] / 2 and box["height"] < stage["height"] / 2
+        assert box["x"] >= stage["x"] and box["x"] + box["width"] <= stage["x"] + stage["width"] <= viewport["width"], (
+            "inside the atlas area"
+        )
+        assert box["y"] >= stage["y"] and box["y"] + box["height"] <= stage["y"] + stage["height"]
+        region = page.locator("#minimap .displayregion")
+        whole = region.bounding_box()
+        page.click("#zoom-in")
+        visit.settle()
+        page.wait_for_timeout(300)
+        zoomed = region.bounding_box()
+        assert zoomed["width"] < whole["width"] * 0.7, "zoomed in, the outline shrinks to the part on screen"
+        target = visit.centre_cell()
+        page.mouse.click(target["x"], target["y"]) if not extra else page.touchscreen.tap(target["x"], target["y"])
+        page.locator("#panel").wait_for(state="visible")
+        box, panel = minimap.bounding_box(), page.locator("#panel").bounding_box()
+        overlaps = (
+            box["x"] < panel["x"] + panel["width"]
+            and panel["x"] < box["x"] + box["width"]
+            and box["y"] < panel["y"] + panel["height"]
+            and panel["y"] < box["y"] + box["height"]
+        )
+        assert not overlaps, f"the minimap {box} does not cover the panel {panel}"
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+        visit.assert_clean()
+        visit.close()
+
+
+def test_class_labels_appear_zoomed_in_and_the_key_turns_them_off(browser: Any, server_url: str, bundle: Path) -> None:
+    visit = Visit(browser, server_url, viewport={"width": 1200, "height": 760})
+    page = visit.page
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("window.atlas.labels()") == [], "the whole atlas carries no labels"
+    painted = "(() => { const c = document.getElementById('labels'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; for (let k = 3; k < d.length; k += 4) if (d[k] > 0) n++; return n; })()"
+    assert page.evaluate(painted) == 0
+    page.click("#zoom-in")
+    page.click("#zoom-in")
+    visit.settle()
+    page.wait_for_function("window.atlas.labels().length > 0")
+    labels = page.evaluate("window.atlas.labels()")
+    grid = page.evaluate("window.atlas.currentGrid()")
+    for placed in labels:
+        assert placed["grid"] == grid
+        assert placed["label"] == cell_on_disk(bundle, grid, placed["i"], placed["j"])["top_classes"][0]["label"]
+    assert len({(p["i"], p["j"]) for p in labels}) == len(labels)
+    assert page.evaluate(painted) > 50, "the labels are drawn"
+
+    page.locator("#atlas .openseadragon-canvas").focus()
+    page.keyboard.press("l")
+    page.wait_for_function("window.atlas.labels().length === 0")
+    assert page.evaluate(painted) == 0
+    assert page.get_attribute("#labels-toggle", "aria-pressed") == "false"
+    page.wait_for_function("location.hash.includes('labels=0')")
+    page.keyboard.press("l")
+    page.wait_for_function("window.atlas.labels().length > 0")
+    visit.assert_clean()
+    visit.close()
+
+
+def test_zooming_cross_fades_between_grids(browser: Any, server_url: str) -> None:
+    visit = Visit(browser, server_url, viewport={"width": 1200, "height": 760})
+    page = visit.page
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("window.atlas.opacities()") == [1, 0]
+    page.evaluate(
+        "window.fadeSamples = []; (function sample() { window.fadeSamples.push(window.atlas.opacities());"
+        " if (window.fadeSamples.length < 600) requestAnimationFrame(sample); })();"
+    )
+    page.click("#zoom-in")
+    page.wait_for_function("window.atlas.currentGrid() === 4")
+    page.wait_for_function("(() => { const o = window.atlas.opacities(); return o[0] === 1 && o[1] === 1; })()")
+    samples = page.evaluate("window.fadeSamples")
+    between = [s for s in samples if 0 < s[1] < 1]
+    assert between and all(s[0] == 1 for s in between), "the finer grid fades in over the coarser, still opaque"
+    assert len({round(s[1], 2) for s in between}) >= 3, f"a fade over several frames, not a jump: {between}"
+
+    page.evaluate(
+        "window.fadeSamples = []; (function sample() { window.fadeSamples.push(window.atlas.opacities()); if (window.fadeSamples.length < 600) requestAnimationFrame(sample); })();"
+    )
+    page.click("#home")
+    page.wait_for_function("window.atlas.currentGrid() === 2")
+    page.wait_for_function("(() => { const o = window.atlas.opacities(); return o[0] === 1 && o[1] === 0; })()")
+    going = [s for s in page.evaluate("window.fadeSamples") if 0 < s[1] < 1]
+    assert going and all(s[0] == 1 for s in going), "zooming out, the finer grid fades out over the coarser"
+    visit.assert_clean()
+    visit.close()
+
+
+def test_a_bundle_tiled_before_the_examples_view_opens_with_icons_alone(browser: Any, bundle: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old, ignore=lambda folder, names: ["activations"] if Path(folder) == bundle else [])
+    manifest = read_json(old / "manifest.json")
+    manifest["tiles"].pop("views")
+    for level in manifest["levels"]:
+        level.pop("views")
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(old / "tiles" / "examples")
+    shutil.rmtree(old / "tiles" / "both")
+    with atlas_serve(old) as url:
+        visit = Visit(browser, url + "#view=examples", viewport={"width": 1200, "height": 760})
+        assert visit.page.evaluate("window.atlas.views()") == ["icons"]
+        assert visit.page.evaluate("window.atlas.view()") == "icons", "a link asking for examples shows the icons"
+        assert not visit.page.locator("#views").is_visible()
+        visit.page.keyboard.press("v")
+        visit.page.wait_for_load_state("networkidle")
+        assert not visit.requested("/tiles/examples/")
+        visit.assert_clean()
+        visit.close()

@@ -78,6 +78,9 @@ __all__ = [  # what `from atlas.bundle.paths import *` (atlas.bundle) re-exports
     "sub_manifest",
     "tiles_folder",
     "tiles_marker",
+    "view_canvas_file",
+    "view_dzi_file",
+    "view_tiles_folder",
 ]
 
 FORMAT = "activation-atlas/1"
@@ -257,6 +260,21 @@ def tiles_folder(grid: int) -> str:
 
 def poster_file(grid: int) -> str:
     return f"{TILES}/{grid}.png"
+
+
+def view_dzi_file(grid: int, view: str) -> str:
+    """tiles: the Deep Zoom pyramid of a grid's other view (``examples``: its real example patches; ``both``: the icon
+    and its best example side by side in each cell), in a folder of its own beside the icons' pyramid."""
+    return f"{TILES}/{view}/{grid}.dzi"
+
+
+def view_tiles_folder(grid: int, view: str) -> str:
+    return f"{TILES}/{view}/{grid}_files"
+
+
+def view_canvas_file(grid: int, view: str) -> str:
+    """tiles: the temporary canvas of a grid's other view, deleted once its pyramid is cut."""
+    return f"{TILES}/.canvas-{grid}-{view}.tif"
 
 
 def canvas_file(grid: int) -> str:

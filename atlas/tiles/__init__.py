@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from atlas.tiles.canvas import BACKGROUND, Canvas, create_canvas, rows_per_band, write_band
+from atlas.tiles.canvas import BACKGROUND, Canvas, create_canvas, rows_per_band, write_band, write_pictures
 from atlas.tiles.patches import PATCH_STRIDES, patch_box, save_patches
 from atlas.tiles.pyramid import OVERLAP, TILE_SIZE, save_poster, save_pyramid
 
@@ -33,6 +33,7 @@ __all__ = [
     "save_poster",
     "save_pyramid",
     "write_band",
+    "write_pictures",
 ]
 
 

@@ -13,11 +13,13 @@ process's resident memory).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -126,17 +128,32 @@ def write_band(
     scale: int,
     background: int = BACKGROUND,
 ) -> int:
-    """Compose cell rows ``first_row .. first_row + n_rows - 1`` and write them into the canvas file.
+    """Compose cell rows ``first_row .. first_row + n_rows - 1`` of icons and write them into the canvas file.
 
     ``icons`` holds ``(i, j, path)`` for the kept cells in those rows (column
     ``i``, row ``j``); every other cell is ``background``. Returns the number
     of icons placed. Memory: one band, ``n_rows * cell * width * bands`` bytes.
     """
-    cell = icon_px * scale
+    paint = functools.partial(load_icon, bands=canvas.bands, icon_px=icon_px, scale=scale)
+    return write_pictures(canvas, first_row, n_rows, icons, icon_px * scale, paint, background)
+
+
+def write_pictures(
+    canvas: Canvas,
+    first_row: int,
+    n_rows: int,
+    cells: Sequence[tuple[int, int, Any]],
+    cell_px: int,
+    paint: Callable[[Any], np.ndarray],
+    background: int = BACKGROUND,
+) -> int:
+    """:func:`write_band` for any picture of a cell: ``paint(source)`` gives each ``(i, j, source)`` cell's
+    ``[cell_px, cell_px, bands]`` pixels (an icon, a cell's example patches: atlas.tiles.cell_pictures)."""
+    cell = cell_px
     band = np.full((n_rows * cell, canvas.width, canvas.bands), background, np.uint8)
-    for i, j, path in icons:
+    for i, j, source in cells:
         top = (j - first_row) * cell
-        band[top : top + cell, i * cell : (i + 1) * cell] = load_icon(path, canvas.bands, icon_px, scale)
+        band[top : top + cell, i * cell : (i + 1) * cell] = paint(source)
     top_px = first_row * cell
     bottom_px = min(canvas.height, top_px + n_rows * cell)
     data = memoryview(np.ascontiguousarray(band[: bottom_px - top_px])).cast("B")  # type: ignore[arg-type]
@@ -152,4 +169,4 @@ def write_band(
         raise named from err
     finally:
         os.close(fd)
-    return len(icons)
+    return len(cells)

@@ -24,13 +24,16 @@ MODULES = (
     "viewer.js",
     "attribution.js",
     "cells.js",
+    "class_labels.js",
     "classes.js",
+    "crossfade.js",
     "dom.js",
     "feature_links.js",
     "features.js",
     "format.js",
     "grids.js",
     "heatmap.js",
+    "label_layer.js",
     "layer_chooser.js",
     "layers.js",
     "net.js",
@@ -42,6 +45,8 @@ MODULES = (
     "subset.js",
     "title.js",
     "url_state.js",
+    "view_switch.js",
+    "views.js",
 )
 ASSETS = ("index.html", *MODULES, "viewer.css", "openseadragon.min.js", "openseadragon-LICENSE.txt")
 

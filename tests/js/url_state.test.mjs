@@ -37,3 +37,15 @@ test("an empty or hand-edited hash asks for nothing it cannot say", () => {
   assert.equal(edited.query, null);
   assert.deepEqual(readHash("cell=8:0,12").selected, { grid: 8, i: 0, j: 12 }, "the leading # is optional");
 });
+
+test("the view shown and labels turned off are kept in the hash; the defaults leave them out", () => {
+  const base = { grid: 20, locked: false, x: 0.5, y: 0.5, zoom: 2, selected: null, query: null };
+  assert.equal(viewHash({ ...base, show: "icons", labels: true }), "#g=20&x=0.5000&y=0.5000&z=2.000", "icons and labels on are the defaults");
+  const hash = viewHash({ ...base, show: "examples", labels: false });
+  assert.equal(hash, "#g=20&x=0.5000&y=0.5000&z=2.000&view=examples&labels=0");
+  assert.deepEqual(readHash(hash), { ...base, show: "examples", labels: false });
+  assert.equal(readHash(viewHash({ ...base, show: "both" })).show, "both");
+  assert.equal(readHash("#g=20&labels=1").labels, true);
+  const plain = readHash("#g=20");
+  assert.ok(!("show" in plain) && !("labels" in plain), "a hash without them asks for neither");
+});

@@ -1,7 +1,7 @@
 /* The canvas over the atlas (#overlay): the heatmap's shading, the hovered cell's outline and the selected
  * cell's, redrawn whenever the viewport moves. */
 
-import { byId } from "./dom.js";
+import { byId, clearedCanvas } from "./dom.js";
 
 function shadeHeatmap(ctx, level, heat, origin, cw, ch, width, height) {
   const g = level.grid;
@@ -26,15 +26,7 @@ function shadeHeatmap(ctx, level, heat, origin, cw, ch, width, height) {
 export function drawOverlay(app) {
   const canvas = byId("overlay"), viewer = app.viewer;
   if (!viewer || !viewer.world.getItemCount()) return;
-  const ratio = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth, height = canvas.clientHeight;
-  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
-    canvas.width = Math.round(width * ratio);
-    canvas.height = Math.round(height * ratio);
-  }
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, height);
+  const { ctx, width, height } = clearedCanvas(canvas);
   const level = app.levels[app.current];
   if (!level) return;
   const g = level.grid;

@@ -8,13 +8,19 @@
  * The view lives in the URL hash (url_state.js). The classes picker (picker.js) links to the class atlases
  * and comparisons built; a sub-bundle names itself and links back to its parent (title.js); a comparison
  * labels its axis and shows its patch experiment (pair.js). With a dictionary (atlas dictionary), a cell lists
- * its strongest features and a chosen feature lights up its cells (features.js). A run of several layers
+ * its strongest features and a chosen feature lights up its cells (features.js). Each grid also has an examples
+ * view and a split view (views.js, view_switch.js), a minimap (OpenSeadragon's navigator), class labels written
+ * over the cells when zoomed in (class_labels.js, label_layer.js), and a cross-fade between grids (crossfade.js). A run of several layers
  * (model.layers) lists them in a chooser that opens another layer's atlas at the same rows (layer_chooser.js).
  *
  * The page's state is the one object `app` below, handed to each module; window.atlas is what tests and
  * scripts read. ES modules do not load from file:// URLs: the bundle is served (`atlas serve RUN_DIR`).
  */
 
+import { crossFade } from "./crossfade.js";
+import { drawLabels, setLabels } from "./label_layer.js";
+import { applyOpacities, setupViewButtons, setView } from "./view_switch.js";
+import { availableViews, itemIndex, knownView, nextView, viewSource } from "./views.js";
 import { blocksToFetch, cellAtIndex, cellIndex, keptCells, loadBlock, loadCells } from "./cells.js";
 import { byId } from "./dom.js";
 import { emptyLevels, gridForZoom, levelOf, maxZoom, tiledLevels } from "./grids.js";
@@ -46,8 +52,14 @@ const app = {
   lastHash: "",
   lastPointer: null,
   picker: newPicker(),
+  views: ["icons"],  // the views this bundle has (views.js), and the one shown
+  view: "icons",
+  classLabels: true,  // class labels written over the cells when zoomed in (label_layer.js); app.labels: the class names
+  opacities: null,  // each grid's opacity in the view shown (crossfade.js)
+  fade: {},
+  zoom: () => relativeZoom(),
   fail: fail,
-  changed: () => { drawOverlay(app); writeHash(); }
+  changed: () => { drawOverlay(app); drawLabels(app); writeHash(); }
 };
 atlas.picker = app.picker;
 
@@ -82,10 +94,13 @@ function start(m) {
     return;
   }
   if (!levels.length) { fail("This bundle has no tiles yet: re-run `atlas run` to build them."); return; }
+  app.views = availableViews(levels);
+  app.view = knownView(app.views, readHash(location.hash).show);  // a link's view loads first, not the icons
   fillGridSelect(levels, empty);
   fillClassList(app);
   openViewer(m, levels);
   wireControls();
+  setupViewButtons(app);
 }
 
 function fillGridSelect(levels, empty) {
@@ -121,7 +136,16 @@ function openViewer(m, levels) {
     imageSmoothingEnabled: (m.tiles && m.tiles.scale > 1) ? false : true,
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, scrollToZoom: true },
     gestureSettingsTouch: { clickToZoom: false, dblClickToZoom: true, pinchToZoom: true, flickEnabled: true },
-    tileSources: levels.map((l, k) => ({ tileSource: l.dzi, x: 0, y: 0, width: 1, opacity: k === 0 ? 1 : 0 }))
+    showNavigator: true,  // the minimap (#minimap, outside #atlas), the current view outlined
+    navigatorId: sizedMinimap(),
+    navigatorAutoFade: false,
+    navigatorOpacity: 1,
+    navigatorBackground: "#0f1014",
+    navigatorBorderColor: "#3a3f4b",
+    navigatorDisplayRegionColor: "#f5a623",
+    // Every view's layers (views.js: itemIndex), only the coarsest grid of the view shown visible until the hash says more.
+    tileSources: app.views.flatMap((view, v) => levels.map((l, k) =>
+      ({ tileSource: viewSource(l, view), x: 0, y: 0, width: 1, opacity: view === app.view && k === 0 ? 1 : 0 })))
   }));
 
   viewer.addOnceHandler("tile-loaded", () => { atlas.firstTileLoadedMs = performance.now(); });
@@ -135,7 +159,7 @@ function openViewer(m, levels) {
     viewer.canvas.focus({ preventScroll: true });
   });
   viewer.addHandler("zoom", () => { if (!app.locked) chooseGrid(); });
-  viewer.addHandler("update-viewport", () => { drawOverlay(app); });
+  viewer.addHandler("update-viewport", () => { drawOverlay(app); drawLabels(app); });
   viewer.addHandler("resize", () => { setZoomLimit(); if (!app.locked) chooseGrid(); drawOverlay(app); });
   viewer.addHandler("animation-finish", () => { updateStatus(); writeHash(); prefetchBlocks(); });
   viewer.addHandler("canvas-click", (e) => {
@@ -172,18 +196,31 @@ function wireControls() {
   search.addEventListener("keydown", (e) => { if (e.key === "Enter") setClass(app, search.value); });
   search.addEventListener("input", () => { if (!search.value) setClass(app, ""); });
   byId("panel-close").addEventListener("click", () => { closePanel(app); });
+  byId("labels-toggle").addEventListener("click", () => { setLabels(app, !app.classLabels); });
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape") {
       if (app.picker.open) { togglePicker(app, false); byId("picker-button").focus(); }
       else if (app.selected) closePanel(app);
       else if (app.heat) { search.value = ""; setClass(app, ""); }
     }
-    else if (e.key === "/" && !/^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName)) { e.preventDefault(); search.focus(); }
+    else if (/^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName) || e.ctrlKey || e.metaKey || e.altKey) return;
+    else if (e.key === "/") { e.preventDefault(); search.focus(); }
+    else if (e.key === "v") setView(app, nextView(app.views, app.view));
+    else if (e.key === "l") setLabels(app, !app.classLabels);
   });
   window.addEventListener("hashchange", () => { if (location.hash !== app.lastHash) applyHash(location.hash, false); });
 }
 
 /* ---- grids ---- */
+
+// The minimap's box, a square a fifth of the atlas area's shorter side, 72 to 180 px (a phone keeps it small).
+function sizedMinimap() {
+  const main = document.querySelector("main"), box = byId("minimap");
+  const side = Math.round(Math.max(72, Math.min(180, 0.2 * Math.min(main.clientWidth, main.clientHeight))));
+  box.style.width = box.style.height = side + "px";
+  box.hidden = false;
+  return box.id;
+}
 
 function setZoomLimit() {
   const viewport = app.viewer.viewport;
@@ -213,12 +250,11 @@ function chooseGrid() {
 
 function showGrid(k) {
   if (k < 0) return;
-  const viewer = app.viewer, level = app.levels[k];
+  const viewer = app.viewer, level = app.levels[k], previous = app.opacities ? app.current : -1;
   app.current = k;
-  for (let n = 0; n < viewer.world.getItemCount(); n++) {
-    // The grid shown, over the next coarser one as a backdrop while its own tiles arrive.
-    viewer.world.getItemAt(n).setOpacity(n === k || n === k - 1 ? 1 : 0);
-  }
+  // The grid shown, over the next coarser one as a backdrop while its own tiles arrive; a change cross-fades.
+  // (The same grid again while its fade runs, as its cells load, leaves the fade running.)
+  if (previous !== k || !app.fade.frame) crossFade(app.fade, app.levels.length, previous, k, (opacities) => { applyOpacities(app, opacities); });
   loadCells(level, fail).then(() => {
     prefetchBlocks();
     updateStatus();
@@ -237,7 +273,7 @@ function prefetchBlocks() {
   if (!app.viewer || !level || !level.index || level.wholeCells || !level.cell_blocks) return;
   const size = level.cell_blocks.size;
   blocksToFetch(level, app.viewer.viewport.getBounds(true), MAX_PREFETCH).forEach((b) => {
-    loadBlock(level, b.bi * size, b.bj * size, fail).then(() => { if (app.hovered) showTip(app, app.hovered, null); });
+    loadBlock(level, b.bi * size, b.bj * size, fail).then(() => { drawLabels(app); if (app.hovered) showTip(app, app.hovered, null); });
   });
 }
 
@@ -246,7 +282,7 @@ function cellAt(position) {
   if (!level || !level.index) return null;
   const p = app.viewer.viewport.viewerElementToViewportCoordinates(position);
   if (p.x < 0 || p.y < 0 || p.x >= 1 || p.y >= 1) return null;
-  const i = Math.floor(p.x * level.grid), j = Math.floor(p.y * level.grid);
+  const i = Math.floor(p.x * level.grid), j = Math.floor(p.y * level.grid);  // the whole cell, in every view
   if (cellIndex(level, i, j) < 0) return { grid: level.grid, i: i, j: j, cell: null };
   const cell = cellAtIndex(level, i, j);
   const hit = { grid: level.grid, i: i, j: j, cell: cell };
@@ -273,7 +309,8 @@ function updateStatus() {
   if (level.cellsLoaded) parts.push(level.keptCount + " cells");
   parts.push("zoom " + relativeZoom().toFixed(1) + "\u00d7");
   if (m.n_activations) parts.push(m.n_activations.toLocaleString() + " activations from " + (m.n_images || 0).toLocaleString() + " images");
-  parts.push("drag or arrow keys to pan \u00b7 wheel, pinch or +/\u2212 to zoom \u00b7 click a cell for examples");
+  parts.push("drag or arrow keys to pan \u00b7 wheel, pinch or +/\u2212 to zoom \u00b7 click a cell for examples" +
+    (app.views.length > 1 ? " \u00b7 v: icons, examples or both" : "") + " \u00b7 l: class labels");
   byId("status").textContent = parts.join(" \u00b7 ");
 }
 
@@ -282,7 +319,7 @@ function writeHash() {
   const centre = app.viewer.viewport.getCenter();
   const hash = viewHash({
     grid: app.levels[app.current].grid, locked: app.locked, x: centre.x, y: centre.y, zoom: relativeZoom(true),
-    selected: app.selected, query: app.heat ? app.heat.query : null
+    selected: app.selected, query: app.heat ? app.heat.query : null, show: app.view, labels: app.classLabels
   });
   if (hash !== location.hash) history.replaceState(null, "", hash);
   app.lastHash = location.hash;
@@ -293,6 +330,8 @@ function applyHash(hash, immediately) {
   if (isFinite(view.zoom) && view.zoom > 0) viewport.zoomTo(zoomFor(view.zoom), null, immediately);
   if (isFinite(view.x) && isFinite(view.y)) viewport.panTo(new OpenSeadragon.Point(view.x, view.y), immediately);
   if (immediately) viewport.applyConstraints(true);
+  setView(app, view.show || "icons");
+  if ((view.labels !== false) !== app.classLabels) setLabels(app, view.labels !== false);
   const k = app.levels.findIndex((l) => l.grid === view.grid);
   app.locked = view.locked && k >= 0;
   byId("grid-select").value = app.locked ? String(view.grid) : "auto";
@@ -317,5 +356,13 @@ atlas.keptCells = (grid) => {
   return level ? keptCells(level.index, grid) : [];
 };
 atlas.selected = () => app.selected;
+atlas.view = () => app.view;
+atlas.views = () => app.views.slice();
+atlas.labels = () => (app.placedLabels || []).slice();  // the class labels drawn now: [{grid, i, j, label, size}]
+// Every grid's layer opacity in the view shown, coarsest first (the cross-fade's state).
+atlas.opacities = () => app.levels.map((l, k) => {
+  const item = app.viewer.world.getItemAt(itemIndex(app.levels.length, k, app.views.indexOf(app.view)));
+  return item ? item.getOpacity() : 0;
+});
 // The heatmap shown (a class's or a dictionary feature's, features.js), its values in cell order.
 atlas.heat = () => (app.heat ? { label: app.heat.label, feature: app.heat.feature, grid: app.heat.grid, values: Array.from(app.heat.values) } : null);
