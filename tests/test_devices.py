@@ -76,7 +76,7 @@ def test_the_cpu_render_key_holds_every_setting_that_changes_icons_and_no_device
     assert (now["whiten"], now["cossim_power"], now["learning_rate"], now["crop_to_field"]) == ("auto", "auto", "auto", True)
     assert (now["contrast"], now["tries"], now["param"], now["precision"], now["alpha"]) == ("auto", "auto", "fourier", "fp32", False)
     assert "proximity" not in now and now["probe_cells"] == RenderConfig().probe_cells
-    assert (now["steps"], now["coarse_steps"]) == (64, "auto")
+    assert (now["steps"], now["coarse_steps"]) == ("auto", "auto")
     fixed = {"whiten": "full", "cossim_power": 4.0, "learning_rate": 0.05, "crop_to_field": False, "contrast": False, "tries": 1}
     assert "probe_cells" not in render_settings(_run(CPU, **fixed))[0], "no 'auto': no probe"  # type: ignore[arg-type]
     base = render_settings(_run(CPU, **fixed))  # type: ignore[arg-type]

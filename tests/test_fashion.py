@@ -100,8 +100,8 @@ def test_default_render_settings_are_faithful_on_another_architecture(strided_ne
     assert code == 0
     manifest = json.loads((tmp_path / "strided" / "manifest.json").read_text())
     render = manifest["render"]
-    assert render["chosen_by"] == "probe" and render["steps"] == 64 and render["icon_size"] == 80
-    assert render["coarse_steps"] == 0, "a 28 px canvas is too small to halve"
+    assert render["chosen_by"] == "probe" and render["steps"] == 128 and render["icon_size"] == 80
+    assert render["coarse_steps"] == 0, "a 28 px canvas is too small to halve: 128 full-size steps"
     field = render["receptive_field"]
     # rendered at the model's own 28 px; the field of a 5x5 and three 3x3s, one strided before the layer: 11 px
     assert render["frame"] == {"canvas": 28, "icon": 80, "views": True} and field["crops"] and field["size"] == 11

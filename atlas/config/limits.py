@@ -21,4 +21,5 @@ UMAP_METRICS = (
 )  # fmt: skip  # UMAP's named metrics that need no extra arguments and support transform()
 ALL_ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "mish", "tanh", "sigmoid")  # train.activations' default
 COARSE_MIN_CANVAS = 64  # render.coarse_steps 'auto': a smaller canvas at half size could lose the layer's centre position
+AUTO_STEPS = {"coarse": 64, "full": 128}  # render.steps 'auto': with half of them coarse (canvas >= COARSE_MIN_CANVAS), or all full
 RENDER_BATCH = {"cpu": 64, "cuda": 256}  # render.batch_size 'auto': cells per render task on each device type

@@ -6,16 +6,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from atlas.config.limits import COARSE_MIN_CANVAS, MAX_ICON, RENDER_BATCH
+from atlas.config.limits import AUTO_STEPS, COARSE_MIN_CANVAS, MAX_ICON, RENDER_BATCH
 from atlas.config.section import Batch, Section
 
 
 class RenderConfig(Section):
-    steps: int = Field(default=64, ge=1, le=100_000, description="at most 100,000 (the article used 1,024)")
+    steps: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = Field(
+        default="auto",
+        description=f"1 to 100,000 (the article used 1,024); auto: {AUTO_STEPS['coarse']} where the icon canvas is at least"
+        f" {COARSE_MIN_CANVAS} px (half of them coarse), else {AUTO_STEPS['full']}",
+    )
     coarse_steps: Annotated[int, Field(ge=0, le=100_000)] | Literal["auto"] = Field(
         default="auto",
         description=f"the first steps feed the model each view at half size (a quarter of the work); at most render.steps;"
-        f" auto: half of render.steps where the icon canvas is at least {COARSE_MIN_CANVAS} px, else 0",
+        f" auto: half of the steps where the icon canvas is at least {COARSE_MIN_CANVAS} px, else 0",
     )
     icon_size: int = Field(default=80, ge=1, le=MAX_ICON, description=f"px per side, at most {MAX_ICON}")
     tries: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
@@ -69,7 +73,7 @@ class RenderConfig(Section):
 
     @model_validator(mode="after")
     def _coarse_within_steps(self) -> RenderConfig:
-        if self.coarse_steps != "auto" and self.coarse_steps > self.steps:
+        if self.coarse_steps != "auto" and self.steps != "auto" and self.coarse_steps > self.steps:
             raise ValueError(f"coarse_steps = {self.coarse_steps} is more than steps = {self.steps}; lower it or use auto")
         return self
 
@@ -86,11 +90,19 @@ class RenderConfig(Section):
         """Whether a probe render chooses any setting."""
         return bool(self.probed())
 
+    def steps_on(self, canvas: int) -> int:
+        """Steps per icon rendered on a ``canvas`` px square: the setting, or auto's rule. A small canvas (a 28 px
+        Fashion-MNIST CNN) cannot halve its views, and at 64 full-size steps its icons miss their cells."""
+        if self.steps != "auto":
+            return self.steps
+        return AUTO_STEPS["coarse"] if canvas >= COARSE_MIN_CANVAS else AUTO_STEPS["full"]
+
     def coarse_steps_on(self, canvas: int) -> int:
         """The steps at half size for icons rendered on a ``canvas`` px square: the setting, or auto's rule."""
+        steps = self.steps_on(canvas)
         if self.coarse_steps != "auto":
-            return self.coarse_steps
-        return self.steps // 2 if canvas >= COARSE_MIN_CANVAS else 0
+            return min(self.coarse_steps, steps)
+        return steps // 2 if canvas >= COARSE_MIN_CANVAS else 0
 
     def batch_size_on(self, device_type: str) -> int:
         """Cells per task: the setting, or for 'auto' what keeps the device busy (a GPU wants far larger batches)."""

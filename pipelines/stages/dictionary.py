@@ -256,7 +256,7 @@ def feature_icons(run: RunInputs, weights: DictionaryWeights, records: list[dict
     )
     return {
         "top1": round(fidelity.top1, 4), "mean_cosine": round(fidelity.mean_cosine, 4), "most_active": round(most_active, 4),
-        "param": settings.param, "steps": config.steps, "icon_size": config.icon_size, "measure": ICON_MEASURE,
+        "param": settings.param, "steps": config.steps_on(frame.canvas), "icon_size": config.icon_size, "measure": ICON_MEASURE,
         "path_check": path,
     }  # fmt: skip
 

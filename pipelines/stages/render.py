@@ -151,7 +151,7 @@ def render_icons(call: StageCall) -> Report:
                 bar.update(future.result())
     levels = [{"grid": size, "icon_size": config.icon_size, "fidelity": grid_fidelity(run, size, frame)} for size in sizes]
     report: dict[str, Any] = {
-        "steps": config.steps, "coarse_steps": config.coarse_steps_on(frame.canvas), "icon_size": config.icon_size, **asdict(settings),
+        "steps": config.steps_on(frame.canvas), "coarse_steps": config.coarse_steps_on(frame.canvas), "icon_size": config.icon_size, **asdict(settings),
         "chosen_by": "probe" if trials else ("default" if config.probes() else "config"), "probe": [t.to_json() for t in trials],
         "receptive_field": None if frame.field is None else frame.field.to_json(), "frame": frame.to_json(), "alpha": config.alpha,
     }  # fmt: skip
@@ -174,7 +174,9 @@ def grid_fidelity(run: RunInputs, size: int, frame: IconFrame) -> dict[str, Any]
 
 def task_setup(run: RunInputs, threads: int, settings: RenderSettings, frame: IconFrame) -> TaskSetup:
     config = run.config.render
-    recipe = IconRecipe(config.steps, config.proximity, config.precision, config.alpha, config.coarse_steps_on(frame.canvas))
+    recipe = IconRecipe(
+        config.steps_on(frame.canvas), config.proximity, config.precision, config.alpha, config.coarse_steps_on(frame.canvas)
+    )
     return TaskSetup(run.config.model, str(run.device), threads, recipe, settings, frame)
 
 
