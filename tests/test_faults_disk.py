@@ -500,7 +500,7 @@ def _stream(path: Path, lines: int) -> None:
 
 
 def _fake_run(root: Path) -> Any:
-    return types.SimpleNamespace(bundle=Bundle(root), log=lambda message: None)
+    return types.SimpleNamespace(bundle=Bundle(root), log=lambda message: None, executor=None)
 
 
 @pytest.mark.parametrize(

@@ -276,7 +276,9 @@ def test_the_nonfinite_policy_is_part_of_the_collect_key(tmp_path: Path) -> None
     def settings(nonfinite: str) -> str:
         config = AtlasConfig.model_validate({"collect": {"nonfinite": nonfinite}})
         bundle = SimpleNamespace(path=lambda name: tmp_path / name)
-        run = SimpleNamespace(config=config, bundle=bundle, source=SimpleNamespace(identity=lambda: "builtin"), device=torch.device("cpu"))
+        run = SimpleNamespace(
+            config=config, bundle=bundle, source=SimpleNamespace(identity=lambda: "builtin"), device=torch.device("cpu"), same_rows=None
+        )
         return json.dumps(collect_settings(run))  # type: ignore[arg-type]
 
     assert '"nonfinite": "drop"' in settings("drop")

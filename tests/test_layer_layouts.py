@@ -246,6 +246,7 @@ def test_the_collect_key_changes_with_a_layout_setting_and_auto_keeps_it(tmp_pat
             bundle=SimpleNamespace(path=lambda name: tmp_path / name),
             source=SimpleNamespace(identity=lambda: "builtin"),
             device=torch.device("cpu"),
+            same_rows=None,
         )
         return json.dumps(collect_settings(run))  # type: ignore[arg-type]
 

@@ -150,7 +150,9 @@ def test_another_layout_plugs_in_without_changing_the_callers() -> None:
     np.testing.assert_array_equal(got.activation, expected.activation)
     assert got.attribution is not None and expected.attribution is not None
     np.testing.assert_allclose(got.attribution, expected.attribution, rtol=1e-5, atol=1e-6)
-    run = SimpleNamespace(config=AtlasConfig(), model=view.model, view=view, layer_shape=view.layer_shape, labels=None)
+    run = SimpleNamespace(
+        config=AtlasConfig(), model=view.model, view=view, layer_shape=view.layer_shape, labels=None, given=None, choices={}, same_rows=None
+    )
     manifest = base_manifest(run)  # type: ignore[arg-type]
     assert manifest["channels"] == 6 and manifest["layer_shape"] == [8, 8, 6], "the manifest reads channels through the layout"
 

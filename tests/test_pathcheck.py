@@ -189,11 +189,14 @@ def test_the_full_view_is_what_is_checked_when_render_kept_one(checked: Path) ->
             view.unlink(missing_ok=True)
 
 
-def test_other_layers_rerun_only_the_path_stage_and_a_wrong_one_fails_first(photo_folder: Path, checked: Path) -> None:
+def test_other_layers_rerun_the_path_stage_and_the_probe_and_a_wrong_one_fails_first(photo_folder: Path, checked: Path) -> None:
+    """With render settings left to a probe, the probe scores the path check too (issue 25), so render is keyed by
+    the path layers as well; everything before render stays cached."""
     argv = ["run", "--images", str(photo_folder), "--out", str(checked.parent), "--name", "path", *ARGS]
     assert main([*argv, "--set", "path_check.layers=[blocks.1]"]) == 0
     manifest = json.loads((checked / "manifest.json").read_text())
-    assert manifest["stages"]["path"]["cached"] is False and manifest["stages"]["render"]["cached"] is True
+    assert manifest["stages"]["path"]["cached"] is False and manifest["stages"]["render"]["cached"] is False
+    assert all(manifest["stages"][name]["cached"] for name in ("collect", "layout", "grid", "examples"))
     assert all(level["path_check"]["layers"] == ["blocks.1"] for level in manifest["levels"])
     before = (checked / "manifest.json").read_bytes()
     assert main([*argv, "--set", "path_check.layers=[blocks.9]"]) == 2

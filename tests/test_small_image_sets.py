@@ -124,7 +124,7 @@ def _inputs(config: AtlasConfig) -> Any:
     """What the collect and grid stages' settings read of a run, for a config."""
     return SimpleNamespace(
         config=config, labels=None, device=torch.device("cpu"), source=SimpleNamespace(identity=lambda: "images"),
-        bundle=SimpleNamespace(path=lambda name: Path("/nonexistent") / name),
+        bundle=SimpleNamespace(path=lambda name: Path("/nonexistent") / name), same_rows=None,
     )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ class FakeRun:
     bundle: Bundle
     settings: dict[str, Any]
     log: Callable[[str], None]
+    executor: None = None  # no cluster: the stage loop has no workers' heap to hand back
 
 
 @dataclass
