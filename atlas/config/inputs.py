@@ -37,8 +37,9 @@ class ModelConfig(Section):
     @classmethod
     def _main_layer_from_layers(cls, data: Any) -> Any:
         """``layers`` given without ``layer``: the first listed is the main bundle's (the key is absent, so nothing is guessed)."""
-        if isinstance(data, dict) and "layer" not in data and isinstance(data.get("layers"), (list, tuple)) and data["layers"]:
-            return {**data, "layer": data["layers"][0]}
+        layers = data.get("layers") if isinstance(data, dict) else None
+        if isinstance(data, dict) and "layer" not in data and isinstance(layers, (list, tuple)) and layers and isinstance(layers[0], str):
+            return {**data, "layer": layers[0]}  # a first entry that is no name is model.layers' own error, not model.layer's
         return data
 
     @field_validator("layers")
