@@ -135,7 +135,7 @@ def test_feature_icon_targets_at_default_render_settings(tmp_path: Path) -> None
     assert main(["dictionary", str(tmp_path / "photos"), *DICTIONARY]) == 0
     icons = manifest(tmp_path / "photos")["dictionary"]["icons"]
     print("feature icons at default render settings:", icons)
-    assert icons["steps"] == 128 and icons["icon_size"] == 80
+    assert (icons["steps"], icons["coarse_steps"], icons["icon_size"]) == (128, 0, 80)  # feature icons keep 128 full-size steps
     assert icons["top1"] >= 0.8 and icons["mean_cosine"] >= 0.8
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from atlas.config.layout import GridConfig as GridConfig
     from atlas.config.layout import LayoutConfig as LayoutConfig
     from atlas.config.limits import ALL_ACTIVATIONS as ALL_ACTIVATIONS
+    from atlas.config.limits import AUTO_STEPS as AUTO_STEPS
     from atlas.config.limits import MAX_BATCH as MAX_BATCH
     from atlas.config.limits import MAX_CANVAS as MAX_CANVAS
     from atlas.config.limits import MAX_COUNT as MAX_COUNT
@@ -69,6 +70,7 @@ _HOMES = {
     "MAX_COUNT": "limits",
     "MAX_GRID": "limits",
     "MAX_ICON": "limits",
+    "AUTO_STEPS": "limits",
     "MAX_INPUT_SIZE": "limits",
     "MAX_SEED": "limits",
     "MAX_SHARD_ROWS": "limits",
