@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from functools import lru_cache
+from functools import cache, lru_cache
+from typing import Any
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -39,16 +40,23 @@ MALLOC_ENVIRON = {
 }
 
 
+@cache
+def _glibc(function: str) -> Any:
+    """glibc's ``function`` (found once per process: find_library runs a subprocess), or None on another C library."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name), function)
+    except (OSError, AttributeError):
+        return None
+
+
 @lru_cache(maxsize=1)
 def tune_allocator() -> bool:
     """Raise glibc's trim and mmap thresholds and keep one arena in this process; False where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, ARENA_MAX))
@@ -57,12 +65,8 @@ def tune_allocator() -> bool:
 
 def release_free_memory() -> bool:
     """Return the heap's free pages to the OS (glibc's malloc_trim(0)); False where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
     return bool(trim(0))

@@ -21,7 +21,6 @@ from atlas.featurevis.objectives import Direction, Log, Objective, Proximity, Re
 from atlas.featurevis.param import ParamFactory, accentuate, fourier, maco
 from atlas.featurevis.render import Precision, RenderResult, render, score_images
 from atlas.featurevis.seeding import derive_seed
-from atlas.models.input_sizes import only_input_size
 from atlas.models.view import ModelView
 
 
@@ -34,7 +33,7 @@ class IconRecipe:
     proximity: float = 10.0  # accentuate: how near its start an icon stays, relative to its objective there
     precision: Precision = "fp32"
     alpha: bool = False
-    coarse_steps: int = 0  # the first steps at half size (atlas.featurevis.render); ignored for one-size models
+    coarse_steps: int = 0  # the first steps at half size (atlas.featurevis.render); 0 for a model of one input size
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ def render_cells(
         view, objective, param,
         seeds=list(cells.seeds),
         steps=recipe.steps, lr=settings.learning_rate, tries=settings.tries, precision=recipe.precision, alpha=recipe.alpha,
-        coarse_steps=recipe.coarse_steps if only_input_size(view) is None else 0,
+        coarse_steps=recipe.coarse_steps,
     )  # fmt: skip
 
 

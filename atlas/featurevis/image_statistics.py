@@ -19,6 +19,11 @@ import torch.nn.functional as F
 
 SPECTRUM_SIDE = 64  # every image is resized to this grey square first, so icons and patches of any size compare
 _LUMA = (0.299, 0.587, 0.114)
+_BANDS = np.arange(2, SPECTRUM_SIDE // 4 + 1)  # cycles per image fitted: where the antialiased resize is still flat
+_WINDOW = np.outer(np.hanning(SPECTRUM_SIDE), np.hanning(SPECTRUM_SIDE))
+_FREQUENCIES = np.fft.fftfreq(SPECTRUM_SIDE) * SPECTRUM_SIDE
+_RADIUS = np.rint(np.hypot(_FREQUENCIES[:, None], _FREQUENCIES[None, :])).astype(int).ravel()
+_BAND_COUNTS = np.bincount(_RADIUS, minlength=SPECTRUM_SIDE)[_BANDS]
 
 
 def _grey_square(image: torch.Tensor) -> np.ndarray:
@@ -30,26 +35,15 @@ def _grey_square(image: torch.Tensor) -> np.ndarray:
     return resized[0, 0].numpy().astype(np.float64)
 
 
-def _radial_frequencies(side: int) -> np.ndarray:
-    f = np.fft.fftfreq(side) * side
-    return np.hypot(f[:, None], f[None, :])
-
-
 def spectral_slope(image: torch.Tensor) -> float:
     """The exponent a of the power spectrum's 1/f^a fall-off (grey, SPECTRUM_SIDE px, Hann-windowed), fitted by least
-    squares on the log-log radial average over 2 to SPECTRUM_SIDE / 2 - 1 cycles per image; NaN for a flat image."""
+    squares on the log-log radial average over 2 to SPECTRUM_SIDE / 4 cycles per image; NaN for a flat image."""
     grey = _grey_square(image)
-    grey = grey - grey.mean()
-    window = np.outer(np.hanning(SPECTRUM_SIDE), np.hanning(SPECTRUM_SIDE))
-    power = np.abs(np.fft.fft2(grey * window)) ** 2
-    radius = np.rint(_radial_frequencies(SPECTRUM_SIDE)).astype(int)
-    bands = np.arange(2, SPECTRUM_SIDE // 4 + 1)
-    totals = np.bincount(radius.ravel(), power.ravel(), minlength=SPECTRUM_SIDE)[bands]
-    counts = np.bincount(radius.ravel(), minlength=SPECTRUM_SIDE)[bands]
-    mean_power = totals / counts
+    power = np.abs(np.fft.fft2((grey - grey.mean()) * _WINDOW)) ** 2
+    mean_power = np.bincount(_RADIUS, power.ravel(), minlength=SPECTRUM_SIDE)[_BANDS] / _BAND_COUNTS
     if not np.all(mean_power > 0):
         return float("nan")
-    slope = np.polyfit(np.log(bands), np.log(mean_power), 1)[0]
+    slope = np.polyfit(np.log(_BANDS), np.log(mean_power), 1)[0]
     return float(-slope)
 
 

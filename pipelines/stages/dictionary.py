@@ -11,7 +11,7 @@ render stage's own batch task, settings and frame, then fed back through the mod
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from atlas.bundle import (
     dictionary_icon,
     patch_file,
 )
-from atlas.config import AUTO_STEPS, DictionaryConfig, RenderConfig
+from atlas.config import DictionaryConfig
 from atlas.devices import key_part
 from atlas.dictionary import (
     FORWARD,
@@ -62,6 +62,7 @@ from atlas_pipelines.stages.render import (
     IconBatch,
     default_settings,
     icon_frame,
+    icon_recipe,
     run_spectrum,
     save_batch,
     task_setup,
@@ -217,8 +218,7 @@ def feature_icons(run: RunInputs, weights: DictionaryWeights, records: list[dict
     frame = icon_frame(run)
     spectrum = run_spectrum(run, frame.canvas) if settings.param == "maco" else None
     ex = run.executor()
-    setup = task_setup(run, ex.threads_per_task, settings, frame)
-    setup = replace(setup, recipe=replace(setup.recipe, **feature_steps(config, frame.canvas)))
+    setup = task_setup(run, ex.threads_per_task, settings, frame, icon_recipe(run, frame, features=True))
     whitening = ex.scatter(bundle.whitening() if settings.whiten != "off" else None)
     directions, spectrum_ref = ex.scatter(weights.decoder), ex.scatter(spectrum)
     size = config.batch_size_on(run.device.type)
@@ -260,16 +260,6 @@ def feature_icons(run: RunInputs, weights: DictionaryWeights, records: list[dict
         "param": settings.param, "steps": setup.recipe.steps, "coarse_steps": setup.recipe.coarse_steps, "icon_size": config.icon_size, "measure": ICON_MEASURE,
         "path_check": path,
     }  # fmt: skip
-
-
-def feature_steps(config: RenderConfig, canvas: int) -> dict[str, int]:
-    """Feature icons keep 128 full-size steps where render.steps is auto: at the cells' 64 (32 coarse) the photo
-    case's 168 feature icons fell to mean cosine 0.78 against its decoder directions (0.91 at 128). Given steps
-    are taken as they are."""
-    if config.steps != "auto":
-        return {"steps": config.steps_on(canvas), "coarse_steps": config.coarse_steps_on(canvas)}
-    steps = AUTO_STEPS["full"]
-    return {"steps": steps, "coarse_steps": 0 if config.coarse_steps == "auto" else min(config.coarse_steps, steps)}
 
 
 def feature_path_check(run: RunInputs, records: list[dict[str, Any]], fed: list[str]) -> dict[str, Any] | None:

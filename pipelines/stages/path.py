@@ -7,6 +7,7 @@ and each grid's scores written to ``levels/<g>/path.json``.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ def path_layers(run: RunInputs) -> list[str]:
     return choose_layers(run.model, run.config.model.layer, run.config.path_check.layers, reads_own_layouts(run.view))
 
 
-def cell_patches(cell: Cell, per_cell: int, written: set[str]) -> list[str]:
+def cell_patches(cell: Cell, per_cell: int, written: Set[str]) -> list[str]:
     """The patches the examples stage wrote for a cell's first ``per_cell`` examples."""
     names = [patch_file(e.image_id, e.y, e.x) for e in cell.examples[:per_cell]]
     return [name for name in names if name in written]

@@ -128,7 +128,8 @@ def render_icons(call: StageCall) -> Report:
     batches = plan_batches(bundle, sizes, config.batch_size_on(run.device.type), run.config.seed)
     frame = icon_frame(run)
     bundle.write_render_frame(frame.to_json())  # the one record of whether icons have full views: every reader asks the bundle
-    settings, trials = chosen_settings(run, key, frame)
+    recipe = icon_recipe(run, frame)
+    settings, trials = chosen_settings(run, key, frame, recipe)
     spectrum = run_spectrum(run, frame.canvas) if settings.param == "maco" else None
     todo = [b for b in batches if not is_fresh(bundle.path(b.marker), key, [bundle.path(name) for name in b.icons])]
     swept = sum(sweep_temporaries(folder) for folder in {bundle.path(b.marker).parent for b in todo})
@@ -138,7 +139,7 @@ def render_icons(call: StageCall) -> Report:
     )
     if todo:
         ex = run.executor()
-        setup = task_setup(run, ex.threads_per_task, settings, frame)
+        setup = task_setup(run, ex.threads_per_task, settings, frame, recipe)
         whitening_ref = ex.scatter(bundle.whitening() if settings.whiten != "off" else None)
         spectrum_ref = ex.scatter(spectrum)
         direction_refs = {size: ex.scatter(bundle.directions(size)) for size in {b.cells.grid for b in todo}}
@@ -151,7 +152,7 @@ def render_icons(call: StageCall) -> Report:
                 bar.update(future.result())
     levels = [{"grid": size, "icon_size": config.icon_size, "fidelity": grid_fidelity(run, size, frame)} for size in sizes]
     report: dict[str, Any] = {
-        "steps": config.steps_on(frame.canvas), "coarse_steps": config.coarse_steps_on(frame.canvas), "icon_size": config.icon_size, **asdict(settings),
+        "steps": recipe.steps, "coarse_steps": recipe.coarse_steps, "icon_size": config.icon_size, **asdict(settings),
         "chosen_by": "probe" if trials else ("default" if config.probes() else "config"), "probe": [t.to_json() for t in trials],
         "receptive_field": None if frame.field is None else frame.field.to_json(), "frame": frame.to_json(), "alpha": config.alpha,
     }  # fmt: skip
@@ -172,11 +173,15 @@ def grid_fidelity(run: RunInputs, size: int, frame: IconFrame) -> dict[str, Any]
     return summary
 
 
-def task_setup(run: RunInputs, threads: int, settings: RenderSettings, frame: IconFrame) -> TaskSetup:
+def icon_recipe(run: RunInputs, frame: IconFrame, features: bool = False) -> IconRecipe:
+    """How every icon of the stage renders, decided once on the driver: the steps for the canvas (a dictionary's
+    ``features`` keep more), and no half-size steps for a model of one input size (one dummy forward at twice it)."""
     config = run.config.render
-    recipe = IconRecipe(
-        config.steps_on(frame.canvas), config.proximity, config.precision, config.alpha, config.coarse_steps_on(frame.canvas)
-    )
+    coarse = config.coarse_steps_on(frame.canvas, features) if only_input_size(run.view) is None else 0
+    return IconRecipe(config.steps_on(frame.canvas, features), config.proximity, config.precision, config.alpha, coarse)
+
+
+def task_setup(run: RunInputs, threads: int, settings: RenderSettings, frame: IconFrame, recipe: IconRecipe) -> TaskSetup:
     return TaskSetup(run.config.model, str(run.device), threads, recipe, settings, frame)
 
 
@@ -201,7 +206,7 @@ def run_spectrum(run: RunInputs, canvas: int) -> np.ndarray:
     return spectrum
 
 
-def chosen_settings(run: RunInputs, key: str, frame: IconFrame) -> tuple[RenderSettings, list[Trial]]:
+def chosen_settings(run: RunInputs, key: str, frame: IconFrame, recipe: IconRecipe) -> tuple[RenderSettings, list[Trial]]:
     """The settings every icon of this run is rendered with: the config's, or for ``auto`` the probe's choice.
 
     The probe renders a fixed sample of cells with the real seeds on the workers and scores them like fidelity does;
@@ -225,7 +230,7 @@ def chosen_settings(run: RunInputs, key: str, frame: IconFrame) -> tuple[RenderS
     directions = {size: bundle.directions(size) for size in grids}
     sample = sample_cells(grids, config.probe_cells, run.config.seed)
     ex = run.executor()
-    setup = task_setup(run, ex.threads_per_task, settings, frame)
+    setup = task_setup(run, ex.threads_per_task, settings, frame, recipe)
     whitening_ref = ex.scatter(bundle.whitening())
     direction_refs = {cells.grid: ex.scatter(directions[cells.grid]) for cells in sample}  # the retrieval term needs all
     spectrum_refs: dict[str, Any] = {}

@@ -29,7 +29,6 @@ from atlas.bundle import (
     Cell,
     canvas_file,
     dzi_file,
-    patch_file,
     poster_file,
     tiles_folder,
     tiles_marker,
@@ -58,6 +57,7 @@ from atlas.tiles.canvas import load_icon
 from atlas.tiles.cell_pictures import EXAMPLE_VIEWS, MOSAIC_SIDE, ExamplesLayout, examples_picture, split_picture
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
+from atlas_pipelines.stages.path import cell_patches
 
 
 def cell_scale(config: TilesConfig, icon_px: int) -> int:
@@ -137,15 +137,11 @@ class CellSources:
     per_cell: int
     patches: frozenset[str]
 
-    def shown_patches(self, cell: Cell) -> list[str]:
-        names = [patch_file(e.image_id, e.y, e.x) for e in cell.examples[: self.per_cell]]
-        return [name for name in names if name in self.patches]
-
     def of(self, bundle: Bundle, cell: Cell, view: str) -> Any:
         icon = bundle.path(cell.icon)
         if view == ICONS:
             return icon
-        shown = [bundle.path(name) for name in self.shown_patches(cell)]
+        shown = [bundle.path(name) for name in cell_patches(cell, self.per_cell, self.patches)]
         if view == "examples":
             return tuple(shown[: 1 if EXAMPLES_LAYOUT == "best" else MOSAIC_SIDE * MOSAIC_SIDE])
         return icon, (shown[0] if shown else None)
