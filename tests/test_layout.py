@@ -145,6 +145,26 @@ def test_fit_places_rows_in_the_unit_square_and_transform_agrees(fitted: tuple[A
         layout.transform(x[:, :5])
 
 
+def test_a_small_fit_gets_umaps_own_exact_neighbour_graph_and_still_places_new_rows() -> None:
+    """Below 4,096 rows atlas hands umap-learn exact neighbours it found vectorised: the graph must be umap-learn's."""
+    import umap
+
+    x, labels = blobs(n=300, dims=12)
+    for metric in ("cosine", "euclidean"):
+        ours = AtlasLayout(n_neighbors=15, metric=metric, pca_components=None, random_state=0).fit(x)
+        assert ours.umap_._knn_search_index is None  # the exact path was taken, so no index was built in fit
+        theirs = umap.UMAP(n_neighbors=15, metric=metric, min_dist=0.05, random_state=0, n_jobs=1).fit(x)
+        a, b = ours.umap_.graph_.tocsr(), theirs.graph_.tocsr()
+        same_edges = (a != 0).multiply(b != 0).nnz
+        assert same_edges >= 0.99 * max(a.nnz, b.nnz), (same_edges, a.nnz, b.nnz)  # ties may swap a few
+        assert abs(a - b).max() < 0.02
+    placed = ours.transform(x[:40] + 0.01)  # new rows: the search index is built on first use
+    assert ours.umap_._knn_search_index is not None
+    for row, label in zip(placed, labels[:40], strict=True):  # each lands among its own blob
+        own = ours.fitted_coords_[labels == label]
+        assert np.linalg.norm(own - row, axis=1).min() < 0.05
+
+
 def test_vectorised_graph_init_is_umaps_own_start() -> None:
     from umap.umap_ import init_graph_transform
 
