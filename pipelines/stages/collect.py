@@ -20,7 +20,7 @@ from atlas.models.layouts import require_class_token
 from atlas.storage import Location
 from atlas_pipelines.engine.context import RunInputs, SameRows
 from atlas_pipelines.engine.stage import Report, Stage, StageCall, file_fingerprint, file_identity
-from atlas_pipelines.engine.worker_state import READING_KEYS, model_view, use_threads
+from atlas_pipelines.engine.worker_state import READING_KEYS, folded_view, use_threads
 
 MIN_ROWS = 4  # UMAP and the grid need a few rows to mean anything
 MANIFEST_LIST = 1000  # the manifest names at most this many skipped files, and as many images with non-finite rows
@@ -38,11 +38,12 @@ def collect_shard_task(
     device: str = "cpu",
     same_rows: SameRows | None = None,
 ) -> dict[str, Any]:
-    """Runs on a worker: the model comes from the worker's cache, loaded once per process onto ``device``.
+    """Runs on a worker: the model comes from the worker's cache, loaded once per process onto ``device``, its norms
+    folded into their convolutions.
 
     ``same_rows``: this shard's rows are the main bundle's, read again at this layer (``model.layers``)."""
     use_threads(threads)
-    view = model_view(model_config, device)
+    view = folded_view(model_config, device)
     positions = None if same_rows is None else main_positions(same_rows, shard.index, view.grid)
     result = collect_records(
         view,

@@ -34,7 +34,7 @@ from atlas.models import ModelView, resolve_layer
 from atlas.models.input_sizes import only_input_size
 from atlas_pipelines.engine.context import RunInputs
 from atlas_pipelines.engine.stage import Report, Stage, StageCall
-from atlas_pipelines.engine.worker_state import model_view, use_threads
+from atlas_pipelines.engine.worker_state import folded_view, use_threads
 from atlas_pipelines.stages.path import EarlyLayers, cell_patches, path_layers, vectors_of
 
 
@@ -67,9 +67,9 @@ class TaskSetup:
 def render_batch(
     bundle: Bundle, cells: CellBatch, directions: np.ndarray, whitening: np.ndarray | None, spectrum: np.ndarray | None, setup: TaskSetup
 ) -> RenderResult:
-    """On a worker: the cells rendered on the frame's canvas with the worker's own model."""
+    """On a worker: the cells rendered on the frame's canvas with the worker's own model, its norms folded."""
     use_threads(setup.threads)
-    view = model_view(setup.model, setup.device)
+    view = folded_view(setup.model, setup.device)
     starts = None
     if setup.settings.param == "accentuate":  # the patches named when the batch was planned: no grid.json read per task
         starts = start_images(bundle, cells.starts, view.preprocessing.channels, setup.frame.canvas)
