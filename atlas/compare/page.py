@@ -18,7 +18,7 @@ from atlas.viewer import asset_bytes
 PAGE_ASSETS = ("compare.js", "compare.css")
 
 METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("variant", "activation", "{}"),
+    ("variant", "model", "{}"),
     ("test_accuracy", "test accuracy", "{:.3f}"),
     ("seconds_per_epoch", "s / epoch", "{:.1f}"),
     ("dead_fraction", "dead units", "{:.1%}"),
@@ -28,6 +28,7 @@ METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("activation_std", "std", "{:.3f}"),
     ("trustworthiness", "trustworthiness", "{:.3f}"),
     ("class_purity", "class purity", "{:.3f}"),
+    ("probe_accuracy", "linear probe", "{:.3f}"),
     ("icon_cosine", "icon cosine", "{:.3f}"),
     ("icon_top1", "icon top-1", "{:.2f}"),
     ("sae_variance_explained", "SAE variance explained", "{:.3f}"),
@@ -66,6 +67,37 @@ def claims_table(claims: list[dict[str, Any]]) -> str:
     )
 
 
+def _layer_text(layer: str | dict[str, str]) -> str:
+    return layer if isinstance(layer, str) else ", ".join(f"{name}: {name_of}" for name, name_of in layer.items())
+
+
+def cka_html(table: dict[str, dict[str, float]], ident: str) -> str:
+    """A CKA matrix as a table, each cell shaded by its value (0 white, 1 dark)."""
+    names = list(table)
+    head = "".join(f"<th>{escape(n)}</th>" for n in names)
+    body = "".join(
+        f"<tr><th>{escape(a)}</th>"
+        + "".join(f'<td style="background: rgba(40, 80, 160, {0.75 * table[a][b]:.2f})">{table[a][b]:.2f}</td>' for b in names)
+        + "</tr>"
+        for a in names
+    )
+    return f'<table id="{escape(ident)}" class="numbers cka"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def depth_html(depth: dict[str, Any] | None) -> str:
+    """Each model's CKA across its layers with their probes, and CKA across models at each matched depth."""
+    if not depth:
+        return ""
+    parts = []
+    for name, d in depth["models"].items():
+        probes = ", ".join(f"{escape(layer)} {p['accuracy']:.3f}" if p else f"{escape(layer)} –" for layer, p in d["probes"].items())
+        parts.append(f"<h3>{escape(name)} across depth</h3>{cka_html(d['cka'], 'depth-' + name)}<p>linear probe: {probes}</p>")
+    for m in depth.get("matched", []):
+        at = ", ".join(f"{escape(n)} {escape(layer)}" for n, layer in m["layers"].items())
+        parts.append(f"<h3>depth {m['depth'] + 1}: {at}</h3>{cka_html(m['cka'], 'matched-' + str(m['depth']))}")
+    return "".join(parts)
+
+
 def _how_laid_out(method: str) -> str:
     return "laid out independently (compare.align: none)" if method == "none" else f"aligned with {escape(method)}"
 
@@ -76,19 +108,19 @@ def write_page(root: Path, result: dict[str, Any]) -> Path:
         write_bytes(root / "viewer" / name, resources.files(__package__).joinpath("assets", name).read_bytes())
     for name in ("openseadragon.min.js", "openseadragon-LICENSE.txt"):
         write_bytes(root / "viewer" / name, asset_bytes(name))
+    titles = {
+        "functions": "each activation and its derivative",
+        "training": "training curves",
+        "gradients": "gradient norm by depth, first epoch",
+        "histograms": f"values of {_layer_text(result['layer'])} on the test images",
+        "cka": "linear CKA between the compared layers, on the same rows",
+        "cka_depth": "linear CKA between each model's layers, across depth",
+        "dictionaries": "each variant's sparse dictionary of the layer (same width and k)",
+    }
     figures = "".join(
-        f'<figure><img src="{escape(path)}" alt="{escape(title)}" loading="lazy"><figcaption>{escape(title)}</figcaption></figure>'
-        for title, path in (
-            ("each activation and its derivative", result["figures"]["functions"]),
-            ("training curves", result["figures"]["training"]),
-            ("gradient norm by depth, first epoch", result["figures"]["gradients"]),
-            (f"values of {result['layer']} on the test images", result["figures"]["histograms"]),
-            *(
-                [("each variant's sparse dictionary of the layer (same width and k)", result["figures"]["dictionaries"])]
-                if "dictionaries" in result["figures"]
-                else []
-            ),
-        )
+        f'<figure><img src="{escape(path)}" alt="{escape(titles.get(key, key))}" loading="lazy">'
+        f"<figcaption>{escape(titles.get(key, key))}</figcaption></figure>"
+        for key, path in result["figures"].items()
     )
     groups = "".join(
         f'<section class="group" data-group="{k}"><h2>{escape(g["title"])}</h2>'
@@ -98,7 +130,12 @@ def write_page(root: Path, result: dict[str, Any]) -> Path:
         f'<div class="panels"></div></section>'
         for k, g in enumerate(result["groups"])
     )
-    title = f"{result['name']}: {result['architecture']} on {result['dataset']}, layer {result['layer']}"
+    title = result.get("title") or f"{result['name']}: {result['architecture']} on {result['dataset']}, layer {result['layer']}"
+    similarity = "".join(
+        f"<h3>{escape(g['title'])}</h3>{cka_html(g['cka'], 'cka-' + str(k))}" for k, g in enumerate(result["groups"]) if g.get("cka")
+    )
+    depth = depth_html(result.get("depth"))
+    claims = f"<section><h2>Claims, tested</h2>{claims_table(result['claims'])}</section>" if result["claims"] else ""
     html = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -115,7 +152,8 @@ def write_page(root: Path, result: dict[str, Any]) -> Path:
 <main>
 {groups}
 <section><h2>Measurements</h2>{metrics_table(result["metrics"])}</section>
-<section><h2>Claims, tested</h2>{claims_table(result["claims"])}</section>
+<section id="similarity"><h2>Representational similarity (linear CKA)</h2>{similarity}{depth}</section>
+{claims}
 <section class="figures"><h2>Figures</h2>{figures}</section>
 </main>
 <script src="viewer/openseadragon.min.js"></script>

@@ -111,3 +111,27 @@ def plot_dictionaries(dictionaries: dict[str, dict[str, Any]], path: Path) -> No
         ax.set_ylim(*limits)
     fig.suptitle(f"TopK dictionaries of {shape['features']} features, k = {shape['k']}", fontsize=10)
     _save(plt, fig, path)
+
+
+def plot_cka(matrices: dict[str, tuple[list[str], np.ndarray]], path: Path) -> None:
+    """One linear-CKA heatmap per title (names on both axes, values written in the cells), side by side."""
+    columns = len(matrices)
+    plt, fig, axes = _figure(columns, 1, (max(3.8, 0.5 * max(len(n) for n, _ in matrices.values()) + 2.2) * columns, 4.2))
+    image = None
+    for ax, (title, (names, matrix)) in zip(axes.flat, matrices.items()):
+        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        if len(names) <= 12:
+            for i in range(len(names)):
+                for j in range(len(names)):
+                    ax.text(
+                        j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if matrix[i, j] < 0.6 else "black"
+                    )
+    if image is not None:
+        fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label="linear CKA")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from atlas.config.inputs import ModelConfig
 from atlas.config.limits import ALL_ACTIVATIONS
 from atlas.config.section import Batch, Count, InputSize, Section, Seed
 
@@ -63,3 +65,23 @@ class CompareConfig(Section):
     alignment_regularisation: float = Field(default=0.01, gt=0.0)
     alignment_window: int = Field(default=3, ge=1, le=64, description="1 to 64")
     measure_sample: int = Field(default=2000, ge=1, le=1_000_000, description="rows used for trustworthiness, at most 1,000,000")
+    models: dict[str, ModelConfig] | None = Field(
+        default=None,
+        description="compare these models instead of trained variants: a name -> a model section (spec and layer; "
+        "layers: the same model's layers for CKA across depth), all on the same images",
+    )
+    probe_test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0, description="rows held out to score each layer's linear probe")
+
+    @field_validator("models")
+    @classmethod
+    def _named_models(cls, models: dict[str, ModelConfig] | None) -> dict[str, ModelConfig] | None:
+        if models is None:
+            return None
+        if len(models) < 2:
+            raise ValueError("give at least two models to compare (name: {spec: ..., layer: ...})")
+        for name, model in models.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"model name {name!r}: use letters, digits, '_', '.' and '-' (it names the model's folder)")
+            if "layer" not in model.model_fields_set:
+                raise ValueError(f"model {name!r}: give its layer (layer: NAME; atlas layers SPEC lists them)")
+        return models

@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from atlas.config import (
     AtlasConfig,
@@ -17,6 +18,7 @@ from atlas.config import (
     check_model_files,
     load_config,
     packaged_default_config,
+    parse_assignment,
     validate_tree,
 )
 from atlas.dependency_warnings import silence_dependency_warnings
@@ -70,8 +72,36 @@ def _train(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from atlas_pipelines.commands.compare import run_compare
 
-    run_compare(_experiment(args))
+    if args.config is None and not args.model:
+        raise AtlasError(
+            "atlas compare: give an experiment YAML (e.g. configs/compare_activations.yaml) or two or more --model NAME=SPEC:LAYER"
+        )
+    values: list[tuple[str, Any]] = []
+    if args.model:  # the models named here replace the config's compare.models
+        values.append(("compare.models", dict(model_option(text) for text in args.model)))
+        if args.config is None and not any(text.split("=", 1)[0] == "output.name" for text in args.set or []):
+            values.append(("output.name", "compare"))
+    # The models first, then --set, so that --set compare.models.NAME.KEY=VALUE adds to a model named here.
+    values += [parse_assignment(text) for text in args.set or []]
+    config: ExperimentConfig = load_config(args.config, (), ExperimentConfig, values)
+    check_files(config)
+    for section in (config.compare.models or {}).values():
+        check_model_files(section)
+    run_compare(config)
     return 0
+
+
+def model_option(text: str) -> tuple[str, dict[str, str]]:
+    """``--model NAME=SPEC:LAYER`` -> (NAME, {spec, layer}); SPEC may hold colons (``package.module:factory``), the
+    layer is after the last one."""
+    name, equals, rest = text.partition("=")
+    spec, colon, layer = rest.rpartition(":")
+    if not equals or not name or not colon or not spec or not layer:
+        raise AtlasError(
+            f"--model {text!r}: expected NAME=SPEC:LAYER, e.g. relu=outputs/compare_activations/train/relu:features.act5 "
+            "(atlas layers SPEC lists a model's layers)"
+        )
+    return name, {"spec": spec, "layer": layer}
 
 
 def _classes(args: argparse.Namespace) -> int:
@@ -158,8 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=1")
     train.set_defaults(handler=_train)
 
-    compare = sub.add_parser("compare", help="train what is missing, then build aligned atlases and the comparison page")
-    compare.add_argument("config", type=Path, help="experiment YAML, e.g. configs/compare_activations.yaml")
+    compare = sub.add_parser(
+        "compare", help="compare trained variants (training what is missing) or any models: aligned atlases, CKA, probes, one page"
+    )
+    compare.add_argument("config", type=Path, nargs="?", help="experiment YAML, e.g. configs/compare_activations.yaml")
+    compare.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=SPEC:LAYER",
+        help="a model to compare (repeatable; replaces compare.models): any spec atlas run takes, then its layer after the last ':'",
+    )
     compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. grid.sizes=[8]")
     compare.set_defaults(handler=_compare)
 

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from atlas.bundle import Bundle, stage_marker
+from atlas.collect.sampling import SAME_ROWS_RULE
 from atlas.compare.align import aligned_layouts, alignment_error, independent_layouts, neighbour_agreement
 from atlas.compare.claims import activation_cost, check_claims
 from atlas.compare.measures import activation_histogram, class_purity, layer_statistics, trustworthiness_of
 from atlas.compare.page import write_page
-from atlas.compare.plots import plot_dictionaries, plot_functions, plot_gradients, plot_histograms, plot_training
+from atlas.compare.plots import plot_cka, plot_dictionaries, plot_functions, plot_gradients, plot_histograms, plot_training
+from atlas.compare.similarity import cka_matrix, cka_table, linear_probe, matrix_of
 from atlas.config import AtlasConfig, ExperimentConfig
 from atlas.devices import resolve_device
 from atlas.dictionary import default_features, default_k
@@ -36,16 +38,22 @@ from atlas.storage import require_local
 from atlas.train.data import TrainingData
 from atlas_pipelines.commands.run import run_atlas
 from atlas_pipelines.commands.train import experiment_dir, run_training, variant_dir
+from atlas_pipelines.engine.context import SameRows
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import fingerprint
-from atlas_pipelines.engine.worker_state import use_threads
+from atlas_pipelines.engine.worker_state import model_view, use_threads
 from atlas_pipelines.stages.layout import layout_estimator
 
 FORMAT = "atlas-compare/1"
 
 
 def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) -> Path:
-    """Train, build and align every atlas of the experiment, then write ``compare.json`` and the page."""
+    """Train, build and align every atlas of the experiment, then write ``compare.json`` and the page; with
+    ``compare.models``, the models given instead of trained variants (:mod:`atlas_pipelines.commands.compare_models`)."""
+    if config.compare.models is not None:
+        from atlas_pipelines.commands.compare_models import run_model_comparison
+
+        return run_model_comparison(config, log)
     root = experiment_dir(config)
     root.mkdir(parents=True, exist_ok=True)
     layer = config.compare.layer or DEFAULT_LAYERS[config.train.architecture]
@@ -55,27 +63,29 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) ->
     with ExitStack() as stack:
         executor = LazyExecutor(config.scheduler, stack, log, resolve_device(config.device))
         metrics, data = run_training(config, executor, log)
+        variants = root / "variants"
         groups = [
-            _build_group(
-                config, data, executor, log,
+            build_group(
+                config, executor, log,
                 title=f"{len(names)} activations at {layer}", kind="activations",
-                members={name: (variant_dir(config, name), layer) for name in names},
-                folder=root / "variants",
+                bundles={name: _bundle_config(config, data, variant_dir(config, name), layer, variants, name) for name in names},
+                folder=variants,
             )
         ]  # fmt: skip
         if config.compare.layers:
             of = config.compare.layers_of or names[0]
+            layers = root / "layers"
             groups.append(
-                _build_group(
-                    config, data, executor, log,
+                build_group(
+                    config, executor, log,
                     title=f"layers of the {of} variant", kind="layers",
-                    members={_slug(layer): (variant_dir(config, of), layer) for layer in config.compare.layers},
-                    folder=root / "layers",
+                    bundles={slug(name): _bundle_config(config, data, variant_dir(config, of), name, layers, slug(name)) for name in config.compare.layers},
+                    folder=layers,
                 )
             )  # fmt: skip
     cost = activation_cost(names, seed=config.seed)
-    figures = _figures(root, names, metrics, groups[0])
-    table = [_metrics_row(name, metrics[name], groups[0]["panels"][k]) for k, name in enumerate(names)]
+    figures = _figures(root, names, metrics, groups)
+    table = [metrics_row(name, metrics[name], groups[0]["panels"][k]) for k, name in enumerate(names)]
     claims = check_claims(metrics, cost)
     result = {
         "format": FORMAT,
@@ -97,32 +107,39 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) ->
     return root
 
 
-def _build_group(
+def build_group(
     config: ExperimentConfig,
-    data: TrainingData,
     executor: Callable[[], Executor],
     log: Callable[[str], None],
     title: str,
     kind: str,
-    members: dict[str, tuple[Path, str]],
+    bundles: dict[str, AtlasConfig],
     folder: Path,
+    match_rows: bool = False,
 ) -> dict[str, Any]:
-    """Collect every member, align their layouts, finish their bundles; returns the group's panels and measures."""
-    bundles = {name: _bundle_config(config, data, model_dir, layer, folder, name) for name, (model_dir, layer) in members.items()}
+    """Collect every member, align their layouts, finish their bundles; returns the group's panels and measures.
+
+    ``match_rows``: members after the first read the first one's rows (its images and positions, each mapped to the
+    position of their own grid over the same input point) instead of sampling: models of different architectures.
+    The group's rows (``_rows``) stay with it for the measures across groups; they are not written to JSON.
+    """
     keys, rows = {}, {}
+    reference: SameRows | None = None
     for name, bundle in bundles.items():
         log(f"[compare] {kind}: {name} ({bundle.model.layer})")
-        collected = Bundle(run_atlas(bundle, until="collect", log=log, executor=executor))
+        collected = Bundle(run_atlas(bundle, until="collect", log=log, executor=executor, same_rows=reference))
         keys[name] = (read_marker(collected.path(stage_marker("collect"))) or {})["key"]
         rows[name] = collected.rows()
+        if match_rows and reference is None:
+            reference = reference_rows(collected, bundle, keys[name])
     _check_same_rows(rows)
     coords = _aligned(config, folder, keys, {n: r.activation for n, r in rows.items()}, executor, log)
     if kind == "activations":
         bundles = _one_dictionary_shape(bundles, rows)
     panels = []
-    for name, bundle in bundles.items():
-        finished = bundle.model_copy(update={"layout": bundle.layout.model_copy(update={"coords": _aligned_path(folder, name)})})
-        run_dir = run_atlas(finished, log=log, executor=executor)
+    for k, (name, bundle) in enumerate(bundles.items()):
+        finished = bundle.model_copy(update={"layout": bundle.layout.model_copy(update={"coords": aligned_path(folder, name)})})
+        run_dir = run_atlas(finished, log=log, executor=executor, same_rows=reference if k else None)
         manifest = Bundle(run_dir).manifest
         r = rows[name]
         panels.append({
@@ -136,9 +153,12 @@ def _build_group(
             "class_purity": {str(g): class_purity(coords[name], r.label, g, config.grid.min_count) for g in config.grid.sizes},
             "fidelity": {str(level.grid): level.document.get("fidelity") for level in manifest.levels},
             "dictionary": _dictionary_summary(manifest.get("dictionary")),
+            "probe": linear_probe(r.activation, r.label, config.seed, config.compare.probe_test_fraction),
             "_histogram": activation_histogram(r.activation),
         })  # fmt: skip
     layouts = [coords[name] for name in bundles]
+    names = list(bundles)
+    first = rows[names[0]]
     return {
         "title": title,
         "kind": kind,
@@ -148,7 +168,24 @@ def _build_group(
             "mean_shift": alignment_error(layouts),
             "neighbour_agreement_k10": neighbour_agreement(layouts),
         },
+        "rows": {
+            "count": len(first),
+            "images": len(np.unique(first.image_id)),
+            "match": "nearest" if match_rows else "same",
+            "rule": SAME_ROWS_RULE if match_rows else "every member samples the same images and positions of one grid",
+            **({"reference": names[0]} if match_rows else {}),
+        },
+        "cka": cka_table(names, cka_matrix([rows[name].activation for name in names])),
+        "_rows": rows,
+        "_reference": reference,
     }
+
+
+def reference_rows(collected: Bundle, bundle: AtlasConfig, key: str) -> SameRows:
+    """The first member's rows as the others read them: its store, and its layer's grid to map positions from."""
+    store = collected.store()
+    grid = model_view(bundle.model, str(resolve_device(bundle.device))).grid
+    return SameRows(store.path, grid, store.layout().rows_per_shard, key)
 
 
 def _one_dictionary_shape(bundles: dict[str, AtlasConfig], rows: dict[str, Any]) -> dict[str, AtlasConfig]:
@@ -229,7 +266,7 @@ def _aligned(
     align = config.compare.model_dump(mode="json", include={"align", "alignment_regularisation", "alignment_window"})
     # An ordered list: AlignedUMAP links neighbouring members, so their order is part of the result.
     key = fingerprint("aligned", list(keys.items()), config.layout.model_dump(mode="json", exclude={"coords"}), align, config.seed)
-    paths = {name: _aligned_path(folder, name) for name in activations}
+    paths = {name: aligned_path(folder, name) for name in activations}
     if is_fresh(marker, key, paths.values()):
         log(f"[compare] aligned layouts cached ({len(paths)} members)")
         return {name: np.load(path) for name, path in paths.items()}
@@ -243,19 +280,23 @@ def _aligned(
     return dict(zip(activations, layouts))
 
 
-def _aligned_path(folder: Path, name: str) -> Path:
+def aligned_path(folder: Path, name: str) -> Path:
     return folder / ".aligned" / f"{name}.npy"
 
 
-def _metrics_row(name: str, metrics: dict[str, Any], panel: dict[str, Any]) -> dict[str, Any]:
+def metrics_row(name: str, metrics: dict[str, Any], panel: dict[str, Any]) -> dict[str, Any]:
+    """One row of the measurements table; ``metrics``: the variant's training record (empty for a model atlas did not
+    train, whose accuracy, speed and dead units are then unknown)."""
     fid = [f for f in panel["fidelity"].values() if f]
     finest = max(panel["class_purity"], key=int)
     sae = panel["dictionary"]
+    probe = panel.get("probe")
     return {
         "variant": name,
-        "test_accuracy": metrics["test_accuracy"],
-        "seconds_per_epoch": metrics["seconds_per_epoch"],
-        "dead_fraction": metrics["units"]["dead_fraction"],
+        "test_accuracy": metrics.get("test_accuracy"),
+        "seconds_per_epoch": metrics.get("seconds_per_epoch"),
+        "dead_fraction": metrics.get("units", {}).get("dead_fraction"),
+        "probe_accuracy": probe["accuracy"] if probe else None,
         "inactive_fraction": panel["statistics"]["inactive_fraction"],
         "hoyer_sparsity": panel["statistics"]["hoyer_sparsity"],
         "activation_mean": panel["statistics"]["mean"],
@@ -271,7 +312,8 @@ def _metrics_row(name: str, metrics: dict[str, Any], panel: dict[str, Any]) -> d
     }
 
 
-def _figures(root: Path, names: list[str], metrics: dict[str, dict[str, Any]], group: dict[str, Any]) -> dict[str, str]:
+def _figures(root: Path, names: list[str], metrics: dict[str, dict[str, Any]], groups: list[dict[str, Any]]) -> dict[str, str]:
+    group = groups[0]
     figures = {
         "functions": "figures/functions.png",
         "training": "figures/training.png",
@@ -282,6 +324,7 @@ def _figures(root: Path, names: list[str], metrics: dict[str, dict[str, Any]], g
     plot_training(metrics, root / figures["training"])
     plot_gradients(metrics, root / figures["gradients"])
     plot_histograms({p["name"]: p["_histogram"] for p in group["panels"]}, group["panels"][0]["layer"], root / figures["histograms"])
+    figures.update(similarity_figures(root, groups))
     dictionaries = {p["name"]: p["dictionary"] for p in group["panels"] if p["dictionary"] is not None}
     if dictionaries:
         figures["dictionaries"] = "figures/dictionaries.png"
@@ -289,5 +332,15 @@ def _figures(root: Path, names: list[str], metrics: dict[str, dict[str, Any]], g
     return figures
 
 
-def _slug(text: str) -> str:
+def similarity_figures(root: Path, groups: list[dict[str, Any]], depth: dict[str, Any] | None = None) -> dict[str, str]:
+    """The CKA heatmaps: every group's members, then each model's layers across depth."""
+    figures = {"cka": "figures/cka.png"}
+    plot_cka({g["title"]: matrix_of(g["cka"]) for g in groups}, root / figures["cka"])
+    if depth and depth.get("models"):
+        figures["cka_depth"] = "figures/cka_depth.png"
+        plot_cka({f"{name} across depth": matrix_of(d["cka"]) for name, d in depth["models"].items()}, root / figures["cka_depth"])
+    return figures
+
+
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)

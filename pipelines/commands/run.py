@@ -27,7 +27,7 @@ from atlas.models.capture import zeros_input
 from atlas.runtime import tune_allocator
 from atlas.storage import Location, location
 from atlas_pipelines.commands.layers import build_layers, layer_views, layers_report
-from atlas_pipelines.engine.context import RunInputs
+from atlas_pipelines.engine.context import RunInputs, SameRows
 from atlas_pipelines.engine.data_choices import choose_from_data, describe_choices
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 from atlas_pipelines.engine.stage import Stage, check_order, run_stages
@@ -52,11 +52,14 @@ def run_atlas(
     log: Callable[[str], None] = print,
     executor: Callable[[], Executor] | None = None,
     labels: Sequence[str] | None = None,
+    same_rows: SameRows | None = None,
 ) -> Location:
     """Run every stage (or up to ``until``), then assemble cells and manifest; returns the bundle folder.
 
     ``executor``: a cluster already open (``atlas compare`` runs many bundles on one); default, one started on demand.
     ``labels``: the model's class names, given in Python (``atlas.run(classes=...)``), over the model's and the images'.
+    ``same_rows``: read another bundle's rows (its images and positions, mapped to this layer's grid) instead of
+    sampling: ``atlas compare``'s models of other architectures.
     """
     if until is not None and until not in {stage.name for stage in stages_for(config)}:
         raise AtlasError(f"--until {until!r}: expected one of {', '.join(STAGE_NAMES)}")
@@ -68,7 +71,7 @@ def run_atlas(
     prepared = _prepare(config, device)  # a wrong model, layer(s) or image source fails here, before the lock writes to the bundle
     # A full disk outside a stage (the lock's record, the image listing, assembly) is one line too, like one inside.
     with out_of_space_as_error("run", bundle.root), bundle_lock(bundle.root, log):  # one writer per bundle: a second run refuses here
-        return _run_locked(config, bundle, device, until, log, executor, prepared, labels)
+        return _run_locked(config, bundle, device, until, log, executor, prepared, labels, same_rows)
 
 
 def _run_locked(
@@ -80,6 +83,7 @@ def _run_locked(
     executor: Callable[[], Executor] | None,
     prepared: tuple[dict[str, ModelView], int, ImageSource],
     labels: Sequence[str] | None,
+    same_rows: SameRows | None = None,
 ) -> Location:
     views, n_classes, source = prepared
     view = views[config.model.layer]
@@ -101,7 +105,7 @@ def _run_locked(
             log(line)
         run = RunInputs(
             chosen, bundle, view, n_classes, _class_names(view, source, n_classes, labels), source, shards, executor, log, device,
-            given=config, choices=choices,
+            given=config, choices=choices, same_rows=same_rows,
         )  # fmt: skip
         records = run_stages(stages_for(chosen), run, until)
         more = None
