@@ -231,7 +231,8 @@ class Visit:
         assert self.page.evaluate("window.atlas.errors") == []
 
     def centre_cell(self) -> dict[str, Any]:
-        """The kept cell of the grid on screen whose centre is nearest the middle of the atlas."""
+        """The kept cell of the grid on screen whose centre is nearest the middle of the atlas, among those a pointer
+        can reach there (not under a panel, the minimap or a label)."""
         return self.page.evaluate(
             """() => {
               const a = window.atlas, level = a.levels.find(l => l.grid === a.currentGrid());
@@ -240,7 +241,8 @@ class Visit:
               let best = null;
               for (const c of a.keptCells(level.grid)) {
                 const p = a.cellCenter(level.grid, c.i, c.j);
-                const inside = p.x > box.left + 4 && p.x < box.right - 4 && p.y > box.top + 4 && p.y < box.bottom - 4;
+                const inside = p.x > box.left + 4 && p.x < box.right - 4 && p.y > box.top + 4 && p.y < box.bottom - 4
+                  && document.getElementById('atlas').contains(document.elementFromPoint(p.x, p.y));
                 const d = (p.x - cx) ** 2 + (p.y - cy) ** 2;
                 if (inside && (!best || d < best.d)) best = {d, x: p.x, y: p.y, i: c.i, j: c.j, grid: level.grid};
               }
