@@ -1,7 +1,8 @@
 """atlas: activation atlases for trained PyTorch CNNs.
 
 ``atlas.run(...)`` builds an atlas from Python (a model object, a dataset, your Dask client) and returns its bundle;
-``atlas.open_bundle(path)`` reads a bundle written by ``atlas run`` (see :mod:`atlas.bundle`).
+``atlas.open_bundle(path)`` reads a bundle written by ``atlas run`` (see :mod:`atlas.bundle`); ``atlas.compare_models(...)``
+compares models on the same images and ``atlas.open_comparison(path)`` reads what ``atlas compare`` wrote.
 """
 
 from __future__ import annotations
@@ -12,25 +13,31 @@ __version__ = "0.1.0"  # the one place the version lives (pyproject.toml reads i
 
 if TYPE_CHECKING:
     from atlas.bundle import Bundle, open_bundle
+    from atlas.compare.reading import Comparison, open_comparison
     from atlas.errors import AtlasError
 
-__all__ = ["AtlasError", "Bundle", "__version__", "open_bundle", "run"]
+__all__ = ["AtlasError", "Bundle", "Comparison", "__version__", "compare_models", "open_bundle", "open_comparison", "run"]
 
 
 def __getattr__(name: str) -> Any:
-    """``open_bundle``, ``Bundle`` and ``run`` load on first use, so ``import atlas`` (and every command) starts fast.
+    """``open_bundle``, ``Bundle``, ``run`` and the rest load on first use, so ``import atlas`` (and every command)
+    starts fast.
 
-    ``run`` is the orchestration's (``atlas_pipelines.api.run``: stages, Dask, caching), which the library itself
+    ``run`` and ``compare_models`` are the orchestration's (``atlas_pipelines.api.run``: stages, Dask, caching), which the library itself
     never uses; this facade is the one place ``atlas`` names ``atlas_pipelines``, declared in the import contract.
     """
     if name in ("open_bundle", "Bundle"):
         from atlas import bundle
 
         return getattr(bundle, name)
-    if name == "run":
-        from atlas_pipelines.api import run
+    if name in ("open_comparison", "Comparison"):
+        from atlas.compare import reading
 
-        return run
+        return getattr(reading, name)
+    if name in ("run", "compare_models"):
+        from atlas_pipelines import api
+
+        return getattr(api, name)
     if name == "AtlasError":
         from atlas.errors import AtlasError
 

@@ -20,7 +20,8 @@ from torch import nn
 
 from atlas.bundle import Bundle, open_bundle
 from atlas.bundle.paths import VIEWER
-from atlas.config import AtlasConfig, check_files, load_config, packaged_default_config
+from atlas.compare.reading import Comparison, open_comparison
+from atlas.config import AtlasConfig, ExperimentConfig, check_files, check_model_files, load_config, packaged_default_config
 from atlas.dependency_warnings import silence_dependency_warnings
 from atlas.devices import resolve_device
 from atlas.errors import AtlasError
@@ -93,6 +94,81 @@ def run(
     return open_bundle(run_dir)
 
 
+def compare_models(
+    models: Mapping[str, str | nn.Module | Mapping[str, Any]],
+    config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    *,
+    settings: Mapping[str, Any] | Sequence[str] | None = None,
+    images: Any = None,
+    client: Any = None,
+    name: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    scheduler: str | None = None,
+    dataset_key: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Comparison:
+    """Compare ``models`` on the same images (``atlas compare`` with ``compare.models``) and return the comparison.
+
+    ``models``: a name -> ``"SPEC:LAYER"`` (as ``--model``), or a model section as a dict (``spec``, ``layer``,
+    ``layers``, ``weights``, ...) whose ``spec`` may be an ``nn.Module``: then give its ``input_size``, ``channels``,
+    ``mean`` and ``std`` in the section unless timm built it. ``config``: an experiment YAML or dict (None: defaults,
+    named ``compare``); ``images``, ``client``, ``name``, ``out``, ``scheduler``, ``dataset_key``: as for :func:`run`.
+    """
+    from atlas_pipelines.commands.compare import run_compare
+    from atlas_pipelines.commands.compare_models import model_option
+
+    silence_dependency_warnings()
+    if not isinstance(models, Mapping) or not models:
+        raise AtlasError("models: give a dict of name -> 'SPEC:LAYER' or a model section (a dict; its spec may be an nn.Module)")
+    objects: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in models.items():
+        if isinstance(value, str):
+            _, section = model_option(f"{key}={value}")
+            sections[key] = dict(section)
+        elif isinstance(value, Mapping):
+            sections[key] = dict(value)
+        else:
+            raise AtlasError(f"models[{key!r}]: a {type(value).__name__}; give 'SPEC:LAYER' or a model section dict")
+        module = sections[key].get("spec")
+        if isinstance(module, nn.Module):
+            _check_section_preprocessing(key, module, sections[key])
+            spec = module_spec(module)
+            objects[spec] = module
+            sections[key]["spec"] = spec
+    values: list[tuple[str, Any]] = [("compare.models", sections)]
+    values += list(
+        _plain_values(None, None, name if name is not None else (None if config is not None else "compare"), out, scheduler, None, images)
+    )
+    loaded: ExperimentConfig = _load(config if config is not None else {}, settings, values, ExperimentConfig)
+    if images is not None and not _is_spec(images):
+        dataset = as_dataset(images, loaded.images.max_pixels)
+        spec = dataset_spec(dataset, dataset_key)
+        objects[spec] = dataset
+        loaded = loaded.model_copy(update={"images": loaded.images.model_copy(update={"source": spec})})
+    check_files(loaded)
+    for section in (loaded.compare.models or {}).values():
+        check_model_files(section)
+    for spec, value in objects.items():
+        register(spec, value)
+    with ExitStack() as stack:
+        executor = LazyExecutor(loaded.scheduler, stack, log, resolve_device(loaded.device), client, objects)
+        root = run_compare(loaded, log, executor)
+    return open_comparison(root)
+
+
+def _check_section_preprocessing(key: str, model: nn.Module, section: Mapping[str, Any]) -> None:
+    """An nn.Module's input size and normalisation, asked for in its section unless timm knows them."""
+    if from_timm(model) is not None:
+        return
+    missing = [k for k in _NEEDED if section.get(k) is None]
+    if missing:
+        raise AtlasError(
+            f"models[{key!r}]: atlas cannot read {', '.join(missing)} from a {type(model).__name__}; add them to its section, "
+            "e.g. {'spec': model, 'layer': ..., 'input_size': 28, 'channels': 1, 'mean': [0.5], 'std': [0.5]}"
+        )
+
+
 def _is_spec(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 
@@ -132,7 +208,9 @@ def _layer_values(layer: Any) -> Iterator[tuple[str, Any]]:
         yield "model.layers", names
 
 
-def _load(config: Any, settings: Mapping[str, Any] | Sequence[str] | None, values: list[tuple[str, Any]]) -> AtlasConfig:
+def _load(
+    config: Any, settings: Mapping[str, Any] | Sequence[str] | None, values: list[tuple[str, Any]], schema: type[AtlasConfig] = AtlasConfig
+) -> Any:
     """File (or dict, or the packaged default), then ``settings``, then the arguments; validated once."""
     if isinstance(settings, str):
         settings = [settings]
@@ -146,13 +224,11 @@ def _load(config: Any, settings: Mapping[str, Any] | Sequence[str] | None, value
     elif settings is not None:
         assignments = [str(text) for text in settings]
     if isinstance(config, Mapping):
-        loaded: AtlasConfig = load_config(None, assignments, values=[*_flatten(config), *typed, *values])
-        return loaded
+        return load_config(None, assignments, schema, values=[*_flatten(config), *typed, *values])
     if config is not None and not _is_spec(config):
         raise AtlasError(f"config: a {type(config).__name__}; give a YAML path, a dict or None (the packaged default)")
     path = Path(config) if config is not None else packaged_default_config()
-    loaded = load_config(path, assignments, values=[*typed, *values])
-    return loaded
+    return load_config(path, assignments, schema, values=[*typed, *values])
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -245,3 +246,26 @@ def test_a_dict_config_reads_like_its_yaml(tmp_path: Path) -> None:
     with pytest.raises(AtlasError) as from_file:
         atlas.run(tmp_path / "d.yaml", settings={"grid.sizes": "x"}, out=tmp_path)
     assert str(from_dict.value) == str(from_file.value) and "grid.sizes" in str(from_dict.value)
+
+
+def test_compare_in_process_takes_module_objects_and_reads_back(tmp_path: Path) -> None:
+    """``atlas.compare_models`` with a notebook's CNN beside a ViT object (a 4 x 4 patch grid against the CNN's 16 x 16 map),
+    on a dataset object; the comparison reads back through ``atlas.open_comparison``."""
+    from atlas.compare.similarity import cka_matrix
+    from atlas.models.zoo import TinyViT
+
+    net, dataset = notebook_objects(tmp_path / "marks")
+    torch.manual_seed(1)
+    vit = TinyViT(activation="gelu", num_classes=3, width=4, depth=2, input_size=16).eval()
+    comparison = atlas.compare_models(
+        {"cnn": {"spec": net, "layer": "features.2", **PREPROCESSING}, "vit": {"spec": vit, "layer": "blocks.1", **PREPROCESSING}},
+        settings={**SETTINGS, "scheduler.address": "sync"}, images=dataset, out=tmp_path, log=lambda line: None,
+    )  # fmt: skip
+    assert comparison.root == tmp_path / "compare" and comparison.names == ["cnn", "vit"]
+    cnn, vit_rows = comparison.bundle("cnn").rows(), comparison.bundle("vit").rows()
+    assert len(cnn) == len(vit_rows) == 48 and (vit_rows.y == cnn.y // 4).all() and (vit_rows.x == cnn.x // 4).all()
+    names, matrix = comparison.cka()
+    assert names == ["cnn", "vit"] and np.allclose(matrix, cka_matrix([cnn.activation, vit_rows.activation]), atol=1e-4)
+    assert set(comparison.probes()) == {"cnn", "vit"}
+    with pytest.raises(AtlasError, match="input_size"):
+        atlas.compare_models({"a": {"spec": net, "layer": "features.2"}, "b": "x:y"}, out=tmp_path, log=lambda line: None)

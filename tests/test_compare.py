@@ -20,7 +20,9 @@ import pytest
 import torch
 from test_viewer_browser import CHROMIUM, CHROMIUM_ARGS, atlas_serve, child_env
 
+from atlas.bundle import Bundle
 from atlas.compare.align import alignment_error, independent_layouts, neighbour_agreement
+from atlas.compare.similarity import cka_matrix, linear_probe, matrix_of
 from atlas.config import ALL_ACTIVATIONS, LayoutConfig, ModelConfig, TrainConfig
 from atlas.errors import AtlasError
 from atlas.models import load_model, resolve_layer
@@ -154,7 +156,7 @@ def check_claim_verdicts(result: dict[str, Any], root: Path) -> None:
     for n in trained:  # the table and the variant's own record agree, so either may be used below
         assert table[n]["dead_fraction"] == variant[n]["units"]["dead_fraction"], n
     claims = {c["claim"]: c for c in result["claims"]}
-    assert len(claims) == 4, list(claims)
+    assert len(claims) == 6, list(claims)
 
     def find(words: str) -> dict[str, Any]:
         (claim,) = [c for text, c in claims.items() if words in text]
@@ -210,6 +212,24 @@ def check_claim_verdicts(result: dict[str, Any], root: Path) -> None:
     else:
         verdict(vanish, {"relu", "sigmoid"})
 
+    # GELU over ReLU in a transformer: only a ViT experiment with both tests it, by test accuracy over a margin.
+    transformer = find("transformer default")
+    if result["architecture"] == "vit" and {"relu", "gelu"} <= trained:
+        margin = float(re.search(r"by more than (\d+\.\d+)", transformer["rule"]).group(1))
+        verdict(transformer, {"relu", "gelu"}, variant["gelu"]["test_accuracy"] - variant["relu"]["test_accuracy"] > margin)
+    else:
+        assert transformer["held"] is None and transformer["rule"] == "", transformer
+
+    # The smooth trio alike, unlike ReLU: from the CKA matrix of the variants' group, recorded in compare.json.
+    smooth = find("smooth ReLU-likes")
+    cka = result["groups"][0]["cka"]
+    if {"relu", "gelu", "silu", "mish"} <= trained:
+        trio = ("gelu", "silu", "mish")
+        among = [cka[a][b] for a in trio for b in trio if a < b]
+        verdict(smooth, {"relu", *trio}, min(among) > max(cka[a]["relu"] for a in trio))
+    else:
+        assert smooth["held"] is None and smooth["rule"] == "", smooth
+
     # Zero-centred: each unit's |mean| / std, averaged over the units of a layer and then over the layers, is under
     # 1/2 for tanh and not for sigmoid.
     centred = find("zero-centred")
@@ -233,7 +253,7 @@ def test_compare_writes_a_bundle_per_variant_and_compare_json(compared: tuple[Pa
     for row in result["metrics"]:
         assert 0.0 < row["test_accuracy"] <= 1.0 and 0.0 <= row["dead_fraction"] <= 1.0
         assert 0.0 < row["trustworthiness"] <= 1.0 and 0.0 < row["class_purity"] <= 1.0
-    assert len(result["claims"]) == 4
+    assert len(result["claims"]) == 6
     check_claim_verdicts(result, root)
     assert [g["kind"] for g in result["groups"]] == ["activations", "layers"]
     for name in ("relu", "tanh", "sigmoid"):
@@ -250,6 +270,21 @@ def test_compare_writes_a_bundle_per_variant_and_compare_json(compared: tuple[Pa
         assert (root / figure).stat().st_size > 5_000
     assert "dictionaries" in result["figures"]
     assert "atlas serve" in printed
+
+
+def test_every_group_has_the_cka_of_its_rows_and_every_panel_a_probe(compared: tuple[Path, str]) -> None:
+    """Issue 26: the variants' CKA matrix (and the layers', across depth) and each layer's probe, from the rows."""
+    root, _ = compared
+    result = json.loads((root / "compare.json").read_text())
+    for group in result["groups"]:
+        rows = [Bundle(root / p["bundle"]).rows() for p in group["panels"]]
+        names, matrix = matrix_of(group["cka"])
+        assert names == [p["name"] for p in group["panels"]]
+        assert np.allclose(matrix, cka_matrix([r.activation for r in rows]), atol=1e-4)
+        assert group["rows"]["match"] == "same" and group["rows"]["count"] == 300
+        for panel, r in zip(group["panels"], rows, strict=True):
+            assert panel["probe"] == linear_probe(r.activation, r.label, seed=0, test_fraction=0.3)
+    assert {"cka"} <= set(result["figures"]) and "linear CKA" in (root / "index.html").read_text()
 
 
 def test_every_variant_gets_a_dictionary_of_one_shape_and_its_figures_in_the_table(compared: tuple[Path, str]) -> None:
@@ -328,7 +363,7 @@ def test_comparison_page_in_chromium(compared: tuple[Path, str], compare_url: st
         assert groups.nth(1).locator(".panel").count() == 2  # one per compared layer
         assert page.locator("#metrics tbody tr").count() == 3
         assert page.locator("#metrics thead th").count() >= 12
-        assert page.locator("#claims tbody tr").count() == 4
+        assert page.locator("#claims tbody tr").count() == 6
 
         # Hovering one atlas outlines the same cell in every atlas of the group and says what each holds.
         box = groups.nth(0).locator(".osd").nth(0).bounding_box()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_viewer_browser import CHROMIUM, CHROMIUM_ARGS, atlas_serve
 
 from atlas.bundle import Bundle
 from atlas.collect.sampling import map_positions
@@ -139,3 +140,24 @@ def test_a_model_option_without_a_layer_is_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "NAME=SPEC:LAYER" in proc.stderr
+
+
+def test_the_models_page_in_chromium(compared: tuple[Path, str]) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: install Debian's chromium package for the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is needed: pip install -e '.[test]'")
+    errors: list[str] = []
+    with atlas_serve(compared[0]) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+        page.goto(url)
+        page.wait_for_function(
+            "window.compare && window.compare.ready && window.compare.groups.every(g => g.views.every(v => v.loaded))", timeout=60_000
+        )
+        assert page.locator("section.group .panel").count() == 2  # the CNN's atlas beside the ViT's
+        assert page.locator("#metrics tbody tr").count() == 2 and "linear probe" in page.locator("#metrics thead").inner_text()
+        assert page.locator("#cka-0 tbody tr").count() == 2 and page.locator("#matched-1").count() == 1
+        browser.close()
+    assert not errors, errors

@@ -97,7 +97,7 @@ class Leaf:
     """One config key as the fuzzer sees it: its kind and whatever bounds the schema gives."""
 
     key: str
-    kind: str  # bool, int, float, str, path, literal, class_name, tuple, pair, section
+    kind: str  # bool, int, float, str, path, literal, class_name, tuple, pair, section, mapping
     optional: bool = False
     ge: float | None = None
     gt: float | None = None
@@ -149,6 +149,8 @@ def describe(key: str, annotation: Any, metadata: list[Any]) -> Leaf:
         return Leaf(key, "pair", item=describe(key, args[0], []))
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return Leaf(key, "section")
+    if origin is dict:  # compare.models: a name -> a model section
+        return Leaf(key, "mapping")
     kinds = {bool: "bool", int: "int", float: "float", str: "str", Path: "path"}
     return Leaf(key, kinds[annotation], **bounds)
 
@@ -279,6 +281,14 @@ def wrong_value(leaf: Leaf) -> st.SearchStrategy[Any] | None:
         return st.one_of(*options)
     if leaf.kind == "section":
         return st.one_of(st.integers(), WORDS, st.lists(st.integers(), max_size=2), st.floats())
+    if leaf.kind == "mapping":  # not a mapping, or one whose values are no model sections
+        return st.one_of(
+            st.integers(),
+            WORDS,
+            st.lists(st.integers(), max_size=2),
+            st.floats(),
+            st.dictionaries(NAMES, st.integers(), min_size=1, max_size=2),
+        )
     raise AssertionError(leaf)
 
 

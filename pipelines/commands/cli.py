@@ -71,6 +71,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from atlas_pipelines.commands.compare import run_compare
+    from atlas_pipelines.commands.compare_models import model_option
 
     if args.config is None and not args.model:
         raise AtlasError(
@@ -89,19 +90,6 @@ def _compare(args: argparse.Namespace) -> int:
         check_model_files(section)
     run_compare(config)
     return 0
-
-
-def model_option(text: str) -> tuple[str, dict[str, str]]:
-    """``--model NAME=SPEC:LAYER`` -> (NAME, {spec, layer}); SPEC may hold colons (``package.module:factory``), the
-    layer is after the last one."""
-    name, equals, rest = text.partition("=")
-    spec, colon, layer = rest.rpartition(":")
-    if not equals or not name or not colon or not spec or not layer:
-        raise AtlasError(
-            f"--model {text!r}: expected NAME=SPEC:LAYER, e.g. relu=outputs/compare_activations/train/relu:features.act5 "
-            "(atlas layers SPEC lists a model's layers)"
-        )
-    return name, {"spec": spec, "layer": layer}
 
 
 def _classes(args: argparse.Namespace) -> int:

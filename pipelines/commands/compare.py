@@ -47,13 +47,13 @@ from atlas_pipelines.stages.layout import layout_estimator
 FORMAT = "atlas-compare/1"
 
 
-def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) -> Path:
+def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print, executor: Callable[[], Executor] | None = None) -> Path:
     """Train, build and align every atlas of the experiment, then write ``compare.json`` and the page; with
     ``compare.models``, the models given instead of trained variants (:mod:`atlas_pipelines.commands.compare_models`)."""
     if config.compare.models is not None:
         from atlas_pipelines.commands.compare_models import run_model_comparison
 
-        return run_model_comparison(config, log)
+        return run_model_comparison(config, log, executor)
     root = experiment_dir(config)
     root.mkdir(parents=True, exist_ok=True)
     layer = config.compare.layer or DEFAULT_LAYERS[config.train.architecture]
@@ -61,7 +61,7 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) ->
     if config.compare.layers and (config.compare.layers_of or names[0]) not in names:
         raise AtlasError(f"compare.layers_of {config.compare.layers_of!r} is not a trained variant; choose one of {', '.join(names)}")
     with ExitStack() as stack:
-        executor = LazyExecutor(config.scheduler, stack, log, resolve_device(config.device))
+        executor = executor or LazyExecutor(config.scheduler, stack, log, resolve_device(config.device))
         metrics, data = run_training(config, executor, log)
         variants = root / "variants"
         groups = [
@@ -86,7 +86,7 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print) ->
     cost = activation_cost(names, seed=config.seed)
     figures = _figures(root, names, metrics, groups)
     table = [metrics_row(name, metrics[name], groups[0]["panels"][k]) for k, name in enumerate(names)]
-    claims = check_claims(metrics, cost)
+    claims = check_claims(metrics, cost, config.train.architecture, groups[0]["cka"])
     result = {
         "format": FORMAT,
         "name": config.name,

@@ -33,8 +33,12 @@ from atlas_pipelines.engine.context import SameRows
 from atlas_pipelines.engine.executor import Executor, LazyExecutor
 
 
-def run_model_comparison(config: ExperimentConfig, log: Callable[[str], None] = print) -> Path:
-    """Build, align and measure one atlas per model of ``compare.models``; writes ``compare.json`` and the page."""
+def run_model_comparison(
+    config: ExperimentConfig, log: Callable[[str], None] = print, executor: Callable[[], Executor] | None = None
+) -> Path:
+    """Build, align and measure one atlas per model of ``compare.models``; writes ``compare.json`` and the page.
+
+    ``executor``: a cluster already open (``atlas.compare`` passes the caller's client and in-memory models)."""
     models = config.compare.models
     assert models is not None
     root = experiment_dir(config)
@@ -42,7 +46,7 @@ def run_model_comparison(config: ExperimentConfig, log: Callable[[str], None] = 
     folder = root / "models"
     bundles = {name: model_bundle_config(config, name, section, folder) for name, section in models.items()}
     with ExitStack() as stack:
-        executor = LazyExecutor(config.scheduler, stack, log, resolve_device(config.device))
+        executor = executor or LazyExecutor(config.scheduler, stack, log, resolve_device(config.device))
         group = build_group(
             config, executor, log, title=f"{len(models)} models", kind="models", bundles=bundles, folder=folder, match_rows=True
         )
@@ -71,6 +75,19 @@ def run_model_comparison(config: ExperimentConfig, log: Callable[[str], None] = 
     write_page(root, result)
     log(f"atlas compare: {len(models)} models -> {root}; view it with: atlas serve {root}")
     return root
+
+
+def model_option(text: str) -> tuple[str, dict[str, str]]:
+    """``--model NAME=SPEC:LAYER`` -> (NAME, {spec, layer}); SPEC may hold colons (``package.module:factory``), the
+    layer is after the last one."""
+    name, equals, rest = text.partition("=")
+    spec, colon, layer = rest.rpartition(":")
+    if not equals or not name or not colon or not spec or not layer:
+        raise AtlasError(
+            f"--model {text!r}: expected NAME=SPEC:LAYER, e.g. relu=outputs/compare_activations/train/relu:features.act5 "
+            "(atlas layers SPEC lists a model's layers)"
+        )
+    return name, {"spec": spec, "layer": layer}
 
 
 def model_bundle_config(config: ExperimentConfig, name: str, section: ModelConfig, folder: Path, layer: str | None = None) -> AtlasConfig:
@@ -146,4 +163,4 @@ def depth_measures(
     return result
 
 
-__all__ = ["depth_measures", "model_bundle_config", "run_model_comparison", "trained_metrics"]
+__all__ = ["depth_measures", "model_bundle_config", "model_option", "run_model_comparison", "trained_metrics"]
