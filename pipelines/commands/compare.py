@@ -81,6 +81,7 @@ def run_compare(config: ExperimentConfig, log: Callable[[str], None] = print, ex
                     title=f"layers of the {of} variant", kind="layers",
                     bundles={slug(name): _bundle_config(config, data, variant_dir(config, of), name, layers, slug(name)) for name in config.compare.layers},
                     folder=layers,
+                    match_rows=True,  # layers of different grids: the first one's input points, read at each
                 )
             )  # fmt: skip
     cost = activation_cost(names, seed=config.seed)
