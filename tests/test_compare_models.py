@@ -161,3 +161,14 @@ def test_the_models_page_in_chromium(compared: tuple[Path, str]) -> None:
         assert page.locator("#cka-0 tbody tr").count() == 2 and page.locator("#matched-1").count() == 1
         browser.close()
     assert not errors, errors
+
+
+def test_the_shipped_cnn_against_vit_config_validates_and_names_its_models() -> None:
+    from atlas.config import ExperimentConfig, load_config
+
+    config = load_config(REPO / "configs" / "compare_cnn_vit.yaml", [], ExperimentConfig)
+    assert config.output.name == "compare_cnn_vit" and config.compare.models is not None
+    cnn, vit = config.compare.models["cnn_relu"], config.compare.models["vit_gelu"]
+    assert cnn.spec == "outputs/compare_activations/train/relu" and vit.spec == "outputs/compare_activations_vit/train/gelu"
+    assert len(cnn.layers or ()) == len(vit.layers or ()) == 3  # matched depth needs as many layers on each side
+    assert cnn.layer in (cnn.layers or ()) and vit.layer in (vit.layers or ())
