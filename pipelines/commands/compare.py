@@ -121,7 +121,8 @@ def build_group(
     """Collect every member, align their layouts, finish their bundles; returns the group's panels and measures.
 
     ``match_rows``: members after the first read the first one's rows (its images and positions, each mapped to the
-    position of their own grid over the same input point) instead of sampling: models of different architectures.
+    position of their own grid over the same input point) instead of sampling: models of different architectures,
+    or layers of different grids.
     The group's rows (``_rows``) stay with it for the measures across groups; they are not written to JSON.
     """
     keys, rows = {}, {}
