@@ -72,12 +72,7 @@ def run(
         spec = module_spec(model)
         objects[spec] = model
         values.append(("model.spec", spec))
-    loaded = _load(config, settings, values)
-    if images is not None and not _is_spec(images):
-        dataset = as_dataset(images, loaded.images.max_pixels)
-        spec = dataset_spec(dataset, dataset_key)
-        objects[spec] = dataset
-        loaded = loaded.model_copy(update={"images": loaded.images.model_copy(update={"source": spec})})
+    loaded = _with_images(_load(config, settings, values), images, dataset_key, objects)
     if isinstance(model, nn.Module):
         _check_preprocessing(model, loaded)
     check_files(loaded)  # paths that do not exist or cannot be read or written: one line before any work
@@ -140,12 +135,9 @@ def compare_models(
     values += list(
         _plain_values(None, None, name if name is not None else (None if config is not None else "compare"), out, scheduler, None, images)
     )
-    loaded: ExperimentConfig = _load(config if config is not None else {}, settings, values, ExperimentConfig)
-    if images is not None and not _is_spec(images):
-        dataset = as_dataset(images, loaded.images.max_pixels)
-        spec = dataset_spec(dataset, dataset_key)
-        objects[spec] = dataset
-        loaded = loaded.model_copy(update={"images": loaded.images.model_copy(update={"source": spec})})
+    loaded: ExperimentConfig = _with_images(
+        _load(config if config is not None else {}, settings, values, ExperimentConfig), images, dataset_key, objects
+    )
     check_files(loaded)
     for section in (loaded.compare.models or {}).values():
         check_model_files(section)
@@ -159,14 +151,23 @@ def compare_models(
 
 def _check_section_preprocessing(key: str, model: nn.Module, section: Mapping[str, Any]) -> None:
     """An nn.Module's input size and normalisation, asked for in its section unless timm knows them."""
-    if from_timm(model) is not None:
-        return
-    missing = [k for k in _NEEDED if section.get(k) is None]
+    missing = _missing_preprocessing(model, section)
     if missing:
         raise AtlasError(
             f"models[{key!r}]: atlas cannot read {', '.join(missing)} from a {type(model).__name__}; add them to its section, "
             "e.g. {'spec': model, 'layer': ..., 'input_size': 28, 'channels': 1, 'mean': [0.5], 'std': [0.5]}"
         )
+
+
+def _with_images(loaded: Any, images: Any, dataset_key: str | None, objects: dict[str, Any]) -> Any:
+    """``loaded`` reading ``images`` when they are objects (a Dataset, a list): named by content and added to
+    ``objects``; a spec string is already in the config."""
+    if images is None or _is_spec(images):
+        return loaded
+    dataset = as_dataset(images, loaded.images.max_pixels)
+    spec = dataset_spec(dataset, dataset_key)
+    objects[spec] = dataset
+    return loaded.model_copy(update={"images": loaded.images.model_copy(update={"source": spec})})
 
 
 def _is_spec(value: Any) -> bool:
@@ -243,14 +244,19 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
 
 def _check_preprocessing(model: nn.Module, config: AtlasConfig) -> None:
     """An nn.Module's input size and normalisation cannot be read from it unless timm built it: ask, in one line."""
-    if from_timm(model) is not None:
-        return
-    missing = [key for key in _NEEDED if getattr(config.model, key) is None]
+    missing = _missing_preprocessing(model, config.model.model_dump())
     if missing:
         raise AtlasError(
             f"preprocessing: atlas cannot read {', '.join(missing)} from a {type(model).__name__}; pass "
             "preprocessing={'input_size': 28, 'channels': 1, 'mean': [0.5], 'std': [0.5]} with your model's values"
         )
+
+
+def _missing_preprocessing(model: nn.Module, given: Mapping[str, Any]) -> list[str]:
+    """The preprocessing keys a module needs and ``given`` lacks: none for a timm model, which carries its own."""
+    if from_timm(model) is not None:
+        return []
+    return [key for key in _NEEDED if given.get(key) is None]
 
 
 def _class_list(classes: Sequence[str] | None) -> list[str] | None:

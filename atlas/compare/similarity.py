@@ -28,12 +28,7 @@ def _centred(x: np.ndarray, name: str) -> np.ndarray:
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Linear CKA of two representations of the same ``n`` rows (``x`` ``[n, p]``, ``y`` ``[n, q]``), in [0, 1];
     0 where either side is constant over the rows (no variance to align)."""
-    a, b = _centred(x, "x"), _centred(y, "y")
-    if len(a) != len(b):
-        raise ValueError(f"x and y must hold the same rows: {len(a)} against {len(b)}")
-    cross = np.linalg.norm(b.T @ a) ** 2
-    norms = np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)
-    return float(cross / norms) if norms > 0 else 0.0
+    return float(cka_matrix([x, y])[0, 1])
 
 
 def cka_matrix(representations: Sequence[np.ndarray]) -> np.ndarray:

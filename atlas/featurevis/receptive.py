@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from atlas.featurevis.seeding import generator
+from atlas.models.capture import eval_mode
 from atlas.models.view import ModelView
 
 CROP_BELOW = 0.9  # crop only when the field is clearly smaller than the image; a near-whole field is left whole
@@ -55,14 +56,9 @@ def input_gradient(view: ModelView, image_size: int, samples: int = 8, seed: int
     channels = view.preprocessing.channels
     draws = torch.rand((samples, channels, image_size, image_size), generator=generator(seed))
     images = draws.to(view.device).requires_grad_(True)
-    model = view.module
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(view.module):
         activation = view.layout.centre(view.run_to_layer(view.normalise(images))).float()
         (grad,) = torch.autograd.grad(activation.pow(2).sum(), images)
-    finally:
-        model.train(was_training)
     return grad.abs().sum(dim=(0, 1)).detach().cpu().double().numpy()
 
 

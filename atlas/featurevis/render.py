@@ -17,8 +17,7 @@ thread) for EfficientNet-Lite0 at 80 px.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict, Unpack
 
@@ -31,7 +30,7 @@ from atlas.featurevis.objectives import Channel, Objective
 from atlas.featurevis.param import ImageParam, ParamFactory, fourier
 from atlas.featurevis.seeding import derive_seed, try_seeds
 from atlas.featurevis.transforms import Transforms, resize
-from atlas.models.capture import LayerCapture
+from atlas.models.capture import LayerCapture, eval_mode
 from atlas.models.view import LayerLayout, ModelView
 
 
@@ -78,17 +77,6 @@ def as_view(
     if layer is None:
         raise ValueError("a bare module needs layer= (the module or its name); or pass a ModelView")
     return ModelView.of_module(model, layer, mean=mean, std=std)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model.eval()`` for the duration (batch norm must not see icons as a batch), then restore."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _work_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -186,7 +174,7 @@ def score_images(
     view = as_view(model, layer, mean, std)
     images = images.to(device=view.device, dtype=_work_dtype(view.dtype))
     model_input = _ModelInput(view, input_size, channels_last)
-    with _eval_mode(view.module), view.capture(stop_at_layer) as capture, torch.no_grad():
+    with eval_mode(view.module), view.capture(stop_at_layer) as capture, torch.no_grad():
         scores = objective(view.layout.spatial(capture(model_input(images))), images)
     return _check_scores(scores, images.shape[0]).float()
 
@@ -225,7 +213,7 @@ def render(
     model_input = _ModelInput(view, input_size, channels_last)
     history = torch.zeros(steps, device=device)  # summed on device: no host sync per step
     try_scores: list[torch.Tensor] = []
-    with _eval_mode(view.module), view.capture(stop_at_layer) as capture:
+    with eval_mode(view.module), view.capture(stop_at_layer) as capture:
         forward = _Forward(capture, view.layout, precision, device)
         for attempt in range(tries):
             attempt_seeds = try_seeds(seeds, attempt)

@@ -184,30 +184,24 @@ class AtlasLayout(TransformerMixin, BaseEstimator):
         return self.to_unit_box(self.place(self._reduce(x)))
 
     def _ensure_search_index(self) -> None:
-        """A fit on exact neighbours has no search index; the first placement of new rows builds umap-learn's own
-        (pynndescent, with umap-learn's settings; its own trees start each search, which an index seeded with
-        the exact graph lacks: on disconnected clusters its searches then stay in the wrong one). Built only when needed, since its
-        compilation costs more than a small fit; under a lock, since a worker's tasks share one fitted layout."""
+        """A fit on exact neighbours has no search index; the first placement of new rows builds the one umap-learn's
+        own fit would have (its ``nearest_neighbors``: pynndescent with its settings and its own search trees; an
+        index seeded with the exact graph lacks them, and on disconnected clusters its searches stay in the wrong
+        one). Built only when needed, since its compilation costs more than a small fit; under a lock, since a
+        worker's tasks share one fitted layout."""
         umap_ = self.umap_
         if getattr(umap_, "_knn_search_index", True) is not None:
             return
         with _index_lock:
             if umap_._knn_search_index is not None:
                 return
-            from pynndescent import NNDescent
+            from sklearn.utils import check_random_state
+            from umap.umap_ import nearest_neighbors
 
-            data = umap_._raw_data
-            umap_._knn_search_index = NNDescent(
-                data,
-                n_neighbors=umap_._n_neighbors,
-                metric=self.metric,
-                random_state=self.random_state,
-                n_trees=min(64, 5 + round(len(data) ** 0.5 / 20.0)),
-                n_iters=max(5, round(np.log2(len(data)))),
-                max_candidates=60,
-                n_jobs=1 if self.random_state is not None else -1,
-                compressed=False,
-            )
+            _, _, umap_._knn_search_index = nearest_neighbors(
+                umap_._raw_data, umap_._n_neighbors, self.metric, umap_._metric_kwds, umap_.angular_rp_forest,
+                check_random_state(self.random_state), umap_.low_memory, use_pynndescent=True, n_jobs=umap_.n_jobs,
+            )  # fmt: skip
 
     def place(self, reduced: np.ndarray) -> np.ndarray:
         """Raw UMAP coordinates of new (reduced) rows.

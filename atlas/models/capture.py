@@ -9,7 +9,8 @@ capture mechanism: collection, attribution, rendering and the checks all use it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -17,6 +18,18 @@ import torch
 from torch import nn
 
 from atlas.errors import AtlasError
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` for the duration (batch norm must not see a batch of icons as its statistics), then the mode
+    it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class _StopForward(Exception):

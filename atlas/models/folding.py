@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from atlas.models.capture import eval_mode
 from atlas.models.view import ModelView
 
 RELATIVE_TOLERANCE = 1e-3  # of the output's largest magnitude: folding in float32 moves outputs by about 1e-6 of it
@@ -112,13 +113,10 @@ def foldable_pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, 
             hooks.append(m.register_forward_hook(on_conv))
         elif _remainder(m) is not None:
             hooks.append(m.register_forward_pre_hook(on_norm))
-    training = module.training
     try:
-        module.eval()
-        with torch.enable_grad():
+        with eval_mode(module), torch.enable_grad():
             outputs = list(_leaves(module(example.detach().requires_grad_(True))))
     finally:
-        module.train(training)
         for hook in hooks:
             hook.remove()
     uses = _uses(outputs)
@@ -159,13 +157,8 @@ def _agree(a: Any, b: Any) -> bool:
 
 
 def _agree_in_eval(folded: nn.Module, module: nn.Module, example: torch.Tensor) -> bool:
-    training = module.training
-    try:
-        module.eval()
-        with torch.no_grad():
-            return _agree(folded(example), module(example))
-    finally:
-        module.train(training)
+    with eval_mode(module), torch.no_grad():
+        return _agree(folded(example), module(example))
 
 
 def fold_batch_norms(view: ModelView, example: torch.Tensor | None = None) -> ModelView:

@@ -47,9 +47,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment(args: argparse.Namespace) -> ExperimentConfig:
-    config: ExperimentConfig = load_config(args.config, list(args.set or []), ExperimentConfig)
+def _experiment(args: argparse.Namespace, first: Sequence[tuple[str, Any]] = ()) -> ExperimentConfig:
+    """The experiment YAML with ``first`` and then ``--set`` applied (so ``--set compare.models.NAME.KEY=VALUE`` adds
+    to a model ``--model`` named), its files checked, the compared models' included."""
+    values = [*first, *(parse_assignment(text) for text in args.set or [])]
+    config: ExperimentConfig = load_config(args.config, (), ExperimentConfig, values)
     check_files(config)
+    for section in (config.compare.models or {}).values():
+        check_model_files(section)
     return config
 
 
@@ -77,17 +82,12 @@ def _compare(args: argparse.Namespace) -> int:
         raise AtlasError(
             "atlas compare: give an experiment YAML (e.g. configs/compare_activations.yaml) or two or more --model NAME=SPEC:LAYER"
         )
-    values: list[tuple[str, Any]] = []
+    first: list[tuple[str, Any]] = []
     if args.model:  # the models named here replace the config's compare.models
-        values.append(("compare.models", dict(model_option(text) for text in args.model)))
-        if args.config is None and not any(text.split("=", 1)[0] == "output.name" for text in args.set or []):
-            values.append(("output.name", "compare"))
-    # The models first, then --set, so that --set compare.models.NAME.KEY=VALUE adds to a model named here.
-    values += [parse_assignment(text) for text in args.set or []]
-    config: ExperimentConfig = load_config(args.config, (), ExperimentConfig, values)
-    check_files(config)
-    for section in (config.compare.models or {}).values():
-        check_model_files(section)
+        first.append(("compare.models", dict(model_option(text) for text in args.model)))
+        if args.config is None:
+            first.append(("output.name", "compare"))  # --set output.name, applied after, still wins
+    config = _experiment(args, first)
     run_compare(config)
     return 0
 
